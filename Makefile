@@ -1,0 +1,30 @@
+# clipconv: the commands a new user runs. See README.md.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# torch 2.14.1 + torchvision 0.29.1 is a matched pair (clip-anytorch imports torchvision).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(BIN)/clipconv
+
+$(BIN)/clipconv: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+test: install
+	$(BIN)/pytest
+
+# Everything except the full-depth released architectures.
+test-fast: install
+	$(BIN)/pytest -m "not released"
+
+demo: install
+	$(BIN)/python -m roundtrip.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,188 @@
+"""The `clipconv` command line: argument parsing, progress and summaries only."""
+
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from roundtrip import __version__
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+TO_HF_EXAMPLES = """
+\b
+Examples:
+  clipconv to-hf ViT-B-32.pt clip-vit-base-patch32
+  clipconv to-hf finetuned.pt out/ --dtype keep --overwrite
+  clipconv to-hf ViT-L-14.pt big/ --max-shard-size 500MB --no-verify
+"""
+
+TO_OPENAI_EXAMPLES = """
+\b
+Examples:
+  clipconv to-openai clip-vit-base-patch32 ViT-B-32.pt
+  clipconv to-openai my-hf-finetune/ finetuned.pt --dtype float16
+  python -c "import clip; clip.load('finetuned.pt', device='cpu', jit=False)"
+"""
+
+
+class ByteSize(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = match.group(2).upper() if match else None
+        if not match or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+            self.fail(f"{value!r} is not a size like 5GB, 500MB or 2GiB", param, ctx)
+        return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="clipconv")
+@click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Convert CLIP checkpoints between OpenAI's format and Hugging Face transformers, exactly.
+
+    \b
+    to-hf      OpenAI checkpoint (.pt, TorchScript or state dict) -> HF CLIPModel folder
+    to-openai  HF CLIPModel folder -> OpenAI state dict that clip.load accepts
+
+    Both directions come from one schema; a round trip gives back every tensor
+    bit for bit. After converting, logits of OpenAI's model code and of
+    transformers are compared (max |diff| <= 1e-3) unless --no-verify is given.
+    """
+    ctx.obj = {"debug": debug}
+
+
+def _common_options(function):
+    function = click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (only once the new one is complete).")(function)
+    function = click.option("--no-verify", is_flag=True, help="Skip the logit comparison (faster; imports no model code).")(function)
+    return function
+
+
+@main.command("to-hf", epilog=TO_HF_EXAMPLES)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "keep"]), default="float32",
+              show_default=True, help="Dtype of the written weights; 'keep' writes each tensor in its source dtype.")
+@click.option("--max-shard-size", type=ByteSize(), default="5GB", show_default=True,
+              help="Split model.safetensors into shards (with an index) above this size.")
+@_common_options
+@click.pass_context
+def to_hf_command(ctx, source: Path, dest: Path, dtype: str, max_shard_size: int, overwrite: bool, no_verify: bool):
+    """Convert an OpenAI CLIP checkpoint SOURCE into a Hugging Face CLIPModel folder DEST.
+
+    SOURCE is one of OpenAI's released TorchScript archives, or a torch.save state
+    dict of clip.model.CLIP (also wrapped as {"state_dict": ...} or with a
+    "module." prefix). The architecture is inferred from the tensor shapes. Each
+    source tensor's dtype is recorded in the safetensors metadata, so that
+    to-openai can restore OpenAI's fp16/fp32 mix exactly.
+    """
+    from roundtrip.convert import convert_to_hf
+
+    def run(report, progress):
+        return convert_to_hf(source, dest, dtype=dtype, verify_logits=not no_verify, overwrite=overwrite,
+                             max_shard_bytes=max_shard_size, report=report, progress=progress)
+
+    _run(ctx, run, "Hugging Face CLIPModel folder")
+
+
+@main.command("to-openai", epilog=TO_OPENAI_EXAMPLES)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--dtype", type=click.Choice(["restore", "keep", "float32", "float16", "bfloat16"]), default="restore",
+              show_default=True,
+              help="'restore' gives each tensor the dtype recorded by to-hf (else keeps the folder's); "
+                   "'keep' keeps the folder's dtypes.")
+@_common_options
+@click.pass_context
+def to_openai_command(ctx, source: Path, dest: Path, dtype: str, overwrite: bool, no_verify: bool):
+    """Convert a Hugging Face CLIPModel folder SOURCE into an OpenAI state-dict file DEST.
+
+    SOURCE holds config.json and model.safetensors, a sharded
+    model.safetensors.index.json, or pytorch_model.bin. q/k/v are fused back into
+    in_proj and the projections transposed back. Models whose config OpenAI's
+    code cannot reproduce (gelu instead of quick_gelu, other LayerNorm eps, head
+    width other than 64, ...) are refused with every difference listed.
+    """
+    from roundtrip.convert import convert_to_openai
+
+    def run(report, progress):
+        return convert_to_openai(source, dest, dtype=dtype, verify_logits=not no_verify, overwrite=overwrite,
+                                 report=report, progress=progress)
+
+    _run(ctx, run, "OpenAI CLIP state dict")
+
+
+class _WriteProgress:
+    """A progress bar over bytes written, opened when the total is first known."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="Writing", file=sys.stderr, show_eta=False)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _run(ctx: click.Context, run, kind: str) -> None:
+    from roundtrip.errors import ClipconvError
+
+    progress = _WriteProgress()
+
+    def report(message: str) -> None:
+        progress.close()
+        click.echo(f"{message} ...", err=True)
+
+    try:
+        summary = run(report, progress)
+    except ClipconvError as error:
+        _fail(ctx, str(error))
+    except OSError as error:
+        _fail(ctx, f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+    except Exception as error:  # noqa: BLE001 - a bug: still one line unless --debug
+        _fail(ctx, f"internal error: {type(error).__name__}: {error} (rerun with --debug for a traceback)")
+    finally:
+        progress.close()
+    _print_summary(summary, kind)
+
+
+def _fail(ctx: click.Context, message: str) -> None:
+    if ctx.obj.get("debug"):
+        traceback.print_exc()
+    click.echo(f"clipconv: error: {message}", err=True)
+    ctx.exit(1)
+
+
+def _print_summary(summary, kind: str) -> None:
+    arch = summary.architecture
+    dtypes = ", ".join(f"{name}: {count}" for name, count in summary.dtypes.items())
+    click.echo(f"Wrote {summary.dest} ({kind})")
+    click.echo(f"  tensors       {summary.tensors} ({dtypes}) in {', '.join(summary.files)}")
+    click.echo(
+        f"  architecture  ViT {arch.vision_width}x{arch.vision_layers} patch {arch.vision_patch_size} "
+        f"at {arch.image_resolution}px; text {arch.transformer_width}x{arch.transformer_layers}, "
+        f"context {arch.context_length}, vocab {arch.vocab_size}; embed {arch.embed_dim}"
+    )
+    if summary.max_logit_difference is None:
+        click.echo("  verification  skipped (--no-verify)")
+    else:
+        click.echo(f"  verification  max |logit difference| = {summary.max_logit_difference:.2e} (tolerance 1e-3)")
+
+
+if __name__ == "__main__":
+    main()

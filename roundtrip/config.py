@@ -1,0 +1,158 @@
+"""Architecture numbers: inferred from OpenAI tensor shapes, written as and checked against HF configs.
+
+OpenAI's model code fixes several choices that an HF config can vary. Those
+fixed choices are spelled out here once, in OPENAI_FIXED.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+from roundtrip.mapping import MappingError, block_indices
+from roundtrip.schema import OPENAI_SHAPE_SOURCES
+
+HEAD_WIDTH = 64  # clip.model.build_model: heads = width // 64, for both towers
+MLP_RATIO = 4  # clip.model.ResidualAttentionBlock: c_fc is width -> 4 * width
+OPENAI_FIXED = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+IMAGE_CHANNELS = 3
+
+# transformers pools the text tower at argmax(input_ids), exactly like OpenAI, only
+# when eos_token_id is this legacy value (see README, "Text pooling").
+ARGMAX_POOLING_EOS_ID = 2
+
+
+class ConfigError(ValueError):
+    """Tensor shapes or a config that no OpenAI CLIP architecture explains."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The arguments of `clip.model.CLIP.__init__` for a ViT CLIP."""
+
+    embed_dim: int
+    image_resolution: int
+    vision_layers: int
+    vision_width: int
+    vision_patch_size: int
+    context_length: int
+    vocab_size: int
+    transformer_width: int
+    transformer_heads: int
+    transformer_layers: int
+
+    @property
+    def vision_heads(self) -> int:
+        return self.vision_width // HEAD_WIDTH
+
+    def clip_kwargs(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_openai_state_dict(cls, state_dict: Mapping) -> "Architecture":
+        dims = {name: _dim(state_dict, key, axis) for name, (key, axis) in OPENAI_SHAPE_SOURCES.items()}
+        grid = math.isqrt(dims["vision_positions"] - 1)
+        if grid * grid + 1 != dims["vision_positions"]:
+            raise ConfigError(
+                f"vision position embedding has {dims['vision_positions']} rows, not a square grid plus a class token"
+            )
+        layers = block_indices(state_dict.keys())
+        architecture = cls(
+            embed_dim=dims["embed_dim"],
+            image_resolution=grid * dims["vision_patch_size"],
+            vision_layers=_layer_count(layers, "vision"),
+            vision_width=dims["vision_width"],
+            vision_patch_size=dims["vision_patch_size"],
+            context_length=dims["context_length"],
+            vocab_size=dims["vocab_size"],
+            transformer_width=dims["transformer_width"],
+            transformer_heads=dims["transformer_width"] // HEAD_WIDTH,
+            transformer_layers=_layer_count(layers, "text"),
+        )
+        architecture.check_hf_compatible()
+        return architecture
+
+    def check_hf_compatible(self) -> None:
+        for tower, width in (("vision", self.vision_width), ("text", self.transformer_width)):
+            if width < HEAD_WIDTH or width % HEAD_WIDTH:
+                raise ConfigError(
+                    f"{tower} width {width} is not a multiple of {HEAD_WIDTH}: OpenAI uses width // {HEAD_WIDTH} "
+                    "heads, which transformers' CLIPAttention cannot represent"
+                )
+
+    def hf_config(self) -> dict:
+        """A complete `config.json` for transformers' CLIPModel."""
+        shared = {**OPENAI_FIXED, "projection_dim": self.embed_dim}
+        text = {
+            "model_type": "clip_text_model",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.transformer_width,
+            "intermediate_size": MLP_RATIO * self.transformer_width,
+            "num_hidden_layers": self.transformer_layers,
+            "num_attention_heads": self.transformer_heads,
+            "max_position_embeddings": self.context_length,
+            "eos_token_id": ARGMAX_POOLING_EOS_ID,
+            **shared,
+        }
+        vision = {
+            "model_type": "clip_vision_model",
+            "hidden_size": self.vision_width,
+            "intermediate_size": MLP_RATIO * self.vision_width,
+            "num_hidden_layers": self.vision_layers,
+            "num_attention_heads": self.vision_heads,
+            "num_channels": IMAGE_CHANNELS,
+            "image_size": self.image_resolution,
+            "patch_size": self.vision_patch_size,
+            **shared,
+        }
+        return {
+            "architectures": ["CLIPModel"],
+            "model_type": "clip",
+            "projection_dim": self.embed_dim,
+            "text_config": text,
+            "vision_config": vision,
+        }
+
+
+def _dim(state_dict: Mapping, key: str, axis: int) -> int:
+    if key not in state_dict:
+        raise MappingError(f"missing key {key}")
+    shape = tuple(state_dict[key].shape)
+    if len(shape) <= (axis if axis >= 0 else -axis - 1):
+        raise ConfigError(f"{key} has shape {shape}, expected at least {abs(axis) + (axis >= 0)} dimension(s)")
+    return shape[axis]
+
+
+def _layer_count(layers: dict[str, set[int]], tower: str) -> int:
+    found = layers.get(tower, set())
+    if found != set(range(len(found))) or not found:
+        raise ConfigError(f"{tower} tower blocks are not numbered 0..n-1: found {sorted(found)}")
+    return len(found)
+
+
+def openai_incompatibilities(hf_config: Mapping, architecture: Architecture) -> list[str]:
+    """Every way an HF config departs from what OpenAI's model code can represent.
+
+    `hf_config` is a resolved `CLIPConfig.to_dict()` (defaults filled in);
+    `architecture` is what the tensors say. An empty list means faithful.
+    """
+    wanted = architecture.hf_config()
+    problems = []
+    if hf_config.get("projection_dim") != architecture.embed_dim:
+        problems.append(f"projection_dim is {hf_config.get('projection_dim')!r}, the tensors imply {architecture.embed_dim}")
+    for tower in ("text_config", "vision_config"):
+        for field, value in wanted[tower].items():
+            if field in ("model_type", "eos_token_id", "projection_dim"):
+                continue
+            found = hf_config[tower].get(field)
+            if found != value:
+                problems.append(f"{tower}.{field} is {found!r}, OpenAI's model needs {value!r}")
+    eos = hf_config["text_config"].get("eos_token_id")
+    # With eos = the largest id, "first eos" pooling equals OpenAI's argmax on tokenized text.
+    if eos not in (ARGMAX_POOLING_EOS_ID, architecture.vocab_size - 1):
+        problems.append(
+            f"text_config.eos_token_id is {eos!r}: transformers pools at its first occurrence, "
+            f"OpenAI at the largest token id ({architecture.vocab_size - 1})"
+        )
+    return problems

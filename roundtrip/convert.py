@@ -1,0 +1,161 @@
+"""File-level conversions: what the CLI runs, usable from Python too.
+
+Each function reads the source, maps it with the schema, writes into a staged
+path beside DEST, optionally verifies logits, and only then moves the result
+into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from roundtrip import __version__, dtypes, mapping, readers, verify, writers
+from roundtrip.config import Architecture, ConfigError, openai_incompatibilities
+from roundtrip.errors import InputError
+from roundtrip.mapping import MappingError
+from roundtrip.ops import OperationError
+from roundtrip.provenance import METADATA_KEY, Provenance
+from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class Summary:
+    dest: Path
+    tensors: int
+    dtypes: dict[str, int]
+    files: list[str]
+    architecture: Architecture
+    max_logit_difference: float | None = None  # None when verification was skipped
+    notes: list[str] = field(default_factory=list)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _as_input_error(path: Path) -> Iterator[None]:
+    """Report mapping and config problems of a source as one-line errors naming it."""
+    try:
+        yield
+    except (MappingError, ConfigError, OperationError) as error:
+        raise InputError(path, str(error)) from None
+
+
+def convert_to_hf(
+    source: Path,
+    dest: Path,
+    *,
+    dtype: str = "float32",
+    verify_logits: bool = True,
+    overwrite: bool = False,
+    max_shard_bytes: int = writers.DEFAULT_MAX_SHARD_BYTES,
+    report: Report = _silent,
+    progress: writers.Progress = lambda done, total: None,
+) -> Summary:
+    """OpenAI checkpoint file -> HF CLIPModel folder."""
+    source, dest = Path(source), Path(dest)
+    writers.check_destination(dest, source, overwrite)
+    report(f"Reading {source}")
+    checkpoint = readers.read_openai_checkpoint(source)
+    attributes = {k: checkpoint.tensors.pop(k) for k in OPENAI_ARCHIVE_ATTRIBUTES if k in checkpoint.tensors}
+    with _as_input_error(source):
+        architecture = Architecture.from_openai_state_dict(checkpoint.tensors)
+        weights = dtypes.cast_floats(checkpoint.tensors, dtype)
+        hf_weights = mapping.to_hf(weights)
+        provenance = Provenance(
+            tool=f"clipconv {__version__}",
+            source_name=source.name,
+            source_format=checkpoint.format,
+            source_dtypes={key: dtypes.dtype_name(t.dtype) for key, t in checkpoint.tensors.items()},
+            archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
+        )
+    summary = Summary(dest, len(hf_weights), dtypes.summary(hf_weights), [], architecture)
+    with writers.staged(dest, is_folder=True) as staging:
+        report(f"Writing {len(hf_weights)} tensors")
+        files = writers.write_hf_folder(
+            staging, architecture.hf_config(), hf_weights,
+            {"format": "pt", METADATA_KEY: provenance.to_json()}, max_shard_bytes, progress,
+        )
+        summary.files = [file.name for file in files]
+        if verify_logits:
+            report("Verifying logits against OpenAI's model code")
+            written = readers.read_hf_folder(staging)  # check what is on disk, not what was meant
+            difference = verify.max_logit_difference(weights, written.tensors, written.config, architecture)
+            verify.require_agreement(dest, difference)
+            summary.max_logit_difference = difference
+    return summary
+
+
+def _describe_attribute(source: Path, key: str, tensor: torch.Tensor) -> dict:
+    if tensor.numel() != 1 or tensor.is_floating_point():
+        raise InputError(source, f"{key} should be a single integer, found shape {tuple(tensor.shape)} {tensor.dtype}")
+    return {"dtype": dtypes.dtype_name(tensor.dtype), "shape": list(tensor.shape), "value": int(tensor.item())}
+
+
+def _restore_attributes(provenance: Provenance | None) -> dict[str, torch.Tensor]:
+    if provenance is None:
+        return {}
+    return {
+        key: torch.full(spec["shape"], spec["value"], dtype=dtypes.from_name(spec["dtype"]))
+        for key, spec in provenance.archive_attributes.items()
+    }
+
+
+def convert_to_openai(
+    source: Path,
+    dest: Path,
+    *,
+    dtype: str = "restore",
+    verify_logits: bool = True,
+    overwrite: bool = False,
+    report: Report = _silent,
+    progress: writers.Progress = lambda done, total: None,
+) -> Summary:
+    """HF CLIPModel folder -> OpenAI state-dict file that clip.load accepts."""
+    source, dest = Path(source), Path(dest)
+    writers.check_destination(dest, source, overwrite)
+    report(f"Reading {source}")
+    folder = readers.read_hf_folder(source)
+    with _as_input_error(source):
+        openai_weights = mapping.to_openai(folder.tensors)
+        architecture = Architecture.from_openai_state_dict(openai_weights)
+    hf_config = _resolved_hf_config(source, folder.config)
+    problems = openai_incompatibilities(hf_config, architecture)
+    if problems:
+        raise InputError(source, "OpenAI's CLIP code cannot represent this model: " + "; ".join(problems))
+    if dtype == "restore":
+        recorded = folder.provenance.source_dtypes if folder.provenance else {}
+        openai_weights = dtypes.restore(openai_weights, recorded)
+    else:
+        openai_weights = dtypes.cast_floats(openai_weights, dtype)
+    output = {**openai_weights, **_restore_attributes(folder.provenance)}
+    summary = Summary(dest, len(output), dtypes.summary(output), [dest.name], architecture)
+    with writers.staged(dest, is_folder=False) as staging:
+        report(f"Writing {len(output)} tensors")
+        writers.write_openai_file(staging, output, progress)
+        if verify_logits:
+            report("Verifying logits against transformers")
+            written = readers.read_openai_checkpoint(staging).tensors
+            weights = {key: t for key, t in written.items() if key not in OPENAI_ARCHIVE_ATTRIBUTES}
+            difference = verify.max_logit_difference(weights, mapping.to_hf(weights), hf_config, architecture)
+            verify.require_agreement(dest, difference)
+            summary.max_logit_difference = difference
+    return summary
+
+
+def _resolved_hf_config(source: Path, config: dict) -> dict:
+    """The folder's config with transformers' defaults filled in."""
+    from transformers import CLIPConfig
+
+    try:
+        return CLIPConfig.from_dict(config).to_dict()
+    except Exception as error:  # noqa: BLE001 - transformers raises many types for bad configs
+        raise InputError(source / readers.HF_CONFIG, f"is not a valid CLIP config ({error})") from None

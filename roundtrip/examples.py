@@ -1,0 +1,73 @@
+"""Random-weight checkpoints with real OpenAI CLIP architectures, for the demo, tests and benchmarks.
+
+Built with OpenAI's own model code (`clip.model.CLIP`), so their keys and shapes
+come from OpenAI, not from this project's schema.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from roundtrip.config import Architecture
+
+_TEXT_B = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
+_TEXT_L = dict(context_length=77, vocab_size=49408, transformer_width=768, transformer_heads=12, transformer_layers=12)
+
+# The ViT models OpenAI released (names as in clip.available_models()).
+RELEASED = {
+    "ViT-B/32": Architecture(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                             vision_patch_size=32, **_TEXT_B),
+    "ViT-B/16": Architecture(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                             vision_patch_size=16, **_TEXT_B),
+    "ViT-L/14": Architecture(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+                             vision_patch_size=14, **_TEXT_L),
+    "ViT-L/14@336px": Architecture(embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
+                                   vision_patch_size=14, **_TEXT_L),
+}
+
+# Small enough to build, convert and verify in seconds; real vocabulary and context.
+DEMO = Architecture(embed_dim=128, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16,
+                    context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=2,
+                    transformer_layers=2)
+
+TRAINED_LOGIT_SCALE = math.log(100.0)  # where OpenAI's training ends (clamped at 100)
+
+
+def random_openai_model(architecture: Architecture, seed: int = 0, openai_dtypes: bool = True):
+    """A `clip.model.CLIP` with OpenAI's random init; with `openai_dtypes`, halved as OpenAI's releases are."""
+    from clip.model import CLIP, convert_weights
+
+    torch.manual_seed(seed)
+    model = CLIP(**architecture.clip_kwargs()).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(TRAINED_LOGIT_SCALE)
+    if openai_dtypes:
+        convert_weights(model)  # fp16 linear/conv/attention weights and projections, fp32 elsewhere
+    return model
+
+
+def random_openai_state_dict(architecture: Architecture, seed: int = 0, openai_dtypes: bool = True) -> dict:
+    return random_openai_model(architecture, seed, openai_dtypes).state_dict()
+
+
+def save_torchscript_archive(model, path: Path) -> None:
+    """Trace `model` like OpenAI's released archives, with their three 0-dim metadata tensors."""
+    architecture_numbers = {
+        "input_resolution": model.visual.input_resolution,
+        "context_length": model.context_length,
+        "vocab_size": model.vocab_size,
+    }
+    for name, value in architecture_numbers.items():
+        if hasattr(model, name):
+            delattr(model, name)
+        model.register_buffer(name, torch.tensor(value))
+    size = architecture_numbers["input_resolution"]
+    images = torch.zeros(1, 3, size, size, dtype=model.dtype)
+    tokens = torch.zeros(1, architecture_numbers["context_length"], dtype=torch.long)
+    tokens[0, 0], tokens[0, 1] = architecture_numbers["vocab_size"] - 2, architecture_numbers["vocab_size"] - 1
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (images, tokens), check_trace=False)
+    torch.jit.save(traced, str(path))

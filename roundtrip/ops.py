@@ -1,0 +1,113 @@
+"""Tensor operations used by the schema, each paired with its exact inverse.
+
+An operation takes the tensors matched by a rule's source patterns (in order)
+and returns the tensors for its target patterns (in order). Operations only
+move bytes: no arithmetic, so every conversion is bit-exact by construction.
+Results may be views of the inputs; writers make them contiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+class OperationError(ValueError):
+    """A tensor does not fit the operation (for example, a row count not divisible by 3)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One tensor in, the same tensor out."""
+
+    arity_in: int = 1
+    arity_out: int = 1
+
+    @property
+    def inverse(self) -> "Identity":
+        return self
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [tensors[0]]
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """Swap the two axes of a matrix; its own inverse."""
+
+    arity_in: int = 1
+    arity_out: int = 1
+
+    @property
+    def inverse(self) -> "Transpose":
+        return self
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        (matrix,) = tensors
+        if matrix.dim() != 2:
+            raise OperationError(f"expected a matrix to transpose, got shape {tuple(matrix.shape)}")
+        return [matrix.t()]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Split one tensor into `parts` equal pieces along `dim`; inverse: Concatenate."""
+
+    parts: int
+    dim: int = 0
+
+    @property
+    def arity_in(self) -> int:
+        return 1
+
+    @property
+    def arity_out(self) -> int:
+        return self.parts
+
+    @property
+    def inverse(self) -> "Concatenate":
+        return Concatenate(parts=self.parts, dim=self.dim)
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        (whole,) = tensors
+        if whole.dim() <= self.dim or whole.shape[self.dim] % self.parts:
+            raise OperationError(
+                f"cannot split shape {tuple(whole.shape)} into {self.parts} equal parts along dim {self.dim}"
+            )
+        return list(whole.chunk(self.parts, dim=self.dim))
+
+
+@dataclass(frozen=True)
+class Concatenate:
+    """Join `parts` tensors of one shape and dtype along `dim`; inverse: Chunk."""
+
+    parts: int
+    dim: int = 0
+
+    @property
+    def arity_in(self) -> int:
+        return self.parts
+
+    @property
+    def arity_out(self) -> int:
+        return 1
+
+    @property
+    def inverse(self) -> Chunk:
+        return Chunk(parts=self.parts, dim=self.dim)
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        first = tensors[0]
+        for other in tensors[1:]:
+            # Equal pieces, or Chunk would not give them back.
+            if other.shape != first.shape or other.dtype != first.dtype:
+                raise OperationError(
+                    "cannot fuse tensors of different shapes or dtypes: "
+                    + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in tensors)
+                )
+        return [torch.cat(list(tensors), dim=self.dim)]
+
+
+Operation = Identity | Transpose | Chunk | Concatenate

@@ -1,0 +1,190 @@
+"""All reading of input files: OpenAI checkpoints and Hugging Face model folders.
+
+Pickles are only ever read with `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from roundtrip.errors import InputError
+from roundtrip.provenance import METADATA_KEY, Provenance
+
+LFS_POINTER_PREFIX = b"version https://git-lfs"
+TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as training loops write it
+DATA_PARALLEL_PREFIX = "module."  # what nn.DataParallel / DDP put before every key
+
+HF_CONFIG = "config.json"
+HF_SAFETENSORS = "model.safetensors"
+HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
+HF_PICKLE = "pytorch_model.bin"
+HF_PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+
+@dataclass
+class OpenAICheckpoint:
+    tensors: dict[str, torch.Tensor]
+    format: str  # "torchscript" or "state_dict"
+
+
+@dataclass
+class HFFolder:
+    config: dict
+    tensors: dict[str, torch.Tensor]
+    provenance: Provenance | None
+    weight_files: list[Path]
+
+
+def read_openai_checkpoint(path: Path) -> OpenAICheckpoint:
+    _require_file(path)
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        return OpenAICheckpoint(_read_torchscript(path), "torchscript")
+    loaded = _load_pickle(path)
+    return OpenAICheckpoint(_unwrap_state_dict(path, loaded), "state_dict")
+
+
+def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected an OpenAI checkpoint file (.pt)")
+    if not path.is_file():
+        raise InputError(path, "does not exist")
+    with open(path, "rb") as handle:
+        head = handle.read(len(LFS_POINTER_PREFIX))
+    if not head:
+        raise InputError(path, "is empty")
+    if head == LFS_POINTER_PREFIX:
+        raise InputError(path, "is a Git LFS pointer, not the checkpoint itself (run `git lfs pull`)")
+
+
+def _is_torchscript(path: Path) -> bool:
+    # torch.jit.save archives carry the model's code; torch.save archives do not.
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    # TODO(issue 4): replace with a reader that executes nothing from the archive.
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:  # noqa: BLE001 - any failure here means an unreadable archive
+        raise InputError(path, f"is not a readable TorchScript archive ({_first_line(error)})") from None
+    return {key: tensor.detach() for key, tensor in module.state_dict().items()}
+
+
+def _load_pickle(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(path, f"holds objects other than tensors, refused: {_first_line(error)}") from None
+    except Exception as error:  # noqa: BLE001 - truncated zips, random bytes, ...
+        raise InputError(path, f"is not a readable PyTorch checkpoint ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _unwrap_state_dict(path: Path, loaded) -> dict[str, torch.Tensor]:
+    if isinstance(loaded, dict) and isinstance(loaded.get(TRAINING_WRAPPER_KEY), dict):
+        loaded = loaded[TRAINING_WRAPPER_KEY]
+    if not isinstance(loaded, dict) or not loaded:
+        raise InputError(path, f"holds a {type(loaded).__name__}, expected a state dict of tensors")
+    if all(isinstance(key, str) and key.startswith(DATA_PARALLEL_PREFIX) for key in loaded):
+        loaded = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in loaded.items()}
+    not_tensors = [str(key) for key, value in loaded.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise InputError(path, f"entries that are not tensors: {', '.join(sorted(not_tensors)[:5])}")
+    return loaded
+
+
+def read_hf_folder(folder: Path) -> HFFolder:
+    if not folder.is_dir():
+        raise InputError(folder, "is not a folder, expected a Hugging Face model folder")
+    config = _read_config(folder)
+    weight_files = _weight_files(folder)
+    if weight_files[0].suffix == ".bin":
+        tensors = {}
+        for file in weight_files:
+            tensors.update(_unwrap_state_dict(file, _load_pickle(file)))
+        return HFFolder(config, tensors, None, weight_files)
+    tensors, provenance = _read_safetensors(weight_files)
+    return HFFolder(config, tensors, provenance, weight_files)
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / HF_CONFIG
+    if not path.is_file():
+        raise InputError(folder, f"has no {HF_CONFIG}, not a Hugging Face model folder")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(path, f"is not valid JSON ({error})") from None
+    if not isinstance(config, dict) or config.get("model_type") != "clip":
+        raise InputError(path, f"is not a CLIP config (model_type is {config.get('model_type')!r})")
+    return config
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    # safetensors wins over pickles, as in transformers; hub folders often hold both.
+    for single, index in ((HF_SAFETENSORS, HF_SAFETENSORS_INDEX), (HF_PICKLE, HF_PICKLE_INDEX)):
+        has_single, has_index = (folder / single).is_file(), (folder / index).is_file()
+        if has_single and has_index:
+            raise InputError(folder, f"holds both {single} and {index}; which one is meant is ambiguous")
+        if has_single:
+            return [folder / single]
+        if has_index:
+            return _shards_of(folder / index)
+    raise InputError(folder, f"has no weights ({HF_SAFETENSORS}, {HF_SAFETENSORS_INDEX} or {HF_PICKLE})")
+
+
+def _shards_of(index_path: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise InputError(index_path, f"is not a valid shard index ({error})") from None
+    folder = index_path.parent.resolve()
+    shards = []
+    for name in dict.fromkeys(weight_map.values()):
+        shard = (folder / name).resolve()
+        if shard.parent != folder:
+            raise InputError(index_path, f"points outside its folder: {name}")
+        if not shard.is_file():
+            raise InputError(index_path, f"names a missing shard: {name}")
+        shards.append(shard)
+    return shards
+
+
+def _read_safetensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], Provenance | None]:
+    from safetensors import SafetensorError, safe_open
+
+    tensors, provenances = {}, set()
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as handle:
+                provenances.add((handle.metadata() or {}).get(METADATA_KEY))
+                for key in handle.keys():
+                    if key in tensors:
+                        raise InputError(file, f"tensor {key} is also in another shard")
+                    tensors[key] = handle.get_tensor(key)
+        except SafetensorError as error:
+            raise InputError(file, f"is not a valid safetensors file ({error})") from None
+    return tensors, _provenance(files[0], provenances)
+
+
+def _provenance(file: Path, found: set) -> Provenance | None:
+    if len(found) > 1:
+        raise InputError(file, "shards disagree about their clipconv provenance")
+    (text,) = found
+    if text is None:
+        return None
+    try:
+        return Provenance.from_json(text)
+    except (ValueError, TypeError) as error:
+        raise InputError(file, f"has malformed clipconv metadata ({error})") from None

@@ -1,0 +1,106 @@
+"""The one table that relates OpenAI CLIP keys to Hugging Face CLIPModel keys.
+
+Every checkpoint key name in this project lives in this module. Each rule reads
+left to right as the to-hf direction; to-openai is derived by swapping the two
+sides and using the operation's declared inverse (see `roundtrip.mapping`).
+
+Pattern fields, filled in when a key is parsed and reused when the other side
+is formatted:
+    {i}   a block index (one residual block of a tower)
+    {wb}  "weight" or "bias"
+Patterns are anchored: a key matches a pattern whole or not at all.
+
+Provenance: OpenAI names from `clip/model.py` (github.com/openai/CLIP);
+HF names from `transformers/models/clip/modeling_clip.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roundtrip.ops import Chunk, Identity, Operation, Transpose
+
+PLACEHOLDERS = {"i": r"\d+", "wb": r"weight|bias"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    openai: tuple[str, ...]
+    hf: tuple[str, ...]
+    op: Operation  # openai tensors -> hf tensors; op.inverse goes back
+    tower: str | None = None  # "text" or "vision" for per-block rules: counts layers
+
+
+# Per-block rules, written once relative to a block and prefixed per tower below.
+_BLOCK_RULES = [
+    # nn.MultiheadAttention packs q, k, v into one in_proj; HF keeps three Linears.
+    (("attn.in_proj_{wb}",), ("self_attn.q_proj.{wb}", "self_attn.k_proj.{wb}", "self_attn.v_proj.{wb}"), Chunk(3, 0)),
+    (("attn.out_proj.{wb}",), ("self_attn.out_proj.{wb}",), Identity()),
+    (("ln_1.{wb}",), ("layer_norm1.{wb}",), Identity()),
+    (("ln_2.{wb}",), ("layer_norm2.{wb}",), Identity()),
+    (("mlp.c_fc.{wb}",), ("mlp.fc1.{wb}",), Identity()),
+    (("mlp.c_proj.{wb}",), ("mlp.fc2.{wb}",), Identity()),
+]
+
+# tower -> (OpenAI block prefix, HF block prefix)
+_TOWER_BLOCKS = {
+    "text": ("transformer.resblocks.{i}.", "text_model.encoder.layers.{i}."),
+    "vision": ("visual.transformer.resblocks.{i}.", "vision_model.encoder.layers.{i}."),
+}
+
+RULES: tuple[Rule, ...] = (
+    # Text tower.
+    Rule(("token_embedding.weight",), ("text_model.embeddings.token_embedding.weight",), Identity()),
+    # OpenAI keeps a bare Parameter; HF wraps it in an nn.Embedding.
+    Rule(("positional_embedding",), ("text_model.embeddings.position_embedding.weight",), Identity()),
+    Rule(("ln_final.{wb}",), ("text_model.final_layer_norm.{wb}",), Identity()),
+    # OpenAI computes x @ P (P is width x embed); HF's nn.Linear stores P transposed.
+    Rule(("text_projection",), ("text_projection.weight",), Transpose()),
+    # Vision tower.
+    Rule(("visual.conv1.weight",), ("vision_model.embeddings.patch_embedding.weight",), Identity()),
+    Rule(("visual.class_embedding",), ("vision_model.embeddings.class_embedding",), Identity()),
+    Rule(("visual.positional_embedding",), ("vision_model.embeddings.position_embedding.weight",), Identity()),
+    # "pre_layrnorm" is HF's own spelling.
+    Rule(("visual.ln_pre.{wb}",), ("vision_model.pre_layrnorm.{wb}",), Identity()),
+    Rule(("visual.ln_post.{wb}",), ("vision_model.post_layernorm.{wb}",), Identity()),
+    Rule(("visual.proj",), ("visual_projection.weight",), Transpose()),
+    # Shared.
+    Rule(("logit_scale",), ("logit_scale",), Identity()),
+) + tuple(
+    Rule(
+        tuple(openai_prefix + name for name in openai),
+        tuple(hf_prefix + name for name in hf),
+        op,
+        tower=tower,
+    )
+    for tower, (openai_prefix, hf_prefix) in _TOWER_BLOCKS.items()
+    for openai, hf, op in _BLOCK_RULES
+)
+
+# 0-dim integer tensors that OpenAI's TorchScript archives carry beside the
+# weights. They are not weights: each restates an architecture number (named
+# as in `roundtrip.config.Architecture`), so to-hf drops them and to-openai can
+# write them back from the config.
+OPENAI_ARCHIVE_ATTRIBUTES = {
+    "input_resolution": "image_resolution",
+    "context_length": "context_length",
+    "vocab_size": "vocab_size",
+}
+
+# Non-persistent buffers (arange) that older hub checkpoints still contain.
+HF_IGNORED_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+
+# Keys only a ResNet vision tower (RN50, RN101, RN50x4, ...) has.
+OPENAI_RESNET_PREFIXES = ("visual.layer1.", "visual.attnpool.")
+
+# Where each architecture number is read from, as clip.model.build_model does:
+# name -> (OpenAI key, axis). Layer counts come from the per-tower block rules.
+OPENAI_SHAPE_SOURCES = {
+    "vision_width": ("visual.conv1.weight", 0),
+    "vision_patch_size": ("visual.conv1.weight", -1),
+    "vision_positions": ("visual.positional_embedding", 0),  # grid**2 + 1 (class token)
+    "embed_dim": ("text_projection", 1),
+    "context_length": ("positional_embedding", 0),
+    "vocab_size": ("token_embedding.weight", 0),
+    "transformer_width": ("ln_final.weight", 0),
+}

@@ -1,0 +1,101 @@
+"""Logit check: OpenAI's model code and transformers must agree on the converted weights.
+
+Both models run in float32. The OpenAI reference is built from `clip.model.CLIP`
+directly, not with `build_model`/`clip.load`, which first halve the weights to
+fp16 and would alone move logits by ~5e-3 for an fp32 checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from roundtrip.config import Architecture
+from roundtrip.errors import VerificationError
+
+TOLERANCE = 1e-3
+PROMPTS = (
+    "a photo of a cat",
+    "a diagram of the transformer architecture",
+    "two dogs playing in the snow at night",
+    "",
+)
+OPENAI_VOCAB_SIZE = 49408
+# clip.transform's normalisation, so probe images look like what the model sees.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+PROBE_IMAGES = 2
+
+
+def probe_tokens(architecture: Architecture) -> torch.Tensor:
+    """Real `clip.tokenize` output, or the same structure for a vocabulary of another size."""
+    if architecture.vocab_size == OPENAI_VOCAB_SIZE:
+        import clip
+
+        return clip.tokenize(list(PROMPTS), context_length=architecture.context_length, truncate=True)
+    # start token, body, end token (the largest id, as in OpenAI's vocabulary), zero padding
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.zeros(len(PROMPTS), architecture.context_length, dtype=torch.long)
+    for row in range(len(PROMPTS)):
+        length = min(row * 3 + 2, architecture.context_length)
+        tokens[row, :length] = torch.randint(1, architecture.vocab_size - 2, (length,), generator=generator)
+        tokens[row, 0] = architecture.vocab_size - 2
+        tokens[row, length - 1] = architecture.vocab_size - 1
+    return tokens
+
+
+def probe_images(architecture: Architecture) -> torch.Tensor:
+    size = architecture.image_resolution
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(PROBE_IMAGES, 3, size, size, generator=generator)
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def _float32(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: t.float() if t.is_floating_point() else t for key, t in state_dict.items()}
+
+
+@torch.no_grad()
+def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
+    from clip.model import CLIP
+
+    model = CLIP(**architecture.clip_kwargs()).eval()
+    model.load_state_dict(_float32(openai_weights), strict=True)
+    logits_per_image, _ = model(images, tokens)
+    return logits_per_image
+
+
+@torch.no_grad()
+def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Tensor:
+    from transformers import CLIPConfig, CLIPModel
+
+    model, info = CLIPModel.from_pretrained(
+        None,
+        config=CLIPConfig.from_dict(hf_config),
+        state_dict=_float32(hf_weights),
+        dtype=torch.float32,
+        output_loading_info=True,
+    )
+    problems = {name: keys for name, keys in info.items() if keys and name != "error_msgs"}
+    if problems or info.get("error_msgs"):
+        raise ValueError(f"transformers did not load every weight: {problems or info['error_msgs']}")
+    return model.eval()(input_ids=tokens, pixel_values=images).logits_per_image
+
+
+def max_logit_difference(
+    openai_weights: Mapping, hf_weights: Mapping, hf_config: dict, architecture: Architecture
+) -> float:
+    images, tokens = probe_images(architecture), probe_tokens(architecture)
+    reference = openai_logits(openai_weights, architecture, images, tokens)
+    converted = hf_logits(hf_weights, hf_config, images, tokens)
+    return (reference - converted).abs().max().item()
+
+
+def require_agreement(dest, difference: float) -> None:
+    if not difference <= TOLERANCE:  # also catches NaN
+        raise VerificationError(
+            dest, f"logits differ from OpenAI's model by {difference:.3g} (tolerance {TOLERANCE:g}); nothing written"
+        )
