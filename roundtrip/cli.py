@@ -128,8 +128,10 @@ class _WriteProgress:
         self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return  # the step messages suffice in logs
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label="Writing", file=sys.stderr, show_eta=False)
+            self.bar = click.progressbar(length=total, label="  bytes", file=sys.stderr, show_eta=False)
             self.bar.__enter__()
         self.bar.update(done - self.bar.pos)
 
@@ -169,15 +171,10 @@ def _fail(ctx: click.Context, message: str) -> None:
 
 
 def _print_summary(summary, kind: str) -> None:
-    arch = summary.architecture
     dtypes = ", ".join(f"{name}: {count}" for name, count in summary.dtypes.items())
     click.echo(f"Wrote {summary.dest} ({kind})")
     click.echo(f"  tensors       {summary.tensors} ({dtypes}) in {', '.join(summary.files)}")
-    click.echo(
-        f"  architecture  ViT {arch.vision_width}x{arch.vision_layers} patch {arch.vision_patch_size} "
-        f"at {arch.image_resolution}px; text {arch.transformer_width}x{arch.transformer_layers}, "
-        f"context {arch.context_length}, vocab {arch.vocab_size}; embed {arch.embed_dim}"
-    )
+    click.echo(f"  architecture  {summary.architecture.describe()}")
     if summary.max_logit_difference is None:
         click.echo("  verification  skipped (--no-verify)")
     else:

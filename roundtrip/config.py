@@ -46,6 +46,13 @@ class Architecture:
     def vision_heads(self) -> int:
         return self.vision_width // HEAD_WIDTH
 
+    def describe(self) -> str:
+        return (
+            f"ViT {self.vision_width} wide x {self.vision_layers} layers, patch {self.vision_patch_size}, "
+            f"{self.image_resolution}px; text {self.transformer_width} wide x {self.transformer_layers} layers, "
+            f"context {self.context_length}, vocab {self.vocab_size}; embed {self.embed_dim}"
+        )
+
     def clip_kwargs(self) -> dict[str, int]:
         return asdict(self)
 

@@ -7,11 +7,13 @@ come from OpenAI, not from this project's schema.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
 
 from roundtrip.config import Architecture
+from roundtrip.verify import import_clip
 
 _TEXT_B = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
 _TEXT_L = dict(context_length=77, vocab_size=49408, transformer_width=768, transformer_heads=12, transformer_layers=12)
@@ -38,14 +40,13 @@ TRAINED_LOGIT_SCALE = math.log(100.0)  # where OpenAI's training ends (clamped a
 
 def random_openai_model(architecture: Architecture, seed: int = 0, openai_dtypes: bool = True):
     """A `clip.model.CLIP` with OpenAI's random init; with `openai_dtypes`, halved as OpenAI's releases are."""
-    from clip.model import CLIP, convert_weights
-
+    clip = import_clip()
     torch.manual_seed(seed)
-    model = CLIP(**architecture.clip_kwargs()).eval()
+    model = clip.model.CLIP(**architecture.clip_kwargs()).eval()
     with torch.no_grad():
         model.logit_scale.fill_(TRAINED_LOGIT_SCALE)
     if openai_dtypes:
-        convert_weights(model)  # fp16 linear/conv/attention weights and projections, fp32 elsewhere
+        clip.model.convert_weights(model)  # fp16 linear/conv/attention weights and projections, fp32 elsewhere
     return model
 
 
@@ -68,6 +69,7 @@ def save_torchscript_archive(model, path: Path) -> None:
     images = torch.zeros(1, 3, size, size, dtype=model.dtype)
     tokens = torch.zeros(1, architecture_numbers["context_length"], dtype=torch.long)
     tokens[0, 0], tokens[0, 1] = architecture_numbers["vocab_size"] - 2, architecture_numbers["vocab_size"] - 1
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
         traced = torch.jit.trace(model, (images, tokens), check_trace=False)
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))

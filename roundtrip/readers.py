@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,9 @@ def _is_torchscript(path: Path) -> bool:
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     # TODO(issue 4): replace with a reader that executes nothing from the archive.
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - any failure here means an unreadable archive
         raise InputError(path, f"is not a readable TorchScript archive ({_first_line(error)})") from None
     return {key: tensor.detach() for key, tensor in module.state_dict().items()}

@@ -7,6 +7,7 @@ fp16 and would alone move logits by ~5e-3 for an fp32 checkpoint.
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import torch
@@ -28,10 +29,19 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PROBE_IMAGES = 2
 
 
+def import_clip():
+    """OpenAI's model code, without the pkg_resources deprecation warning it triggers on import."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import clip
+        import clip.model
+    return clip
+
+
 def probe_tokens(architecture: Architecture) -> torch.Tensor:
     """Real `clip.tokenize` output, or the same structure for a vocabulary of another size."""
     if architecture.vocab_size == OPENAI_VOCAB_SIZE:
-        import clip
+        clip = import_clip()
 
         return clip.tokenize(list(PROMPTS), context_length=architecture.context_length, truncate=True)
     # start token, body, end token (the largest id, as in OpenAI's vocabulary), zero padding
@@ -60,9 +70,7 @@ def _float32(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
-    from clip.model import CLIP
-
-    model = CLIP(**architecture.clip_kwargs()).eval()
+    model = import_clip().model.CLIP(**architecture.clip_kwargs()).eval()
     model.load_state_dict(_float32(openai_weights), strict=True)
     logits_per_image, _ = model(images, tokens)
     return logits_per_image
@@ -71,6 +79,9 @@ def openai_logits(openai_weights: Mapping, architecture: Architecture, images, t
 @torch.no_grad()
 def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Tensor:
     from transformers import CLIPConfig, CLIPModel
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # one model load is not a long step
 
     model, info = CLIPModel.from_pretrained(
         None,
