@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from roundtrip.mapping import MappingError, block_indices
+from roundtrip.mapping import MappingError, block_indices, reject_resnet
 from roundtrip.schema import OPENAI_SHAPE_SOURCES
 
 HEAD_WIDTH = 64  # clip.model.build_model: heads = width // 64, for both towers
@@ -58,6 +58,7 @@ class Architecture:
 
     @classmethod
     def from_openai_state_dict(cls, state_dict: Mapping) -> "Architecture":
+        reject_resnet(state_dict.keys())
         dims = {name: _dim(state_dict, key, axis) for name, (key, axis) in OPENAI_SHAPE_SOURCES.items()}
         grid = math.isqrt(dims["vision_positions"] - 1)
         if grid * grid + 1 != dims["vision_positions"]:

@@ -71,5 +71,6 @@ def save_torchscript_archive(model, path: Path) -> None:
     tokens[0, 0], tokens[0, 1] = architecture_numbers["vocab_size"] - 2, architecture_numbers["vocab_size"] - 1
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks inside nn.MultiheadAttention
         traced = torch.jit.trace(model, (images, tokens), check_trace=False)
         torch.jit.save(traced, str(path))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -82,11 +83,23 @@ def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_pickle(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": we report below
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise InputError(path, f"holds objects other than tensors, refused: {_first_line(error)}") from None
+        raise InputError(path, _unpickling_problem(str(error))) from None
     except Exception as error:  # noqa: BLE001 - truncated zips, random bytes, ...
         raise InputError(path, f"is not a readable PyTorch checkpoint ({_first_line(error)})") from None
+
+
+def _unpickling_problem(message: str) -> str:
+    # torch's own text suggests turning weights_only off; report only what the file contains.
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return f"refused: it references {found.group(1)}, and only tensors are loaded from checkpoints"
+    operand = re.search(r"Unsupported operand (\d+)", message)
+    detail = f"pickle opcode {operand.group(1)} is not allowed" if operand else "not a pickle of tensors"
+    return f"is not a readable PyTorch checkpoint ({detail})"
 
 
 def _first_line(error: BaseException) -> str:

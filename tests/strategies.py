@@ -1,0 +1,35 @@
+"""Every hypothesis strategy of the suite, in one place."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from roundtrip.config import HEAD_WIDTH, Architecture
+
+PATCH_SIZES = (8, 14, 16, 32)
+OPENAI_VOCAB_SIZE = 49408
+
+
+@st.composite
+def architectures(draw, vocab_sizes=st.sampled_from([64, 100, 1000, OPENAI_VOCAB_SIZE])) -> Architecture:
+    """Small ViT CLIP architectures of OpenAI's family: widths in multiples of 64, 1-3 layers per tower."""
+    patch = draw(st.sampled_from(PATCH_SIZES))
+    text_width = HEAD_WIDTH * draw(st.integers(1, 3))
+    return Architecture(
+        embed_dim=draw(st.sampled_from([32, 64, 96, 128])),
+        image_resolution=patch * draw(st.integers(1, 4)),
+        vision_layers=draw(st.integers(1, 3)),
+        vision_width=HEAD_WIDTH * draw(st.integers(1, 3)),
+        vision_patch_size=patch,
+        context_length=draw(st.integers(8, 77)),
+        vocab_size=draw(vocab_sizes),
+        transformer_width=text_width,
+        transformer_heads=text_width // HEAD_WIDTH,
+        transformer_layers=draw(st.integers(1, 3)),
+    )
+
+
+# How the weights are stored: as OpenAI ships them (fp16 linear/conv/attention and
+# projections, fp32 elsewhere) or all float32.
+openai_dtypes = st.booleans()
+seeds = st.integers(0, 2**16)

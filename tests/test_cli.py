@@ -1,0 +1,322 @@
+"""End to end: the clipconv command on real files, both directions, and its refusals."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from roundtrip import mapping, verify
+from roundtrip.config import Architecture
+from roundtrip.examples import DEMO
+from roundtrip.readers import read_hf_folder
+
+from conftest import (
+    assert_identical, hf_clip_config, listing, random_hf_model, read_json, run_cli, save_legacy_pytorch_bin,
+)
+
+TOLERANCE = 1e-3
+
+
+def assert_refused(result, *fragments: str) -> None:
+    """Exit code 1, no traceback, and one error line that says what is wrong (never: disable weights_only)."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "weights_only" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("clipconv: error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def assert_nothing_left(folder: Path, expected: list[str]) -> None:
+    assert listing(folder) == sorted(expected)
+
+
+@torch.no_grad()
+def openai_reference_logits(openai_weights: dict, architecture: Architecture):
+    return verify.openai_logits(openai_weights, architecture, verify.probe_images(architecture),
+                                verify.probe_tokens(architecture))
+
+
+@torch.no_grad()
+def hf_logits_from_folder(folder: Path, architecture: Architecture):
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
+    return model(input_ids=verify.probe_tokens(architecture),
+                 pixel_values=verify.probe_images(architecture)).logits_per_image
+
+
+# ---- to-hf ------------------------------------------------------------------------------------------------
+
+
+def test_help_lists_both_commands_with_examples():
+    clipconv = Path(sys.executable).parent / "clipconv"
+    result = subprocess.run([clipconv, "--help"], capture_output=True, text=True, check=True)
+    assert "to-hf" in result.stdout and "to-openai" in result.stdout
+    for command in ("to-hf", "to-openai"):
+        text = subprocess.run([clipconv, command, "--help"], capture_output=True, text=True, check=True).stdout
+        assert "Examples:" in text and f"clipconv {command} " in text
+
+
+def test_torchscript_archive_converts_and_comes_back_bit_exact(tmp_path, demo_archive):
+    original = torch.jit.load(str(demo_archive)).state_dict()
+    result = run_cli("to-hf", demo_archive, tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    assert "verification  max |logit difference|" in result.stdout
+    assert listing(tmp_path / "hf") == ["config.json", "model.safetensors"]
+
+    weights = {k: v for k, v in original.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    gap = (openai_reference_logits(weights, DEMO) - hf_logits_from_folder(tmp_path / "hf", DEMO)).abs().max()
+    assert gap <= TOLERANCE
+
+    result = run_cli("to-openai", tmp_path / "hf", tmp_path / "back.pt")
+    assert result.exit_code == 0, result.output
+    assert_identical(torch.load(tmp_path / "back.pt", weights_only=True), original)
+
+
+def _wrapped(state_dict: dict) -> dict:
+    return {"state_dict": state_dict, "epoch": 3}
+
+
+def _data_parallel(state_dict: dict) -> dict:
+    return {f"module.{key}": value for key, value in state_dict.items()}
+
+
+@pytest.mark.parametrize(
+    "packaging",
+    [dict, _wrapped, _data_parallel, lambda sd: _wrapped(_data_parallel(sd))],
+    ids=["plain", "state_dict-wrapped", "module-prefixed", "wrapped-and-prefixed"],
+)
+def test_state_dict_files_convert_in_every_packaging(tmp_path, demo_state_dict, packaging):
+    torch.save(packaging(demo_state_dict), tmp_path / "in.pt")
+    result = run_cli("to-hf", tmp_path / "in.pt", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    written = read_hf_folder(tmp_path / "hf").tensors
+    expected = {k: v.float() for k, v in mapping.to_hf(demo_state_dict).items()}  # float32 by default
+    assert_identical(written, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "keep"])
+def test_dtype_option_sets_the_written_dtype_and_to_openai_restores_the_source(tmp_path, demo_state_dict_file,
+                                                                               demo_state_dict, dtype):
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--dtype", dtype).exit_code == 0
+    written = read_hf_folder(tmp_path / "hf").tensors
+    source_as_hf = mapping.to_hf(demo_state_dict)
+    for key, tensor in written.items():
+        expected_dtype = source_as_hf[key].dtype if dtype == "keep" else getattr(torch, dtype)
+        assert tensor.dtype == expected_dtype, key
+    assert run_cli("to-openai", tmp_path / "hf", tmp_path / "back.pt").exit_code == 0
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert {k: v.dtype for k, v in back.items()} == {k: v.dtype for k, v in demo_state_dict.items()}
+    if dtype == "keep":  # bf16 rounds fp32 tensors; keep and fp16 of an fp16 mix do not lose bits
+        assert_identical(back, demo_state_dict)
+
+
+def test_large_models_are_sharded_with_an_index_that_transformers_loads(tmp_path, demo_state_dict_file):
+    result = run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--max-shard-size", "10MB")
+    assert result.exit_code == 0, result.output
+    files = listing(tmp_path / "hf")
+    shards = [name for name in files if name.startswith("model-0")]
+    assert len(shards) >= 3 and "model.safetensors.index.json" in files and "model.safetensors" not in files
+    index = read_json(tmp_path / "hf" / "model.safetensors.index.json")
+    assert sorted(set(index["weight_map"].values())) == shards
+    for shard in shards:  # within the limit, unless one tensor alone exceeds it (as in save_pretrained)
+        members = [key for key, name in index["weight_map"].items() if name == shard]
+        assert (tmp_path / "hf" / shard).stat().st_size <= 10**7 + 10**5 or len(members) == 1
+    gap = hf_logits_from_folder(tmp_path / "hf", DEMO) - openai_reference_logits(
+        torch.load(demo_state_dict_file, weights_only=True), DEMO)
+    assert gap.abs().max() <= TOLERANCE
+
+
+def test_written_files_follow_the_umask(tmp_path, demo_state_dict_file):
+    previous = os.umask(0o027)
+    try:
+        assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "hf" / "config.json").stat().st_mode & 0o777 == 0o640
+
+
+# ---- to-openai from folders written by transformers ---------------------------------------------------------
+
+
+def _save_safetensors(model, folder: Path) -> None:
+    model.save_pretrained(folder)
+
+
+def _save_sharded(model, folder: Path) -> None:
+    model.save_pretrained(folder, max_shard_size="10MB")
+
+
+HF_LAYOUTS = {
+    # name: (text config overrides, how the folder is written)
+    "legacy-eos-2": ({"eos_token_id": 2}, _save_safetensors),
+    "current-eos-49407": ({"eos_token_id": 49407}, _save_safetensors),
+    "sharded": ({}, _save_sharded),
+    "pytorch_model.bin-with-position_ids": ({"eos_token_id": 2}, save_legacy_pytorch_bin),
+}
+
+
+@pytest.mark.parametrize("layout", HF_LAYOUTS)
+def test_folders_from_transformers_go_to_clip_load_and_back_bit_exact(tmp_path, layout):
+    overrides, save = HF_LAYOUTS[layout]
+    hf_model = random_hf_model(hf_clip_config(**overrides), seed=5)
+    save(hf_model, tmp_path / "hf")
+    if layout == "sharded":
+        assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+
+    result = run_cli("to-openai", tmp_path / "hf", tmp_path / "model.pt")
+    assert result.exit_code == 0, result.output
+
+    clip = verify.import_clip()
+    model, _ = clip.load(str(tmp_path / "model.pt"), device="cpu", jit=False)  # halves, then back to fp32
+    images, tokens = verify.probe_images(DEMO), verify.probe_tokens(DEMO)
+    with torch.no_grad():
+        reference = hf_model(input_ids=tokens, pixel_values=images).logits_per_image
+        assert (model(images, tokens)[0] - reference).abs().max() <= TOLERANCE
+
+    result = run_cli("to-hf", tmp_path / "model.pt", tmp_path / "hf-again")
+    assert result.exit_code == 0, result.output
+    assert_identical(read_hf_folder(tmp_path / "hf-again").tensors, hf_model.state_dict())
+    architecture_fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                           "hidden_act", "layer_norm_eps", "max_position_embeddings", "vocab_size",
+                           "image_size", "patch_size", "num_channels")
+    again = read_json(tmp_path / "hf-again" / "config.json")
+    for tower in ("text_config", "vision_config"):
+        original = hf_model.config.to_dict()[tower]
+        for field in architecture_fields:
+            if field in original:
+                assert again[tower][field] == original[field], (tower, field)
+    assert again["projection_dim"] == hf_model.config.projection_dim
+
+
+def test_configs_openai_cannot_represent_are_refused_listing_every_difference(tmp_path):
+    config = hf_clip_config(hidden_act="gelu", layer_norm_eps=1e-6, eos_token_id=7)
+    random_hf_model(config, fp16_representable=False).save_pretrained(tmp_path / "laion-style")
+    result = run_cli("to-openai", tmp_path / "laion-style", tmp_path / "model.pt")
+    assert_refused(result, str(tmp_path / "laion-style"), "text_config.hidden_act is 'gelu'",
+                   "text_config.layer_norm_eps is 1e-06", "text_config.eos_token_id is 7")
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_head_width_other_than_64_is_refused(tmp_path):
+    config = hf_clip_config(num_attention_heads=4)  # 128 wide: OpenAI would use 2 heads of 64
+    random_hf_model(config, fp16_representable=False).save_pretrained(tmp_path / "hf")
+    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "model.pt"),
+                   "text_config.num_attention_heads is 4, OpenAI's model needs 2")
+
+
+# ---- refusals: one line, exit 1, nothing left behind ----------------------------------------------------------
+
+
+class SystemCall:
+    """A pickle payload: unpickling it would run a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _zip_payload(path: Path, marker: Path) -> None:
+    torch.save({"visual.proj": SystemCall(marker)}, path)
+
+
+def _raw_pickle_payload(path: Path, marker: Path) -> None:
+    path.write_bytes(pickle.dumps(SystemCall(marker)))
+
+
+def _module_pickle(path: Path, marker: Path) -> None:
+    torch.save(torch.nn.Linear(2, 2), path)
+
+
+BROKEN_INPUTS = {
+    "os.system in a zip .pt": (_zip_payload, "refused: it references posix.system"),
+    "os.system in a raw pickle": (_raw_pickle_payload, "not a readable PyTorch checkpoint"),
+    "pickled nn.Module": (_module_pickle, "refused: it references torch.nn.modules.linear.Linear"),
+    "random bytes": (lambda path, marker: path.write_bytes(os.urandom(4096)), "not a readable PyTorch checkpoint"),
+    "empty file": (lambda path, marker: path.write_bytes(b""), "is empty"),
+    "Git LFS pointer": (lambda path, marker: path.write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"), "Git LFS pointer"),
+    "a list, not a state dict": (lambda path, marker: torch.save([torch.zeros(1)], path), "expected a state dict"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_INPUTS)
+def test_broken_or_hostile_inputs_are_refused_without_running_anything(tmp_path, case):
+    make, message = BROKEN_INPUTS[case]
+    source, marker = tmp_path / "input.pt", tmp_path / "pwned"
+    make(source, marker)
+    result = run_cli("to-hf", source, tmp_path / "out")
+    assert_refused(result, str(source), message)
+    assert not marker.exists()
+    assert_nothing_left(tmp_path, ["input.pt"])
+
+
+def test_truncated_checkpoint_is_refused(tmp_path, demo_state_dict_file):
+    data = demo_state_dict_file.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    assert_refused(run_cli("to-hf", tmp_path / "cut.pt", tmp_path / "out"), "cut.pt")
+    assert_nothing_left(tmp_path, ["cut.pt"])
+
+
+def test_resnet_checkpoint_is_refused_with_the_reason(tmp_path):
+    resnet = verify.import_clip().model.CLIP(
+        embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=64, vision_patch_size=None,
+        context_length=8, vocab_size=64, transformer_width=64, transformer_heads=1, transformer_layers=1,
+    )
+    torch.save(resnet.state_dict(), tmp_path / "RN50.pt")
+    assert_refused(run_cli("to-hf", tmp_path / "RN50.pt", tmp_path / "out"), "RN50.pt", "no ResNet vision tower")
+    assert_nothing_left(tmp_path, ["RN50.pt"])
+
+
+def test_unknown_keys_are_named(tmp_path, demo_state_dict):
+    torch.save({**demo_state_dict, "visual.extra_head.weight": torch.zeros(3)}, tmp_path / "extra.pt")
+    assert_refused(run_cli("to-hf", tmp_path / "extra.pt", tmp_path / "out"), "visual.extra_head.weight")
+    assert_nothing_left(tmp_path, ["extra.pt"])
+
+
+def test_existing_dest_is_left_untouched_without_overwrite(tmp_path, demo_state_dict_file):
+    dest = tmp_path / "hf"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep me")
+    assert_refused(run_cli("to-hf", demo_state_dict_file, dest), str(dest), "--overwrite")
+    assert listing(dest) == ["mine.txt"]
+
+    assert run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify").exit_code == 0
+    assert listing(dest) == ["config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+
+
+def test_dest_inside_source_is_refused(tmp_path):
+    random_hf_model(hf_clip_config(), fp16_representable=False).save_pretrained(tmp_path / "hf")
+    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "hf" / "model.pt"), "inside it")
+    assert listing(tmp_path / "hf") == ["config.json", "model.safetensors"]
+
+
+def test_failed_verification_leaves_nothing_behind(tmp_path, demo_state_dict_file, monkeypatch):
+    monkeypatch.setattr(verify, "TOLERANCE", 0.0)  # any real difference now fails
+    result = run_cli("to-hf", demo_state_dict_file, tmp_path / "hf")
+    assert_refused(result, "logits differ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_source_and_non_clip_folder_are_refused(tmp_path):
+    assert_refused(run_cli("to-hf", tmp_path / "nope.pt", tmp_path / "out"), "does not exist")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    assert_refused(run_cli("to-openai", tmp_path / "bert", tmp_path / "out.pt"), "not a CLIP config")
+    assert_nothing_left(tmp_path, ["bert", "bert/config.json"])
+
+
+@pytest.mark.parametrize("args", [["to-hf"], ["to-hf", "a.pt", "b", "--dtype", "int8"], ["convert", "a", "b"]])
+def test_usage_errors_exit_2(args):
+    assert run_cli(*args).exit_code == 2

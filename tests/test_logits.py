@@ -1,0 +1,105 @@
+"""OpenAI's model code and transformers compute the same logits from converted weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+from roundtrip import mapping, verify
+from roundtrip.examples import DEMO, random_openai_model
+
+from strategies import architectures, openai_dtypes, seeds
+
+TOLERANCE = 1e-3
+END_OF_TEXT = 49407
+
+
+def hf_model_from(openai_model, architecture, **text_config_overrides):
+    """transformers' CLIPModel holding to_hf() of the model's weights, in float32."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = architecture.hf_config()
+    config["text_config"].update(text_config_overrides)
+    hf_weights = {k: v.float() for k, v in mapping.to_hf(openai_model.state_dict()).items()}
+    return CLIPModel.from_pretrained(None, config=CLIPConfig.from_dict(config), state_dict=hf_weights,
+                                     dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def logit_gap(openai_model, hf_model, images, tokens) -> float:
+    reference, _ = openai_model.float()(images, tokens)
+    converted = hf_model(input_ids=tokens, pixel_values=images).logits_per_image
+    return (reference - converted).abs().max().item()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(architectures(), openai_dtypes, seeds)
+def test_logits_of_both_frameworks_agree(architecture, halved, seed):
+    openai_model = random_openai_model(architecture, seed=seed, openai_dtypes=halved)
+    hf_model = hf_model_from(openai_model, architecture)
+    images, tokens = verify.probe_images(architecture), verify.probe_tokens(architecture)
+    assert logit_gap(openai_model, hf_model, images, tokens) <= TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def pooling_models():
+    openai_model = random_openai_model(DEMO, seed=3).float()
+    return openai_model, {
+        "legacy eos 2 (written by to-hf)": hf_model_from(openai_model, DEMO),
+        "eos 49407 (transformers default)": hf_model_from(openai_model, DEMO, eos_token_id=END_OF_TEXT),
+    }
+
+
+def tokenized(padding: int, texts=("a photo of a cat", "a dog", "x")) -> torch.Tensor:
+    tokens = verify.import_clip().tokenize(list(texts), truncate=True)
+    after_end = torch.cumsum(tokens == END_OF_TEXT, dim=1) - (tokens == END_OF_TEXT).long() > 0
+    return tokens.masked_fill(after_end, padding)
+
+
+LONG_TEXT = "a very long caption " * 40
+
+TOKEN_CASES = {
+    "padded with 0 (clip.tokenize)": lambda: tokenized(0),
+    "padded with 49407 (HF tokenizer)": lambda: tokenized(END_OF_TEXT),
+    "truncated to 77 tokens": lambda: verify.import_clip().tokenize([LONG_TEXT, "short"], truncate=True),
+}
+
+
+@pytest.mark.parametrize("case", TOKEN_CASES)
+@pytest.mark.parametrize("config", ["legacy eos 2 (written by to-hf)", "eos 49407 (transformers default)"])
+def test_text_pooling_matches_openai_for_tokenized_input(pooling_models, case, config):
+    openai_model, hf_models = pooling_models
+    tokens = TOKEN_CASES[case]()
+    if case.startswith("truncated"):
+        assert tokens[0, -1] == END_OF_TEXT and (tokens[0] > 0).all()
+    images = verify.probe_images(DEMO)
+    assert logit_gap(openai_model, hf_models[config], images, tokens) <= TOLERANCE
+
+
+def test_padding_variants_really_differ():
+    # Guards the cases above: the two paddings must not be the same tensor.
+    assert not torch.equal(tokenized(0), tokenized(END_OF_TEXT))
+
+
+def test_legacy_eos_pools_like_openai_even_without_an_end_token(pooling_models):
+    # The old conversion script's check: arange(0, 77) has no 49407. Only argmax pooling
+    # (eos_token_id 2) reproduces OpenAI here; "first 49407" pooling falls back to position 0.
+    openai_model, hf_models = pooling_models
+    tokens = torch.arange(0, 77).unsqueeze(0)
+    images = verify.probe_images(DEMO)[:1]
+    assert logit_gap(openai_model, hf_models["legacy eos 2 (written by to-hf)"], images, tokens) <= TOLERANCE
+    assert logit_gap(openai_model, hf_models["eos 49407 (transformers default)"], images, tokens) > TOLERANCE
+
+
+def test_verification_catches_a_wrong_mapping(demo_state_dict):
+    # Swap q and k in every layer: the round trip would still be exact, the logits must not be.
+    hf_weights = mapping.to_hf(demo_state_dict)
+    wrong = dict(hf_weights)
+    for key in hf_weights:
+        if ".q_proj." in key:
+            k_key = key.replace(".q_proj.", ".k_proj.")
+            wrong[key], wrong[k_key] = hf_weights[k_key], hf_weights[key]
+    right_gap = verify.max_logit_difference(demo_state_dict, hf_weights, DEMO.hf_config(), DEMO)
+    wrong_gap = verify.max_logit_difference(demo_state_dict, wrong, DEMO.hf_config(), DEMO)
+    assert right_gap <= TOLERANCE < wrong_gap

@@ -1,0 +1,47 @@
+"""Weights survive both round trips bit for bit, dtype included, for random architectures."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import HealthCheck, given, settings
+
+from roundtrip import mapping
+from roundtrip.config import Architecture
+from roundtrip.examples import random_openai_state_dict
+
+from conftest import assert_identical, random_hf_model
+from strategies import architectures, openai_dtypes, seeds
+
+MODEL_BUILDING = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@MODEL_BUILDING
+@given(architectures(), openai_dtypes, seeds)
+def test_round_trip_is_bit_exact(architecture, halved, seed):
+    original = random_openai_state_dict(architecture, seed=seed, openai_dtypes=halved)
+    assert_identical(mapping.to_openai(mapping.to_hf(original)), original)
+
+
+@MODEL_BUILDING
+@given(architectures(), seeds)
+def test_hf_round_trip_is_bit_exact(architecture, seed):
+    from transformers import CLIPConfig
+
+    config = CLIPConfig.from_dict(architecture.hf_config())
+    original = random_hf_model(config, seed=seed, fp16_representable=False).state_dict()
+    assert_identical(mapping.to_hf(mapping.to_openai(original)), original)
+
+
+@MODEL_BUILDING
+@given(architectures(), openai_dtypes, seeds)
+def test_config_inferred_from_shapes_is_the_architecture_built(architecture, halved, seed):
+    state_dict = random_openai_state_dict(architecture, seed=seed, openai_dtypes=halved)
+    assert Architecture.from_openai_state_dict(state_dict) == architecture
+
+
+def test_special_float_bits_survive(demo_state_dict):
+    weird = dict(demo_state_dict)
+    projection = weird["text_projection"].clone()
+    projection.view(-1)[:3] = torch.tensor([float("nan"), -0.0, float("-inf")], dtype=projection.dtype)
+    weird["text_projection"] = projection
+    assert_identical(mapping.to_openai(mapping.to_hf(weird)), weird)

@@ -1,0 +1,141 @@
+"""Invariants of the one schema: coverage, exact inverses, anchored patterns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from roundtrip import mapping
+from roundtrip.examples import DEMO, random_openai_state_dict
+from roundtrip.mapping import TO_HF, TO_OPENAI, Conversion, MappingError, Pattern, UnsupportedArchitecture
+from roundtrip.ops import Chunk, Concatenate, Identity, OperationError, Transpose
+from roundtrip.schema import PLACEHOLDERS, RULES
+
+from conftest import hf_clip_config, random_hf_model
+
+SAMPLE_FIELDS = {"i": "7", "wb": "bias"}
+
+
+@pytest.fixture(scope="module")
+def hf_state_dict():
+    return random_hf_model(hf_clip_config(), fp16_representable=False).state_dict()
+
+
+def test_to_hf_produces_exactly_the_keys_transformers_expects(demo_state_dict, hf_state_dict):
+    assert sorted(mapping.to_hf(demo_state_dict)) == sorted(hf_state_dict)
+
+
+def test_to_openai_produces_exactly_the_keys_openai_expects(demo_state_dict, hf_state_dict):
+    assert sorted(mapping.to_openai(hf_state_dict)) == sorted(demo_state_dict)
+
+
+@pytest.mark.parametrize("conversions", [TO_HF, TO_OPENAI], ids=["to_hf", "to_openai"])
+def test_every_real_key_matches_exactly_one_rule(conversions, demo_state_dict, hf_state_dict):
+    keys = demo_state_dict if conversions is TO_HF else hf_state_dict
+    steps = mapping.plan(keys, conversions)
+    consumed = [key for step in steps for key in step.sources]
+    assert sorted(consumed) == sorted(keys)
+    produced = [key for step in steps for key in step.targets]
+    assert len(produced) == len(set(produced))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.openai[0])
+def test_inverse_of_inverse_is_itself(rule):
+    assert rule.op.inverse.inverse == rule.op
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.openai[0])
+def test_rule_arity_and_fields_agree_on_both_sides(rule):
+    assert len(rule.openai) == rule.op.arity_in
+    assert len(rule.hf) == rule.op.arity_out
+    fields = {Pattern(t).fields for t in rule.openai + rule.hf}
+    assert len(fields) == 1, "every pattern of a rule must use the same placeholders"
+    assert fields.pop() <= PLACEHOLDERS.keys()
+
+
+@pytest.mark.parametrize("direction", [TO_HF, TO_OPENAI], ids=["to_hf", "to_openai"])
+def test_each_pattern_parses_what_it_formats_and_nothing_else_does(direction):
+    for conversion in direction:
+        for pattern in conversion.sources:
+            key = pattern.format(SAMPLE_FIELDS)
+            assert pattern.parse(key) == {k: SAMPLE_FIELDS[k] for k in pattern.fields}
+            matching = [p for c in direction for p in c.sources if p.parse(key) is not None]
+            assert matching == [pattern], f"{key} is matched by {[p.template for p in matching]}"
+
+
+def test_patterns_are_anchored():
+    pattern = Pattern("ln_final.{wb}")
+    assert pattern.parse("ln_final.weight") == {"wb": "weight"}
+    for near_miss in ("x.ln_final.weight", "ln_final.weight.x", "ln_finalXweight", "ln_final.scale"):
+        assert pattern.parse(near_miss) is None
+
+
+tensors_2d = st.tuples(st.integers(1, 6), st.integers(1, 6)).map(
+    lambda shape: torch.randn(3 * shape[0], shape[1]).to(torch.float16)
+)
+
+
+@given(tensors_2d)
+def test_every_operation_followed_by_its_inverse_is_bit_exact(tensor):
+    for op in (Identity(), Transpose(), Chunk(3, 0)):
+        outputs = op([tensor])
+        (back,) = op.inverse(outputs)
+        assert back.dtype == tensor.dtype and torch.equal(back, tensor)
+
+
+def test_chunk_refuses_a_size_not_divisible_by_its_parts():
+    with pytest.raises(OperationError, match="3 equal parts"):
+        Chunk(3, 0)([torch.zeros(4, 2)])
+
+
+def test_concatenate_refuses_pieces_that_chunk_would_not_give_back():
+    with pytest.raises(OperationError, match="different shapes or dtypes"):
+        Concatenate(3, 0)([torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.float16)])
+
+
+def test_unknown_key_is_named(demo_state_dict):
+    with pytest.raises(MappingError, match="match no rule: visual.extra_head.weight"):
+        mapping.to_hf({**demo_state_dict, "visual.extra_head.weight": torch.zeros(1)})
+
+
+def test_missing_member_of_a_group_is_named(hf_state_dict):
+    broken = dict(hf_state_dict)
+    del broken["text_model.encoder.layers.1.self_attn.k_proj.weight"]
+    with pytest.raises(MappingError, match=r"missing key\(s\).*layers\.1\.self_attn\.k_proj\.weight"):
+        mapping.to_openai(broken)
+
+
+def test_a_target_produced_twice_is_an_error():
+    twice = (
+        Conversion((Pattern("a.{wb}"),), (Pattern("out.{wb}"),), Identity(), None),
+        Conversion((Pattern("b.{wb}"),), (Pattern("out.{wb}"),), Identity(), None),
+    )
+    with pytest.raises(MappingError, match="produced more than once: out.weight"):
+        mapping.plan(["a.weight", "b.weight"], twice)
+
+
+def test_a_key_matching_two_rules_is_an_error():
+    overlapping = (
+        Conversion((Pattern("a.{wb}"),), (Pattern("x.{wb}"),), Identity(), None),
+        Conversion((Pattern("a.weight"),), (Pattern("y"),), Identity(), None),
+    )
+    with pytest.raises(MappingError, match="more than one rule: a.weight"):
+        mapping.plan(["a.weight"], overlapping)
+
+
+def test_resnet_checkpoints_are_refused_with_the_reason():
+    from roundtrip.verify import import_clip
+
+    resnet = import_clip().model.CLIP(
+        embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=64, vision_patch_size=None,
+        context_length=8, vocab_size=64, transformer_width=64, transformer_heads=1, transformer_layers=1,
+    )
+    with pytest.raises(UnsupportedArchitecture, match="ResNet.*no ResNet vision tower"):
+        mapping.to_hf(resnet.state_dict())
+
+
+def test_block_indices_are_counted_per_tower():
+    keys = random_openai_state_dict(DEMO, openai_dtypes=False).keys()
+    assert mapping.block_indices(keys) == {"text": {0, 1}, "vision": {0, 1}}
