@@ -1,12 +1,19 @@
 """clipconv: exact, two-way conversion between OpenAI CLIP and Hugging Face CLIPModel checkpoints.
 
-State-dict level (no I/O):   roundtrip.to_hf(openai_sd), roundtrip.to_openai(hf_sd)
+State-dict level (no I/O):      roundtrip.to_hf(openai_sd), roundtrip.to_openai(hf_sd)
 File level (what the CLI runs): roundtrip.convert_to_hf(src, dest), roundtrip.convert_to_openai(src, dest)
 """
 
 __version__ = "0.1.0"
 
-from roundtrip.convert import convert_to_hf, convert_to_openai  # noqa: E402
-from roundtrip.mapping import to_hf, to_openai  # noqa: E402
+_PUBLIC = {"to_hf": "mapping", "to_openai": "mapping", "convert_to_hf": "convert", "convert_to_openai": "convert"}
+__all__ = [*_PUBLIC, "__version__"]
 
-__all__ = ["convert_to_hf", "convert_to_openai", "to_hf", "to_openai", "__version__"]
+
+def __getattr__(name: str):
+    # Lazy, so that `clipconv --help` and `import roundtrip` do not pay for torch.
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(f"roundtrip.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'roundtrip' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from roundtrip import __version__
+from roundtrip.dtypes import TO_HF_CHOICES, TO_OPENAI_CHOICES
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -70,7 +71,7 @@ def _common_options(function):
 @main.command("to-hf", epilog=TO_HF_EXAMPLES)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "keep"]), default="float32",
+@click.option("--dtype", type=click.Choice(TO_HF_CHOICES), default="float32",
               show_default=True, help="Dtype of the written weights; 'keep' writes each tensor in its source dtype.")
 @click.option("--max-shard-size", type=ByteSize(), default="5GB", show_default=True,
               help="Split model.safetensors into shards (with an index) above this size.")
@@ -97,7 +98,7 @@ def to_hf_command(ctx, source: Path, dest: Path, dtype: str, max_shard_size: int
 @main.command("to-openai", epilog=TO_OPENAI_EXAMPLES)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--dtype", type=click.Choice(["restore", "keep", "float32", "float16", "bfloat16"]), default="restore",
+@click.option("--dtype", type=click.Choice(TO_OPENAI_CHOICES), default="restore",
               show_default=True,
               help="'restore' gives each tensor the dtype recorded by to-hf (else keeps the folder's); "
                    "'keep' keeps the folder's dtypes.")

@@ -8,7 +8,7 @@ into place.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -33,7 +33,6 @@ class Summary:
     files: list[str]
     architecture: Architecture
     max_logit_difference: float | None = None  # None when verification was skipped
-    notes: list[str] = field(default_factory=list)
 
 
 def _silent(_: str) -> None:

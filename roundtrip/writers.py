@@ -18,13 +18,19 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
-from roundtrip.dtypes import SAFETENSORS_NAME
 from roundtrip.errors import OutputError
 from roundtrip.readers import HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX
 
 STAGING_MARK = ".clipconv-tmp-"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # the hub's long-standing default shard size, "5GB"
 HEADER_ALIGNMENT = 8  # safetensors pads its JSON header to a multiple of 8 bytes
+
+# safetensors' names for the dtypes a CLIP checkpoint can hold.
+SAFETENSORS_NAME = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 Progress = Callable[[int, int], None]  # called with (bytes written so far, bytes to write)
 

@@ -48,6 +48,17 @@ def demo_archive(tmp_path_factory) -> Path:
     return path
 
 
+def resnet_clip_state_dict() -> dict:
+    """A small RN50-family CLIP (ModifiedResNet vision tower) from OpenAI's model code."""
+    from roundtrip.verify import import_clip
+
+    model = import_clip().model.CLIP(
+        embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=64, vision_patch_size=None,
+        context_length=8, vocab_size=64, transformer_width=64, transformer_heads=1, transformer_layers=1,
+    )
+    return model.state_dict()
+
+
 def hf_clip_config(**text_overrides):
     """A transformers CLIPConfig in OpenAI's family, small (same shape as DEMO)."""
     from transformers import CLIPConfig

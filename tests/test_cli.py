@@ -17,7 +17,8 @@ from roundtrip.examples import DEMO
 from roundtrip.readers import read_hf_folder
 
 from conftest import (
-    assert_identical, hf_clip_config, listing, random_hf_model, read_json, run_cli, save_legacy_pytorch_bin,
+    assert_identical, hf_clip_config, listing, random_hf_model, read_json, resnet_clip_state_dict, run_cli,
+    save_legacy_pytorch_bin,
 )
 
 TOLERANCE = 1e-3
@@ -269,11 +270,7 @@ def test_truncated_checkpoint_is_refused(tmp_path, demo_state_dict_file):
 
 
 def test_resnet_checkpoint_is_refused_with_the_reason(tmp_path):
-    resnet = verify.import_clip().model.CLIP(
-        embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=64, vision_patch_size=None,
-        context_length=8, vocab_size=64, transformer_width=64, transformer_heads=1, transformer_layers=1,
-    )
-    torch.save(resnet.state_dict(), tmp_path / "RN50.pt")
+    torch.save(resnet_clip_state_dict(), tmp_path / "RN50.pt")
     assert_refused(run_cli("to-hf", tmp_path / "RN50.pt", tmp_path / "out"), "RN50.pt", "no ResNet vision tower")
     assert_nothing_left(tmp_path, ["RN50.pt"])
 

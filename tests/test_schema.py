@@ -13,7 +13,7 @@ from roundtrip.mapping import TO_HF, TO_OPENAI, Conversion, MappingError, Patter
 from roundtrip.ops import Chunk, Concatenate, Identity, OperationError, Transpose
 from roundtrip.schema import PLACEHOLDERS, RULES
 
-from conftest import hf_clip_config, random_hf_model
+from conftest import hf_clip_config, random_hf_model, resnet_clip_state_dict
 
 SAMPLE_FIELDS = {"i": "7", "wb": "bias"}
 
@@ -126,14 +126,8 @@ def test_a_key_matching_two_rules_is_an_error():
 
 
 def test_resnet_checkpoints_are_refused_with_the_reason():
-    from roundtrip.verify import import_clip
-
-    resnet = import_clip().model.CLIP(
-        embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=64, vision_patch_size=None,
-        context_length=8, vocab_size=64, transformer_width=64, transformer_heads=1, transformer_layers=1,
-    )
     with pytest.raises(UnsupportedArchitecture, match="ResNet.*no ResNet vision tower"):
-        mapping.to_hf(resnet.state_dict())
+        mapping.to_hf(resnet_clip_state_dict())
 
 
 def test_block_indices_are_counted_per_tower():
