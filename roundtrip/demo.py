@@ -6,6 +6,7 @@ No downloads: the checkpoint is made here with OpenAI's own model code.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -32,7 +33,9 @@ def main() -> None:
             if result.exit_code:
                 raise SystemExit(result.exit_code)
         print(f"\n4. Comparing {back.name} with the original archive, tensor by tensor:")
-        original = torch.jit.load(str(source)).state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+            original = torch.jit.load(str(source)).state_dict()
         returned = torch.load(back, map_location="cpu", weights_only=True)
         same = [k for k in original if k in returned and original[k].dtype == returned[k].dtype
                 and torch.equal(original[k], returned[k])]

@@ -28,7 +28,29 @@ class Provenance:
 
     @classmethod
     def from_json(cls, text: str) -> "Provenance":
+        """Parse and check metadata read from a file (which may come from anyone)."""
         data = json.loads(text)
         if not isinstance(data, dict) or not isinstance(data.get("source_dtypes"), dict):
-            raise ValueError("clipconv provenance metadata is malformed")
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+            raise ValueError("no source_dtypes table")
+        provenance = cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+        bad = [f"{key}: {name!r}" for key, name in provenance.source_dtypes.items() if name not in FLOAT_DTYPES]
+        for key, spec in provenance.archive_attributes.items():
+            if not _is_integer_attribute(spec):
+                bad.append(f"{key}: {spec!r}")
+        if bad:
+            raise ValueError(f"unexpected entries {', '.join(bad[:3])}")
+        return provenance
+
+
+FLOAT_DTYPES = ("float16", "float32", "bfloat16", "float64")
+INTEGER_DTYPES = ("int64", "int32", "int16", "int8", "uint8")
+
+
+def _is_integer_attribute(spec) -> bool:
+    return (
+        isinstance(spec, dict)
+        and spec.get("dtype") in INTEGER_DTYPES
+        and isinstance(spec.get("value"), int)
+        and isinstance(spec.get("shape"), list)
+        and all(isinstance(n, int) and n == 1 for n in spec["shape"])
+    )

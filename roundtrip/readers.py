@@ -125,13 +125,21 @@ def read_hf_folder(folder: Path) -> HFFolder:
         raise InputError(folder, "is not a folder, expected a Hugging Face model folder")
     config = _read_config(folder)
     weight_files = _weight_files(folder)
-    if weight_files[0].suffix == ".bin":
-        tensors = {}
-        for file in weight_files:
-            tensors.update(_unwrap_state_dict(file, _load_pickle(file)))
-        return HFFolder(config, tensors, None, weight_files)
-    tensors, provenance = _read_safetensors(weight_files)
-    return HFFolder(config, tensors, provenance, weight_files)
+    tensors, provenances = {}, set()
+    for file in weight_files:
+        file_tensors, provenance = _read_weight_file(file)
+        twice = sorted(set(file_tensors) & set(tensors))
+        if twice:
+            raise InputError(file, f"tensor {twice[0]} is also in another shard")
+        tensors.update(file_tensors)
+        provenances.add(provenance)
+    return HFFolder(config, tensors, _provenance(weight_files[0], provenances), weight_files)
+
+
+def _read_weight_file(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    if file.suffix == ".bin":
+        return _unwrap_state_dict(file, _load_pickle(file)), None
+    return _read_safetensors(file)
 
 
 def _read_config(folder: Path) -> dict:
@@ -142,8 +150,9 @@ def _read_config(folder: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         raise InputError(path, f"is not valid JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("model_type") != "clip":
-        raise InputError(path, f"is not a CLIP config (model_type is {config.get('model_type')!r})")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "clip":
+        raise InputError(path, f"is not a CLIP config (model_type is {model_type!r})")
     return config
 
 
@@ -177,21 +186,15 @@ def _shards_of(index_path: Path) -> list[Path]:
     return shards
 
 
-def _read_safetensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], Provenance | None]:
+def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     from safetensors import SafetensorError, safe_open
 
-    tensors, provenances = {}, set()
-    for file in files:
-        try:
-            with safe_open(file, framework="pt") as handle:
-                provenances.add((handle.metadata() or {}).get(METADATA_KEY))
-                for key in handle.keys():
-                    if key in tensors:
-                        raise InputError(file, f"tensor {key} is also in another shard")
-                    tensors[key] = handle.get_tensor(key)
-        except SafetensorError as error:
-            raise InputError(file, f"is not a valid safetensors file ({error})") from None
-    return tensors, _provenance(files[0], provenances)
+    try:
+        with safe_open(file, framework="pt") as handle:
+            provenance = (handle.metadata() or {}).get(METADATA_KEY)
+            return {key: handle.get_tensor(key) for key in handle.keys()}, provenance
+    except SafetensorError as error:
+        raise InputError(file, f"is not a valid safetensors file ({error})") from None
 
 
 def _provenance(file: Path, found: set) -> Provenance | None:

@@ -317,3 +317,62 @@ def test_missing_source_and_non_clip_folder_are_refused(tmp_path):
 @pytest.mark.parametrize("args", [["to-hf"], ["to-hf", "a.pt", "b", "--dtype", "int8"], ["convert", "a", "b"]])
 def test_usage_errors_exit_2(args):
     assert run_cli(*args).exit_code == 2
+
+
+@pytest.fixture
+def converted_folder(tmp_path, demo_state_dict_file) -> Path:
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    return tmp_path / "hf"
+
+
+def _rewrite_metadata(folder: Path, metadata: dict) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    save_file(load_file(path), path, metadata=metadata)
+
+
+def _add_index_to_single_file(folder: Path) -> None:
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+
+
+def _index_pointing_outside(folder: Path) -> None:
+    (folder / "model.safetensors").rename(folder.parent / "elsewhere.safetensors")
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {"logit_scale": "../elsewhere.safetensors"}}')
+
+
+def _index_naming_a_missing_shard(folder: Path) -> None:
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+
+
+def _tensor_in_two_shards(folder: Path) -> None:
+    import shutil as _shutil
+
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    _shutil.copy(folder / "model-00001-of-00002.safetensors", folder / "model-00002-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+
+
+BROKEN_FOLDERS = {
+    "malformed provenance": (lambda f: _rewrite_metadata(f, {"clipconv": '{"source_dtypes": {"x": "os.system"}}'}),
+                             "malformed clipconv metadata"),
+    "single file and index": (_add_index_to_single_file, "ambiguous"),
+    "index pointing outside": (_index_pointing_outside, "points outside its folder"),
+    "index naming a missing shard": (_index_naming_a_missing_shard, "missing shard"),
+    "tensor in two shards": (_tensor_in_two_shards, "also in another shard"),
+    "config not JSON": (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
+    "no weights": (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
+    "garbage safetensors": (lambda f: (f / "model.safetensors").write_bytes(b"\x10" * 64), "not a valid safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_FOLDERS)
+def test_broken_hf_folders_are_refused(tmp_path, converted_folder, case):
+    damage, message = BROKEN_FOLDERS[case]
+    damage(converted_folder)
+    before = listing(tmp_path)
+    assert_refused(run_cli("to-openai", converted_folder, tmp_path / "out.pt"), message)
+    assert listing(tmp_path) == before
