@@ -175,11 +175,15 @@ def _print_summary(summary, kind: str) -> None:
     dtypes = ", ".join(f"{name}: {count}" for name, count in summary.dtypes.items())
     click.echo(f"Wrote {summary.dest} ({kind})")
     click.echo(f"  tensors       {summary.tensors} ({dtypes}) in {', '.join(summary.files)}")
+    if summary.extra_files:
+        click.echo(f"  also          {', '.join(summary.extra_files)}")
     click.echo(f"  architecture  {summary.architecture.describe()}")
     if summary.max_logit_difference is None:
         click.echo("  verification  skipped (--no-verify)")
     else:
         click.echo(f"  verification  max |logit difference| = {summary.max_logit_difference:.2e} (tolerance 1e-3)")
+    for note in summary.notes:
+        click.echo(f"  note          {note}")
 
 
 if __name__ == "__main__":

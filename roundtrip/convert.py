@@ -8,13 +8,13 @@ into place.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from roundtrip import __version__, dtypes, mapping, readers, verify, writers
+from roundtrip import __version__, dtypes, hf_extras, mapping, readers, verify, writers
 from roundtrip.config import Architecture, ConfigError, openai_incompatibilities
 from roundtrip.errors import InputError
 from roundtrip.mapping import MappingError
@@ -33,6 +33,8 @@ class Summary:
     files: list[str]
     architecture: Architecture
     max_logit_difference: float | None = None  # None when verification was skipped
+    extra_files: list[str] = field(default_factory=list)  # tokenizer, image processor, model card
+    notes: list[str] = field(default_factory=list)  # what the user should know: files left out, mismatches
 
 
 def _silent(_: str) -> None:
@@ -64,7 +66,9 @@ def convert_to_hf(
     writers.check_destination(dest, source, overwrite)
     report(f"Reading {source}")
     checkpoint = readers.read_openai_checkpoint(source)
+    source_sha256 = readers.sha256_of(source)
     attributes = {k: checkpoint.tensors.pop(k) for k in OPENAI_ARCHIVE_ATTRIBUTES if k in checkpoint.tensors}
+    source_dtypes = dtypes.summary(checkpoint.tensors)
     with _as_input_error(source):
         architecture = Architecture.from_openai_state_dict(checkpoint.tensors)
         weights = dtypes.cast_floats(checkpoint.tensors, dtype)
@@ -84,12 +88,23 @@ def convert_to_hf(
             {"format": "pt", METADATA_KEY: provenance.to_json()}, max_shard_bytes, progress,
         )
         summary.files = [file.name for file in files]
+        report("Writing tokenizer and image processor files")
+        processing, summary.notes = hf_extras.processing_files(architecture)
+        writers.write_text_files(staging, processing)
         if verify_logits:
             report("Verifying logits against OpenAI's model code")
             written = readers.read_hf_folder(staging)  # check what is on disk, not what was meant
             difference = verify.max_logit_difference(weights, written.tensors, written.config, architecture)
             verify.require_agreement(dest, difference)
             summary.max_logit_difference = difference
+        # Last, because the card reports the verification figure.
+        card = hf_extras.model_card(hf_extras.CardFacts(
+            source_name=source.name, source_sha256=source_sha256, source_format=checkpoint.format,
+            source_dtypes=source_dtypes, written_dtypes=summary.dtypes, tool=provenance.tool,
+            architecture=architecture, max_logit_difference=summary.max_logit_difference, notes=summary.notes,
+        ))
+        writers.write_text_files(staging, card)
+        summary.extra_files = [*processing, *card]
     return summary
 
 
@@ -123,6 +138,7 @@ def convert_to_openai(
     writers.check_destination(dest, source, overwrite)
     report(f"Reading {source}")
     folder = readers.read_hf_folder(source)
+    notes = _tokenizer_warnings(source)
     with _as_input_error(source):
         openai_weights = mapping.to_openai(folder.tensors)
         architecture = Architecture.from_openai_state_dict(openai_weights)
@@ -136,7 +152,7 @@ def convert_to_openai(
     else:
         openai_weights = dtypes.cast_floats(openai_weights, dtype)
     output = {**openai_weights, **_restore_attributes(folder.provenance)}
-    summary = Summary(dest, len(output), dtypes.summary(output), [dest.name], architecture)
+    summary = Summary(dest, len(output), dtypes.summary(output), [dest.name], architecture, notes=notes)
     with writers.staged(dest, is_folder=False) as staging:
         report(f"Writing {len(output)} tensors")
         writers.write_openai_file(staging, output, progress)
@@ -148,6 +164,18 @@ def convert_to_openai(
             verify.require_agreement(dest, difference)
             summary.max_logit_difference = difference
     return summary
+
+
+def _tokenizer_warnings(folder: Path) -> list[str]:
+    """to-openai writes no tokenizer; it only warns when the folder's would not match clip.tokenize."""
+    try:
+        table = readers.read_tokenizer_table(folder)
+    except InputError as error:
+        return [f"clip.tokenize may not reproduce this folder's tokenizer: {error.problem}"]
+    difference = None if table is None else hf_extras.tokenizer_difference(table)
+    if difference is None:
+        return []
+    return [f"clip.tokenize will not reproduce this folder's tokenizer: {difference}"]
 
 
 def _resolved_hf_config(source: Path, config: dict) -> dict:

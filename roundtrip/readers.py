@@ -5,6 +5,7 @@ Pickles are only ever read with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from roundtrip.errors import InputError
+from roundtrip.hf_extras import MERGES_FILE, MERGES_HEADER, TOKENIZER_JSON, VOCAB_FILE, BPETable
 from roundtrip.provenance import METADATA_KEY, Provenance
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
@@ -27,6 +29,7 @@ HF_SAFETENSORS = "model.safetensors"
 HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
 HF_PICKLE = "pytorch_model.bin"
 HF_PICKLE_INDEX = "pytorch_model.bin.index.json"
+HASH_CHUNK_BYTES = 1 << 20
 
 
 @dataclass
@@ -207,3 +210,30 @@ def _provenance(file: Path, found: set) -> Provenance | None:
         return Provenance.from_json(text)
     except (ValueError, TypeError) as error:
         raise InputError(file, f"has malformed clipconv metadata ({error})") from None
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (checkpoints are GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_tokenizer_table(folder: Path) -> BPETable | None:
+    """A folder's BPE vocabulary and merges: vocab.json + merges.txt, else tokenizer.json; None if it has neither."""
+    vocab_path, merges_path, tokenizer_path = folder / VOCAB_FILE, folder / MERGES_FILE, folder / TOKENIZER_JSON
+    try:
+        if vocab_path.is_file() and merges_path.is_file():
+            lines = merges_path.read_text(encoding="utf-8").splitlines()
+            merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith(MERGES_HEADER)]
+            return BPETable(json.loads(vocab_path.read_text(encoding="utf-8")), merges)
+        if tokenizer_path.is_file():
+            model = json.loads(tokenizer_path.read_text(encoding="utf-8"))["model"]
+            # tokenizers writes merges as [a, b] pairs; older versions wrote "a b" strings.
+            merges = [tuple(pair.split(" ") if isinstance(pair, str) else pair) for pair in model["merges"]]
+            return BPETable(model["vocab"], merges)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise InputError(folder, f"has unreadable tokenizer files ({error})") from None
+    return None

@@ -119,6 +119,13 @@ def write_hf_folder(
     return [folder / name for name in names]
 
 
+def write_text_files(folder: Path, files: Mapping[str, str]) -> list[Path]:
+    """Write {file name: text} into folder as UTF-8; return the paths."""
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return [folder / name for name in files]
+
+
 def _byte_counter(total: int, progress: Progress) -> Callable[[int], None]:
     done = 0
 

@@ -1,0 +1,197 @@
+"""The files besides weights and config that make a to-hf folder usable like openai/clip-vit-* from the hub.
+
+Tokenizer files, `preprocessor_config.json` and the model card `README.md`,
+each returned as {file name: text}; `writers.write_text_files` puts them on disk.
+The tokenizer is OpenAI's own: the vocabulary and merges that
+`clip.simple_tokenizer` builds from the BPE table shipped inside the `clip`
+package. The image processor settings spell out `clip.clip._transform(n_px)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+from roundtrip.config import Architecture
+from roundtrip.verify import OPENAI_MEAN, OPENAI_STD, TOLERANCE, import_clip
+
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+MODEL_CARD = "README.md"
+
+START_OF_TEXT = "<|startoftext|>"
+END_OF_TEXT = "<|endoftext|>"
+# As in the hub's openai/clip-vit-* folders: end-of-text also serves as unknown and padding token.
+SPECIAL_TOKENS = {"bos_token": START_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT, "pad_token": END_OF_TEXT}
+MERGES_HEADER = "#version: 0.2"  # first line of the hub's merges.txt; readers of the format skip it
+MIN_CONTEXT_LENGTH = 2  # room for the start and end tokens
+PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what clip's Resize(n_px, BICUBIC) uses on PIL images
+RESCALE_FACTOR = 1 / 255  # ToTensor: uint8 -> [0, 1]
+
+
+@dataclass(frozen=True)
+class BPETable:
+    vocab: dict[str, int]
+    merges: list[tuple[str, str]]  # in rank order
+
+
+@functools.lru_cache(maxsize=1)
+def openai_bpe() -> BPETable:
+    """OpenAI's vocabulary (49408 tokens) and merges, exactly as clip.simple_tokenizer builds them."""
+    tokenizer = import_clip().simple_tokenizer.SimpleTokenizer()
+    merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
+    return BPETable(dict(tokenizer.encoder), [tuple(pair) for pair in merges])
+
+
+def tokenizer_mismatch(architecture: Architecture) -> str | None:
+    """Why OpenAI's tokenizer does not fit this checkpoint, or None when it does."""
+    size = len(openai_bpe().vocab)
+    if architecture.vocab_size != size:
+        return f"the checkpoint has {architecture.vocab_size} token embeddings, OpenAI's BPE tokenizer has {size} tokens"
+    if architecture.context_length < MIN_CONTEXT_LENGTH:
+        return f"context length {architecture.context_length} leaves no room for the start and end tokens"
+    return None
+
+
+def tokenizer_files(context_length: int) -> dict[str, str]:
+    """vocab.json and merges.txt (the hub's format), and what CLIPTokenizer/CLIPTokenizerFast load directly."""
+    from transformers import CLIPTokenizer
+
+    bpe = openai_bpe()
+    # tokenizer.json comes from transformers' own class, so its pipeline is the one transformers expects.
+    tokenizer = CLIPTokenizer(vocab=bpe.vocab, merges=bpe.merges, model_max_length=context_length, **SPECIAL_TOKENS)
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": context_length,
+        "do_lower_case": True,
+        "errors": "replace",
+        "add_prefix_space": False,
+        **SPECIAL_TOKENS,
+    }
+    return {
+        VOCAB_FILE: _json(bpe.vocab, indent=None),
+        MERGES_FILE: "\n".join([MERGES_HEADER, *(" ".join(pair) for pair in bpe.merges)]) + "\n",
+        TOKENIZER_JSON: tokenizer.backend_tokenizer.to_str(pretty=True) + "\n",
+        TOKENIZER_CONFIG: _json(config),
+        SPECIAL_TOKENS_MAP: _json(SPECIAL_TOKENS),
+    }
+
+
+def preprocessor_files(image_resolution: int) -> dict[str, str]:
+    """CLIPImageProcessor settings for clip's transform: Resize(n, BICUBIC), CenterCrop(n), RGB, ToTensor, Normalize."""
+    config = {
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "CLIPProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": image_resolution},
+        "resample": PIL_BICUBIC,
+        "do_center_crop": True,
+        "crop_size": {"height": image_resolution, "width": image_resolution},
+        "do_convert_rgb": True,
+        "do_rescale": True,
+        "rescale_factor": RESCALE_FACTOR,
+        "do_normalize": True,
+        "image_mean": list(OPENAI_MEAN),
+        "image_std": list(OPENAI_STD),
+    }
+    return {PREPROCESSOR_CONFIG: _json(config)}
+
+
+def processing_files(architecture: Architecture) -> tuple[dict[str, str], list[str]]:
+    """Image processor and, when OpenAI's tokenizer fits the checkpoint, tokenizer files; plus notes on what was left out."""
+    files = preprocessor_files(architecture.image_resolution)
+    problem = tokenizer_mismatch(architecture)
+    if problem:
+        return files, [f"no tokenizer written: {problem}"]
+    return {**tokenizer_files(architecture.context_length), **files}, []
+
+
+def tokenizer_difference(found: BPETable) -> str | None:
+    """How a folder's tokenizer differs from OpenAI's BPE table, or None when it is the same."""
+    expected = openai_bpe()
+    if found.vocab != expected.vocab:
+        changed = sorted(set(found.vocab.items()) ^ set(expected.vocab.items()))
+        return f"its vocabulary differs from OpenAI's in {len(changed)} entries (first: {changed[0]!r})"
+    if found.merges != expected.merges:
+        return f"its merges differ from OpenAI's ({len(found.merges)} merges, OpenAI has {len(expected.merges)})"
+    return None
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What the model card reports: where the weights came from and what the conversion measured."""
+
+    source_name: str
+    source_sha256: str
+    source_format: str
+    source_dtypes: dict[str, int]
+    written_dtypes: dict[str, int]
+    tool: str
+    architecture: Architecture
+    max_logit_difference: float | None
+    notes: list[str]
+
+
+def model_card(facts: CardFacts) -> dict[str, str]:
+    """README.md in the hub's format: YAML front matter, provenance, verification, usage."""
+    architecture = facts.architecture
+    verification = (
+        "skipped (`--no-verify`)"
+        if facts.max_logit_difference is None
+        else f"max \\|Δ logits\\| = {facts.max_logit_difference:.2e} (tolerance {TOLERANCE:g})"
+    )
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: zero-shot-image-classification",
+        "tags:",
+        "- clip",
+        "- clipconv",
+        "---",
+        "",
+        f"# {facts.source_name} in Hugging Face format",
+        "",
+        f"CLIP weights converted from OpenAI's format by {facts.tool} (`clipconv to-hf`).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source file | `{facts.source_name}` ({_format_name(facts.source_format)}) |",
+        f"| source SHA-256 | `{facts.source_sha256}` |",
+        f"| source dtypes | {_dtype_counts(facts.source_dtypes)} |",
+        f"| written dtypes | {_dtype_counts(facts.written_dtypes)} |",
+        f"| architecture | {architecture.describe()} |",
+        f"| verification | {verification} |",
+        "",
+        "The verification ran OpenAI's model code (`clip.model.CLIP`) and transformers' `CLIPModel` on the",
+        f"converted weights in float32, with `clip.tokenize` prompts and {architecture.image_resolution}px probe images,",
+        "and compared the image-text logits.",
+        *(f"\nNote: {note}." for note in facts.notes),
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        'classifier = pipeline("zero-shot-image-classification", model="path/to/this/folder")',
+        'classifier("photo.jpg", candidate_labels=["a cat", "a dog"])',
+        "```",
+        "",
+    ]
+    return {MODEL_CARD: "\n".join(lines)}
+
+
+def _format_name(source_format: str) -> str:
+    return {"torchscript": "TorchScript archive", "state_dict": "state dict"}.get(source_format, source_format)
+
+
+def _dtype_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name}: {count} tensors" for name, count in counts.items())
+
+
+def _json(data, indent: int | None = 2) -> str:
+    return json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
