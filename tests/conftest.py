@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,17 @@ import torch
 from click.testing import CliRunner
 
 from roundtrip.cli import main as clipconv
-from roundtrip.examples import DEMO, random_openai_model, save_torchscript_archive
+from roundtrip.examples import DEMO, random_openai_model, random_openai_state_dict, save_torchscript_archive
+
+# Hubs are unreachable here: transformers must load everything from local folders.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+# What `clipconv to-hf` writes for a checkpoint with OpenAI's vocabulary, as the hub's openai/clip-vit-* folders hold.
+HF_FOLDER_FILES = sorted([
+    "config.json", "model.safetensors",
+    "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "preprocessor_config.json", "README.md",
+])
 
 
 def run_cli(*args: str | Path):
@@ -46,6 +57,24 @@ def demo_archive(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("openai") / "demo-torchscript.pt"
     save_torchscript_archive(random_openai_model(DEMO, seed=2), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_hf_folder(tmp_path_factory, demo_state_dict_file) -> Path:
+    """`clipconv to-hf` output for the demo state dict, verified (so its model card holds the figure)."""
+    folder = tmp_path_factory.mktemp("converted") / "hf"
+    result = run_cli("to-hf", demo_state_dict_file, folder)
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def convert_random_checkpoint(folder: Path, architecture, *options: str):
+    """Save a random OpenAI checkpoint of `architecture` in `folder`, run to-hf on it; return (result, HF folder)."""
+    source = folder / "source.pt"
+    torch.save(random_openai_state_dict(architecture), source)
+    result = run_cli("to-hf", source, folder / "hf", *options)
+    assert result.exit_code == 0, result.output
+    return result, folder / "hf"
 
 
 def resnet_clip_state_dict() -> dict:

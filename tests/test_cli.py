@@ -17,7 +17,7 @@ from roundtrip.examples import DEMO
 from roundtrip.readers import read_hf_folder
 
 from conftest import (
-    assert_identical, hf_clip_config, listing, random_hf_model, read_json, resnet_clip_state_dict, run_cli,
+    HF_FOLDER_FILES, assert_identical, hf_clip_config, listing, random_hf_model, read_json, resnet_clip_state_dict, run_cli,
     save_legacy_pytorch_bin,
 )
 
@@ -70,7 +70,7 @@ def test_torchscript_archive_converts_and_comes_back_bit_exact(tmp_path, demo_ar
     result = run_cli("to-hf", demo_archive, tmp_path / "hf")
     assert result.exit_code == 0, result.output
     assert "verification  max |logit difference|" in result.stdout
-    assert listing(tmp_path / "hf") == ["config.json", "model.safetensors"]
+    assert listing(tmp_path / "hf") == HF_FOLDER_FILES
 
     weights = {k: v for k, v in original.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     gap = (openai_reference_logits(weights, DEMO) - hf_logits_from_folder(tmp_path / "hf", DEMO)).abs().max()
@@ -289,7 +289,7 @@ def test_existing_dest_is_left_untouched_without_overwrite(tmp_path, demo_state_
     assert listing(dest) == ["mine.txt"]
 
     assert run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify").exit_code == 0
-    assert listing(dest) == ["config.json", "model.safetensors"]
+    assert listing(dest) == HF_FOLDER_FILES
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
 
 
