@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -75,6 +76,23 @@ def convert_random_checkpoint(folder: Path, architecture, *options: str):
     result = run_cli("to-hf", source, folder / "hf", *options)
     assert result.exit_code == 0, result.output
     return result, folder / "hf"
+
+
+def image(width: int, height: int, kind: str = "smooth", mode: str = "RGB"):
+    """A deterministic test image: smooth colour waves with grain, or pure noise (the hardest case for resizing)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(width * 10_000 + height)
+    if kind == "noise":
+        pixels = rng.integers(0, 256, (height, width, 3)).astype(np.float64)
+    else:
+        y, x = np.mgrid[0:height, 0:width]
+        waves = [np.sin(6 * x / width + phase) * np.cos(5 * y / height - phase) for phase in range(3)]
+        pixels = 128 + 100 * np.stack(waves, axis=-1) + rng.normal(0, 8, (height, width, 3))
+    picture = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    if mode == "RGBA":  # transparent on the left, opaque on the right
+        picture.putalpha(Image.linear_gradient("L").rotate(90).resize((width, height)))
+    return picture.convert(mode)
 
 
 def resnet_clip_state_dict() -> dict:

@@ -9,6 +9,7 @@ and the pipeline load by default) and PIL.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -17,28 +18,11 @@ import torch
 from roundtrip.examples import DEMO
 from roundtrip.verify import import_clip
 
-from conftest import convert_random_checkpoint
+from conftest import convert_random_checkpoint, image
 
 TOLERANCE = 1e-3  # mean |Δ| of normalized pixel values
 RESOLUTIONS = (224, 336)
 BACKENDS = ("torchvision", "pil")
-
-
-def image(width: int, height: int, kind: str = "smooth", mode: str = "RGB"):
-    """A deterministic test image: smooth colour waves with grain, or pure noise (the hardest case for resizing)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(width * 10_000 + height)
-    if kind == "noise":
-        pixels = rng.integers(0, 256, (height, width, 3)).astype(np.float64)
-    else:
-        y, x = np.mgrid[0:height, 0:width]
-        waves = [np.sin(6 * x / width + phase) * np.cos(5 * y / height - phase) for phase in range(3)]
-        pixels = 128 + 100 * np.stack(waves, axis=-1) + rng.normal(0, 8, (height, width, 3))
-    picture = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-    if mode == "RGBA":  # transparent on the left, opaque on the right
-        picture.putalpha(Image.linear_gradient("L").rotate(90).resize((width, height)))
-    return picture.convert(mode)
 
 
 def images_for(n: int) -> dict[str, tuple[int, int, str, str]]:
@@ -130,6 +114,18 @@ def processors(folders) -> dict[tuple[int, str], object]:
             for n in RESOLUTIONS for backend in BACKENDS}
 
 
+@pytest.fixture(scope="module")
+def pixel_values(processors):
+    """(transformers, clip) pixel values of a case, computed once for every test that looks at it."""
+
+    @functools.lru_cache(maxsize=None)
+    def of_case(n: int, backend: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        picture = image(*images_for(n)[name])
+        return hf_pixels(processors[n, backend], picture), clip_pixels(picture, n)
+
+    return of_case
+
+
 def hf_pixels(processor, picture) -> torch.Tensor:
     return torch.as_tensor(np.asarray(processor(picture, return_tensors="pt")["pixel_values"][0]))
 
@@ -146,15 +142,15 @@ def test_default_loaders_pick_the_torchvision_processor_and_pil_is_available(fol
 
 
 @pytest.mark.parametrize("n, backend, name", CASES)
-def test_pixel_values_have_the_shape_of_clips_transform(processors, n, backend, name):
-    picture = image(*images_for(n)[name])
-    assert hf_pixels(processors[n, backend], picture).shape == clip_pixels(picture, n).shape == (3, n, n)
+def test_pixel_values_have_the_shape_of_clips_transform(pixel_values, n, backend, name):
+    transformers_pixels, clip_reference = pixel_values(n, backend, name)
+    assert transformers_pixels.shape == clip_reference.shape == (3, n, n)
 
 
 @pytest.mark.parametrize("n, backend, name", with_known_divergences(CASES))
-def test_pixel_values_match_clips_transform(processors, n, backend, name):
-    picture = image(*images_for(n)[name])
-    assert (hf_pixels(processors[n, backend], picture) - clip_pixels(picture, n)).abs().mean() <= TOLERANCE
+def test_pixel_values_match_clips_transform(pixel_values, n, backend, name):
+    transformers_pixels, clip_reference = pixel_values(n, backend, name)
+    assert (transformers_pixels - clip_reference).abs().mean() <= TOLERANCE
 
 
 @pytest.mark.parametrize("n, backend, name", CROP_OFF_CASES)
