@@ -8,6 +8,7 @@ import re
 import shutil
 from collections import Counter
 
+import pytest
 import torch
 import yaml
 
@@ -95,17 +96,17 @@ def test_to_openai_ignores_openais_tokenizer_files_silently(tmp_path, demo_hf_fo
     assert "clip.tokenize" not in result.output
 
 
-def test_to_openai_warns_when_the_folders_vocabulary_is_not_openais(tmp_path, demo_hf_folder):
-    folder = _copy(demo_hf_folder, tmp_path)
-    _swap_two_vocab_entries(folder)
-    result = run_cli("to-openai", folder, tmp_path / "model.pt")
-    assert result.exit_code == 0, result.output
-    assert "clip.tokenize will not reproduce this folder's tokenizer: its vocabulary differs" in result.stdout
+FOREIGN_TOKENIZERS = {
+    "vocab.json with two entries swapped": (_swap_two_vocab_entries, "its vocabulary differs"),
+    "only tokenizer.json, one merge short": (_only_tokenizer_json_without_one_merge, "its merges differ"),
+}
 
 
-def test_to_openai_reads_tokenizer_json_when_it_is_the_only_tokenizer_file(tmp_path, demo_hf_folder):
+@pytest.mark.parametrize("case", FOREIGN_TOKENIZERS)
+def test_to_openai_warns_when_the_folders_tokenizer_is_not_openais(tmp_path, demo_hf_folder, case):
+    damage, difference = FOREIGN_TOKENIZERS[case]
     folder = _copy(demo_hf_folder, tmp_path)
-    _only_tokenizer_json_without_one_merge(folder)
+    damage(folder)
     result = run_cli("to-openai", folder, tmp_path / "model.pt")
     assert result.exit_code == 0, result.output
-    assert "clip.tokenize will not reproduce this folder's tokenizer: its merges differ" in result.stdout
+    assert f"clip.tokenize will not reproduce this folder's tokenizer: {difference}" in result.stdout
