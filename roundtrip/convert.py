@@ -68,7 +68,7 @@ def convert_to_hf(
     checkpoint = readers.read_openai_checkpoint(source)
     source_sha256 = readers.sha256_of(source)
     attributes = {k: checkpoint.tensors.pop(k) for k in OPENAI_ARCHIVE_ATTRIBUTES if k in checkpoint.tensors}
-    source_dtypes = dtypes.summary(checkpoint.tensors)
+    source_dtype_counts = dtypes.summary(checkpoint.tensors)
     with _as_input_error(source):
         architecture = Architecture.from_openai_state_dict(checkpoint.tensors)
         weights = dtypes.cast_floats(checkpoint.tensors, dtype)
@@ -100,7 +100,7 @@ def convert_to_hf(
         # Last, because the card reports the verification figure.
         card = hf_extras.model_card(hf_extras.CardFacts(
             source_name=source.name, source_sha256=source_sha256, source_format=checkpoint.format,
-            source_dtypes=source_dtypes, written_dtypes=summary.dtypes, tool=provenance.tool,
+            source_dtypes=source_dtype_counts, written_dtypes=summary.dtypes, tool=provenance.tool,
             architecture=architecture, max_logit_difference=summary.max_logit_difference, notes=summary.notes,
         ))
         writers.write_text_files(staging, card)
@@ -171,11 +171,11 @@ def _tokenizer_warnings(folder: Path) -> list[str]:
     try:
         table = readers.read_tokenizer_table(folder)
     except InputError as error:
-        return [f"clip.tokenize may not reproduce this folder's tokenizer: {error.problem}"]
+        return [f"clip.tokenize may not reproduce this folder's tokenizer: {error}"]
     difference = None if table is None else hf_extras.tokenizer_difference(table)
     if difference is None:
         return []
-    return [f"clip.tokenize will not reproduce this folder's tokenizer: {difference}"]
+    return [f"clip.tokenize will not reproduce this folder's tokenizer: {folder}: {difference}"]
 
 
 def _resolved_hf_config(source: Path, config: dict) -> dict:

@@ -235,5 +235,5 @@ def read_tokenizer_table(folder: Path) -> BPETable | None:
             merges = [tuple(pair.split(" ") if isinstance(pair, str) else pair) for pair in model["merges"]]
             return BPETable(model["vocab"], merges)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise InputError(folder, f"has unreadable tokenizer files ({error})") from None
+        raise InputError(folder, f"its tokenizer files are unreadable ({error})") from None
     return None

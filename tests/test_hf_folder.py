@@ -97,16 +97,19 @@ def test_to_openai_ignores_openais_tokenizer_files_silently(tmp_path, demo_hf_fo
 
 
 FOREIGN_TOKENIZERS = {
-    "vocab.json with two entries swapped": (_swap_two_vocab_entries, "its vocabulary differs"),
-    "only tokenizer.json, one merge short": (_only_tokenizer_json_without_one_merge, "its merges differ"),
+    "vocab.json with two entries swapped": (_swap_two_vocab_entries, "will not reproduce", "its vocabulary differs"),
+    "only tokenizer.json, one merge short": (_only_tokenizer_json_without_one_merge, "will not reproduce",
+                                             "its merges differ"),
+    "vocab.json not JSON": (lambda folder: (folder / "vocab.json").write_text("{"), "may not reproduce",
+                            "its tokenizer files are unreadable"),
 }
 
 
 @pytest.mark.parametrize("case", FOREIGN_TOKENIZERS)
 def test_to_openai_warns_when_the_folders_tokenizer_is_not_openais(tmp_path, demo_hf_folder, case):
-    damage, difference = FOREIGN_TOKENIZERS[case]
+    damage, verdict, difference = FOREIGN_TOKENIZERS[case]
     folder = _copy(demo_hf_folder, tmp_path)
     damage(folder)
     result = run_cli("to-openai", folder, tmp_path / "model.pt")
     assert result.exit_code == 0, result.output
-    assert f"clip.tokenize will not reproduce this folder's tokenizer: {difference}" in result.stdout
+    assert f"clip.tokenize {verdict} this folder's tokenizer: {folder}: {difference}" in result.stdout
