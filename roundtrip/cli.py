@@ -84,7 +84,9 @@ def to_hf_command(ctx, source: Path, dest: Path, dtype: str, max_shard_size: int
     dict of clip.model.CLIP (also wrapped as {"state_dict": ...} or with a
     "module." prefix). The architecture is inferred from the tensor shapes. Each
     source tensor's dtype is recorded in the safetensors metadata, so that
-    to-openai can restore OpenAI's fp16/fp32 mix exactly.
+    to-openai can restore OpenAI's fp16/fp32 mix exactly. DEST also gets OpenAI's
+    tokenizer, a preprocessor_config.json reproducing clip's image transform and a
+    model card (README.md), so CLIPProcessor and pipeline() load it directly.
     """
     from roundtrip.convert import convert_to_hf
 

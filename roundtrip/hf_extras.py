@@ -27,7 +27,9 @@ MODEL_CARD = "README.md"
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
 # As in the hub's openai/clip-vit-* folders: end-of-text also serves as unknown and padding token.
-SPECIAL_TOKENS = {"bos_token": START_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT, "pad_token": END_OF_TEXT}
+SPECIAL_TOKENS = {
+    "bos_token": START_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT, "pad_token": END_OF_TEXT,
+}
 MERGES_HEADER = "#version: 0.2"  # first line of the hub's merges.txt; readers of the format skip it
 MIN_CONTEXT_LENGTH = 2  # room for the start and end tokens
 PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what clip's Resize(n_px, BICUBIC) uses on PIL images
@@ -52,7 +54,8 @@ def tokenizer_mismatch(architecture: Architecture) -> str | None:
     """Why OpenAI's tokenizer does not fit this checkpoint, or None when it does."""
     size = len(openai_bpe().vocab)
     if architecture.vocab_size != size:
-        return f"the checkpoint has {architecture.vocab_size} token embeddings, OpenAI's BPE tokenizer has {size} tokens"
+        return (f"the checkpoint has {architecture.vocab_size} token embeddings, "
+                f"OpenAI's BPE tokenizer has {size} tokens")
     if architecture.context_length < MIN_CONTEXT_LENGTH:
         return f"context length {architecture.context_length} leaves no room for the start and end tokens"
     return None
@@ -103,7 +106,7 @@ def preprocessor_files(image_resolution: int) -> dict[str, str]:
 
 
 def processing_files(architecture: Architecture) -> tuple[dict[str, str], list[str]]:
-    """Image processor and, when OpenAI's tokenizer fits the checkpoint, tokenizer files; plus notes on what was left out."""
+    """Image processor files, tokenizer files when OpenAI's tokenizer fits, and notes on what was left out."""
     files = preprocessor_files(architecture.image_resolution)
     problem = tokenizer_mismatch(architecture)
     if problem:
@@ -168,7 +171,8 @@ def model_card(facts: CardFacts) -> dict[str, str]:
         f"| verification | {verification} |",
         "",
         "The verification ran OpenAI's model code (`clip.model.CLIP`) and transformers' `CLIPModel` on the",
-        f"converted weights in float32, with `clip.tokenize` prompts and {architecture.image_resolution}px probe images,",
+        f"converted weights in float32, with `clip.tokenize` prompts and {architecture.image_resolution}px "
+        "probe images,",
         "and compared the image-text logits.",
         *(f"\nNote: {note}." for note in facts.notes),
         "",

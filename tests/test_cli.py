@@ -17,8 +17,8 @@ from roundtrip.examples import DEMO
 from roundtrip.readers import read_hf_folder
 
 from conftest import (
-    HF_FOLDER_FILES, assert_identical, hf_clip_config, listing, random_hf_model, read_json, resnet_clip_state_dict, run_cli,
-    save_legacy_pytorch_bin,
+    HF_FOLDER_FILES, assert_identical, hf_clip_config, listing, random_hf_model, read_json, resnet_clip_state_dict,
+    run_cli, save_legacy_pytorch_bin,
 )
 
 TOLERANCE = 1e-3
