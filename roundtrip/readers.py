@@ -227,13 +227,23 @@ def read_tokenizer_table(folder: Path) -> BPETable | None:
     try:
         if vocab_path.is_file() and merges_path.is_file():
             lines = merges_path.read_text(encoding="utf-8").splitlines()
-            merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith(MERGES_HEADER)]
-            return BPETable(json.loads(vocab_path.read_text(encoding="utf-8")), merges)
+            merges = [line.split(" ") for line in lines if line and not line.startswith(MERGES_HEADER)]
+            return _bpe_table(json.loads(vocab_path.read_text(encoding="utf-8")), merges)
         if tokenizer_path.is_file():
             model = json.loads(tokenizer_path.read_text(encoding="utf-8"))["model"]
             # tokenizers writes merges as [a, b] pairs; older versions wrote "a b" strings.
-            merges = [tuple(pair.split(" ") if isinstance(pair, str) else pair) for pair in model["merges"]]
-            return BPETable(model["vocab"], merges)
+            merges = [pair.split(" ") if isinstance(pair, str) else pair for pair in model["merges"]]
+            return _bpe_table(model["vocab"], merges)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise InputError(folder, f"its tokenizer files are unreadable ({error})") from None
     return None
+
+
+def _bpe_table(vocab, merges: list) -> BPETable:
+    # The files may come from anyone: check the shapes before anything compares or sorts them.
+    if not isinstance(vocab, dict) or not all(isinstance(token, str) and type(n) is int for token, n in vocab.items()):
+        raise TypeError("the vocabulary is not a table of tokens to ids")
+    if not all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)
+               for pair in merges):
+        raise TypeError("a merge is not a pair of tokens")
+    return BPETable(vocab, [tuple(pair) for pair in merges])

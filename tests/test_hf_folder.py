@@ -102,6 +102,10 @@ FOREIGN_TOKENIZERS = {
                                              "its merges differ"),
     "vocab.json not JSON": (lambda folder: (folder / "vocab.json").write_text("{"), "may not reproduce",
                             "its tokenizer files are unreadable"),
+    "vocab.json a list": (lambda folder: (folder / "vocab.json").write_text("[1, 2]"), "may not reproduce",
+                          "its tokenizer files are unreadable (the vocabulary is not a table of tokens to ids)"),
+    "merges.txt with a triple": (lambda folder: (folder / "merges.txt").write_text("a b c\n"), "may not reproduce",
+                                 "its tokenizer files are unreadable (a merge is not a pair of tokens)"),
 }
 
 
