@@ -74,3 +74,33 @@ def save_torchscript_archive(model, path: Path) -> None:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks inside nn.MultiheadAttention
         traced = torch.jit.trace(model, (images, tokens), check_trace=False)
         torch.jit.save(traced, str(path))
+
+
+class _ScriptableLayerNorm(torch.nn.LayerNorm):
+    """clip.model.LayerNorm's computation (fp32 inside, input dtype out) in a form TorchScript compiles."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalized = torch.nn.functional.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
+        return normalized.type(x.dtype)
+
+
+def _scriptable_forward(self, image: torch.Tensor, text: torch.Tensor):
+    """clip.model.CLIP.forward with norm(p=2) spelled out, which TorchScript requires."""
+    image_features = self.encode_image(image)
+    text_features = self.encode_text(text)
+    image_features = image_features / image_features.norm(p=2, dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(p=2, dim=-1, keepdim=True)
+    logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+    return logits_per_image, logits_per_image.t()
+
+
+def save_scripted_archive(model, path: Path) -> None:
+    """`torch.jit.script` of a clip.model.CLIP, patched only where TorchScript cannot compile OpenAI's code."""
+    clip = import_clip()
+    for module in model.modules():
+        if type(module) is clip.model.LayerNorm:
+            module.__class__ = _ScriptableLayerNorm  # its forward calls super(), which TorchScript cannot compile
+    model.__class__ = type("CLIP", (type(model),), {"forward": _scriptable_forward})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
+        torch.jit.save(torch.jit.script(model), str(path))

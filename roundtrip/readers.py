@@ -1,6 +1,9 @@
 """All reading of input files: OpenAI checkpoints and Hugging Face model folders.
 
-Pickles are only ever read with `torch.load(..., weights_only=True)`.
+Nothing from an input file is ever executed: pickles are read only with
+`torch.load(..., weights_only=True)`, TorchScript archives with the restricted
+reader in `roundtrip.torchscript`, safetensors with the checked reader in
+`roundtrip.safetensors_file`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from roundtrip import safetensors_file
 from roundtrip.errors import InputError
 from roundtrip.provenance import METADATA_KEY, Provenance
+from roundtrip.torchscript import ArchiveError, read_torchscript_state_dict
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as training loops write it
@@ -71,14 +76,12 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
-    # TODO(issue 4): replace with a reader that executes nothing from the archive.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as error:  # noqa: BLE001 - any failure here means an unreadable archive
+        return read_torchscript_state_dict(path)
+    except ArchiveError as error:
+        raise InputError(path, f"TorchScript archive refused: {error}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise InputError(path, f"is not a readable TorchScript archive ({_first_line(error)})") from None
-    return {key: tensor.detach() for key, tensor in module.state_dict().items()}
 
 
 def _load_pickle(path: Path):
@@ -187,14 +190,11 @@ def _shards_of(index_path: Path) -> list[Path]:
 
 
 def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(file, framework="pt") as handle:
-            provenance = (handle.metadata() or {}).get(METADATA_KEY)
-            return {key: handle.get_tensor(key) for key in handle.keys()}, provenance
-    except SafetensorError as error:
-        raise InputError(file, f"is not a valid safetensors file ({error})") from None
+        tensors, metadata = safetensors_file.read(file)
+    except safetensors_file.SafetensorsError as error:
+        raise InputError(file, f"is not a valid safetensors file: {error}") from None
+    return tensors, metadata.get(METADATA_KEY)
 
 
 def _provenance(file: Path, found: set) -> Provenance | None:

@@ -11,26 +11,19 @@ import contextlib
 import json
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import torch
 
+from roundtrip import safetensors_file
 from roundtrip.errors import OutputError
+from roundtrip.safetensors_file import nbytes
 from roundtrip.readers import HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX
 
 STAGING_MARK = ".clipconv-tmp-"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # the hub's long-standing default shard size, "5GB"
-HEADER_ALIGNMENT = 8  # safetensors pads its JSON header to a multiple of 8 bytes
-
-# safetensors' names for the dtypes a CLIP checkpoint can hold.
-SAFETENSORS_NAME = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 Progress = Callable[[int, int], None]  # called with (bytes written so far, bytes to write)
 
@@ -103,16 +96,16 @@ def write_hf_folder(
     """Write config.json and model.safetensors (or shards plus an index); return the weight files."""
     (folder / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     shards = _split_into_shards(tensors, max_shard_bytes)
-    advance = _byte_counter(sum(_nbytes(t) for t in tensors.values()), progress)
+    advance = _byte_counter(sum(nbytes(t) for t in tensors.values()), progress)
     if len(shards) == 1:
         names = [HF_SAFETENSORS]
     else:
         names = [f"model-{n:05d}-of-{len(shards):05d}.safetensors" for n in range(1, len(shards) + 1)]
     for name, shard in zip(names, shards):
-        write_safetensors(folder / name, shard, metadata, advance)
+        safetensors_file.write(folder / name, shard, metadata, advance)
     if len(shards) > 1:
         index = {
-            "metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
+            "metadata": {"total_size": sum(nbytes(t) for t in tensors.values())},
             "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
         }
         (folder / HF_SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -130,15 +123,11 @@ def _byte_counter(total: int, progress: Progress) -> Callable[[int], None]:
     return advance
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
 def _split_into_shards(tensors: Mapping[str, torch.Tensor], max_shard_bytes: int) -> list[dict]:
     shards: list[dict] = [{}]
     size = 0
     for key in sorted(tensors):
-        tensor_bytes = _nbytes(tensors[key])
+        tensor_bytes = nbytes(tensors[key])
         if shards[-1] and size + tensor_bytes > max_shard_bytes:
             shards.append({})
             size = 0
@@ -147,48 +136,13 @@ def _split_into_shards(tensors: Mapping[str, torch.Tensor], max_shard_bytes: int
     return shards
 
 
-def write_safetensors(
-    path: Path,
-    tensors: Mapping[str, torch.Tensor],
-    metadata: dict[str, str],
-    advance: Callable[[int], None] = lambda _: None,
-) -> None:
-    """Stream tensors into one safetensors file without first copying them into one buffer."""
-    header: dict = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for key in sorted(tensors):
-        tensor = tensors[key]
-        header[key] = {
-            "dtype": SAFETENSORS_NAME[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + _nbytes(tensor)],
-        }
-        offset += _nbytes(tensor)
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
-        for key in sorted(tensors):
-            handle.write(_raw_bytes(tensors[key]))
-            advance(_nbytes(tensors[key]))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _raw_bytes(tensor: torch.Tensor) -> memoryview:
-    # Little-endian raw storage, as safetensors specifies (this tool runs on little-endian hosts).
-    flat = tensor.detach().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
 def write_openai_file(
     path: Path, state_dict: Mapping[str, torch.Tensor], progress: Progress = lambda done, total: None
 ) -> None:
     """A plain `torch.save` state dict: what `clip.load(path, jit=False)` reads."""
     compact = {key: _own_storage(tensor.detach()) for key, tensor in state_dict.items()}
     with open(path, "wb") as handle:
-        total = sum(_nbytes(t) for t in compact.values())
+        total = sum(nbytes(t) for t in compact.values())
         progress(0, total)
         torch.save(compact, handle)
         progress(total, total)
@@ -198,6 +152,6 @@ def write_openai_file(
 
 def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
     # torch.save writes a view's whole base storage; copy views (a transposed projection) to their own.
-    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == _nbytes(tensor):
+    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == nbytes(tensor):
         return tensor
     return tensor.clone(memory_format=torch.contiguous_format)
