@@ -84,9 +84,10 @@ def convert_to_hf(
             {"format": "pt", METADATA_KEY: provenance.to_json()}, max_shard_bytes, progress,
         )
         summary.files = [file.name for file in files]
+        written = readers.read_hf_folder(staging)  # check what is on disk, not what was meant
+        writers.confirm_written(hf_weights, written.tensors, dest)
         if verify_logits:
             report("Verifying logits against OpenAI's model code")
-            written = readers.read_hf_folder(staging)  # check what is on disk, not what was meant
             difference = verify.max_logit_difference(weights, written.tensors, written.config, architecture)
             verify.require_agreement(dest, difference)
             summary.max_logit_difference = difference
@@ -140,9 +141,10 @@ def convert_to_openai(
     with writers.staged(dest, is_folder=False) as staging:
         report(f"Writing {len(output)} tensors")
         writers.write_openai_file(staging, output, progress)
+        written = readers.read_openai_checkpoint(staging).tensors
+        writers.confirm_written(output, written, dest)
         if verify_logits:
             report("Verifying logits against transformers")
-            written = readers.read_openai_checkpoint(staging).tensors
             weights = {key: t for key, t in written.items() if key not in OPENAI_ARCHIVE_ATTRIBUTES}
             difference = verify.max_logit_difference(weights, mapping.to_hf(weights), hf_config, architecture)
             verify.require_agreement(dest, difference)

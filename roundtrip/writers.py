@@ -8,8 +8,11 @@ so a failed run leaves DEST as it was.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +25,9 @@ from roundtrip.errors import OutputError
 from roundtrip.safetensors_file import nbytes
 from roundtrip.readers import HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX
 
-STAGING_MARK = ".clipconv-tmp-"
+# Temporaries beside DEST: ".DEST.clipconv-new-PID-XXXX" while writing, ".DEST.clipconv-old-PID-XXXX" for a
+# replaced DEST on its way out. The PID tells a later run whether their writer is still alive.
+STAGING = re.compile(r"\.(?P<dest>.+)\.clipconv-(?P<kind>new|old)-(?P<pid>\d+)-[^/]+")
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # the hub's long-standing default shard size, "5GB"
 
 Progress = Callable[[int, int], None]  # called with (bytes written so far, bytes to write)
@@ -41,33 +46,88 @@ def check_destination(dest: Path, source: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def staged(dest: Path, is_folder: bool) -> Iterator[Path]:
-    """Yield a temporary path beside DEST; on success move it into place, on failure remove it."""
-    for leftover in dest.parent.glob(f".{dest.name}{STAGING_MARK}*"):
-        _remove(leftover)  # from a run that was killed before it could clean up
-    prefix = f".{dest.name}{STAGING_MARK}"
-    if is_folder:
-        temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
-        os.close(handle)
-        temporary = Path(name)
+    """Yield a temporary path beside DEST; on success move it into place, on failure remove it.
+
+    OS errors (a full disk, a permission) become one-line OutputErrors naming DEST.
+    """
+    clean_leftovers(dest)
+    prefix = f".{dest.name}.clipconv-new-{os.getpid()}-"
+    try:
+        if is_folder:
+            temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
+        else:
+            handle, name = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
+            os.close(handle)
+            temporary = Path(name)
+    except OSError as error:
+        raise OutputError(dest, f"cannot be written: {error.strerror or error}") from None
     try:
         yield temporary
-        _replace(temporary, dest)
+        _apply_umask(temporary)
+        _move_into_place(temporary, dest)
+    except OSError as error:
+        _remove(temporary)
+        raise OutputError(dest, f"could not be written: {error.strerror or error}") from None
     except BaseException:
         _remove(temporary)
         raise
 
 
-def _replace(new: Path, dest: Path) -> None:
-    _apply_umask(new)
-    if not (dest.exists() or dest.is_symlink()):
+def clean_leftovers(dest: Path) -> None:
+    """Remove what killed runs left beside DEST; give back a replaced DEST if the new one never arrived."""
+    for path in dest.parent.glob(f".{glob.escape(dest.name)}.clipconv-*"):
+        match = STAGING.fullmatch(path.name)
+        if not match or match["dest"] != dest.name or _is_running(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not (dest.exists() or dest.is_symlink()):
+            os.replace(path, dest)  # killed between moving the old DEST out and the new one in
+        else:
+            _remove(path)
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process: anything of ours there is from an earlier call that failed
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(new: Path, dest: Path) -> None:
+    if not (dest.exists() or dest.is_symlink()) or (new.is_file() and not dest.is_dir()):
+        os.replace(new, dest)  # atomic, also over an existing file
+    elif _exchange(new, dest):
+        _remove(new)  # now holds the old DEST
+    else:
+        old = dest.parent / f".{dest.name}.clipconv-old-{os.getpid()}-{new.name.rsplit('-', 1)[1]}"
+        os.replace(dest, old)  # the old DEST survives until the new one is in place
         os.replace(new, dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}{STAGING_MARK}old-", dir=dest.parent))
-    os.replace(dest, old / "previous")  # the old DEST survives until the new one is in place
-    os.replace(new, dest)
-    _remove(old)
+        _remove(old)
+    _fsync_folder(dest.parent)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    return result == 0
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _apply_umask(path: Path) -> None:
@@ -94,7 +154,7 @@ def write_hf_folder(
     progress: Progress = lambda done, total: None,
 ) -> list[Path]:
     """Write config.json and model.safetensors (or shards plus an index); return the weight files."""
-    (folder / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _write_json(folder / HF_CONFIG, config)
     shards = _split_into_shards(tensors, max_shard_bytes)
     advance = _byte_counter(sum(nbytes(t) for t in tensors.values()), progress)
     if len(shards) == 1:
@@ -108,8 +168,15 @@ def write_hf_folder(
             "metadata": {"total_size": sum(nbytes(t) for t in tensors.values())},
             "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
         }
-        (folder / HF_SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _write_json(folder / HF_SAFETENSORS_INDEX, index)
     return [folder / name for name in names]
+
+
+def _write_json(path: Path, content: dict) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _byte_counter(total: int, progress: Progress) -> Callable[[int], None]:
@@ -155,3 +222,17 @@ def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == nbytes(tensor):
         return tensor
     return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def confirm_written(intended: Mapping[str, torch.Tensor], written: Mapping[str, torch.Tensor], where: Path) -> None:
+    """Re-opened output must hold exactly the intended tensors: names, dtypes, shapes and bytes."""
+    if set(intended) != set(written):
+        difference = sorted(set(intended) ^ set(written))
+        raise OutputError(where, f"written tensors differ from those meant: {', '.join(difference[:5])}")
+    for key, tensor in intended.items():
+        found = written[key]
+        same = found.dtype == tensor.dtype and found.shape == tensor.shape and torch.equal(
+            found.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
+        )
+        if not same:
+            raise OutputError(where, f"tensor {key} reads back different from what was written")

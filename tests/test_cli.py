@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -348,12 +350,20 @@ def _index_naming_a_missing_shard(folder: Path) -> None:
 
 
 def _tensor_in_two_shards(folder: Path) -> None:
-    import shutil as _shutil
+    # Both shards hold every tensor; the index assigns logit_scale to the second, the rest to the first.
+    first, second = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    (folder / "model.safetensors").rename(folder / first)
+    shutil.copy(folder / first, folder / second)
+    keys = read_hf_folder_keys(folder / first)
+    weight_map = {key: second if key == "logit_scale" else first for key in keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
-    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
-    _shutil.copy(folder / "model-00001-of-00002.safetensors", folder / "model-00002-of-00002.safetensors")
-    (folder / "model.safetensors.index.json").write_text(
-        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+
+def read_hf_folder_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        return list(handle.keys())
 
 
 BROKEN_FOLDERS = {
@@ -362,7 +372,7 @@ BROKEN_FOLDERS = {
     "single file and index": (_add_index_to_single_file, "ambiguous"),
     "index pointing outside": (_index_pointing_outside, "points outside its folder"),
     "index naming a missing shard": (_index_naming_a_missing_shard, "missing shard"),
-    "tensor in two shards": (_tensor_in_two_shards, "also in another shard"),
+    "tensor in two shards": (_tensor_in_two_shards, "but the index puts it in model-0000"),
     "config not JSON": (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
     "no weights": (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
     "garbage safetensors": (lambda f: (f / "model.safetensors").write_bytes(b"\x10" * 64), "not a valid safetensors"),
