@@ -56,24 +56,29 @@ def random_openai_state_dict(architecture: Architecture, seed: int = 0, openai_d
 
 def save_torchscript_archive(model, path: Path) -> None:
     """Trace `model` like OpenAI's released archives, with their three 0-dim metadata tensors."""
-    architecture_numbers = {
-        "input_resolution": model.visual.input_resolution,
-        "context_length": model.context_length,
-        "vocab_size": model.vocab_size,
-    }
-    for name, value in architecture_numbers.items():
-        if hasattr(model, name):
-            delattr(model, name)
-        model.register_buffer(name, torch.tensor(value))
-    size = architecture_numbers["input_resolution"]
-    images = torch.zeros(1, 3, size, size, dtype=model.dtype)
-    tokens = torch.zeros(1, architecture_numbers["context_length"], dtype=torch.long)
-    tokens[0, 0], tokens[0, 1] = architecture_numbers["vocab_size"] - 2, architecture_numbers["vocab_size"] - 1
+    numbers = _register_archive_attributes(model)
+    images = torch.zeros(1, 3, numbers["input_resolution"], numbers["input_resolution"], dtype=model.dtype)
+    tokens = torch.zeros(1, numbers["context_length"], dtype=torch.long)
+    tokens[0, 0], tokens[0, 1] = numbers["vocab_size"] - 2, numbers["vocab_size"] - 1
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks inside nn.MultiheadAttention
         traced = torch.jit.trace(model, (images, tokens), check_trace=False)
         torch.jit.save(traced, str(path))
+
+
+def _register_archive_attributes(model) -> dict[str, int]:
+    """Turn the three architecture numbers into 0-dim buffers, as in OpenAI's archives."""
+    numbers = {
+        "input_resolution": model.visual.input_resolution,
+        "context_length": model.context_length,
+        "vocab_size": model.vocab_size,
+    }
+    for name, value in numbers.items():
+        if hasattr(model, name):
+            delattr(model, name)
+        model.register_buffer(name, torch.tensor(value))
+    return numbers
 
 
 class _ScriptableLayerNorm(torch.nn.LayerNorm):
@@ -101,6 +106,7 @@ def save_scripted_archive(model, path: Path) -> None:
         if type(module) is clip.model.LayerNorm:
             module.__class__ = _ScriptableLayerNorm  # its forward calls super(), which TorchScript cannot compile
     model.__class__ = type("CLIP", (type(model),), {"forward": _scriptable_forward})
+    _register_archive_attributes(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
         torch.jit.save(torch.jit.script(model), str(path))

@@ -35,6 +35,8 @@ Progress = Callable[[int, int], None]  # called with (bytes written so far, byte
 
 def check_destination(dest: Path, source: Path, overwrite: bool) -> None:
     """Refuse before any work if DEST would clobber something or sit inside SOURCE."""
+    if dest.parent.is_dir():
+        clean_leftovers(dest)  # first, so that a DEST a killed run moved aside counts as existing
     dest_resolved, source_resolved = dest.resolve(), source.resolve()
     if dest_resolved == source_resolved or source_resolved in dest_resolved.parents:
         raise OutputError(dest, f"is the source or inside it ({source})")
@@ -50,7 +52,6 @@ def staged(dest: Path, is_folder: bool) -> Iterator[Path]:
 
     OS errors (a full disk, a permission) become one-line OutputErrors naming DEST.
     """
-    clean_leftovers(dest)
     prefix = f".{dest.name}.clipconv-new-{os.getpid()}-"
     try:
         if is_folder:
