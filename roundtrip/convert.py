@@ -67,8 +67,8 @@ def convert_to_hf(
     attributes = {k: checkpoint.tensors.pop(k) for k in OPENAI_ARCHIVE_ATTRIBUTES if k in checkpoint.tensors}
     with _as_input_error(source):
         architecture = Architecture.from_openai_state_dict(checkpoint.tensors)
-        weights = dtypes.cast_floats(checkpoint.tensors, dtype)
-        hf_weights = mapping.to_hf(weights)
+        cast = dtypes.Cast.from_choice(dtype)
+        hf_weights = mapping.to_hf(checkpoint.tensors)  # views: nothing is copied yet
         provenance = Provenance(
             tool=f"clipconv {__version__}",
             source_name=source.name,
@@ -76,19 +76,20 @@ def convert_to_hf(
             source_dtypes={key: dtypes.dtype_name(t.dtype) for key, t in checkpoint.tensors.items()},
             archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
         )
-    summary = Summary(dest, len(hf_weights), dtypes.summary(hf_weights), [], architecture)
+    summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
     with writers.staged(dest, is_folder=True) as staging:
         report(f"Writing {len(hf_weights)} tensors")
-        files = writers.write_hf_folder(
+        written = writers.write_hf_folder(
             staging, architecture.hf_config(), hf_weights,
-            {"format": "pt", METADATA_KEY: provenance.to_json()}, max_shard_bytes, progress,
+            {"format": "pt", METADATA_KEY: provenance.to_json()}, cast, max_shard_bytes, progress,
         )
-        summary.files = [file.name for file in files]
-        written = readers.read_hf_folder(staging)  # check what is on disk, not what was meant
-        writers.confirm_written(hf_weights, written.tensors, dest)
+        summary.files = list(written)
+        writers.confirm_hf_folder(staging, written, dest)
         if verify_logits:
             report("Verifying logits against OpenAI's model code")
-            difference = verify.max_logit_difference(weights, written.tensors, written.config, architecture)
+            folder = readers.read_hf_folder(staging)
+            difference = verify.max_logit_difference(
+                cast.all(checkpoint.tensors), folder.tensors, folder.config, architecture)
             verify.require_agreement(dest, difference)
             summary.max_logit_difference = difference
     return summary
@@ -132,17 +133,16 @@ def convert_to_openai(
     if problems:
         raise InputError(source, "OpenAI's CLIP code cannot represent this model: " + "; ".join(problems))
     if dtype == "restore":
-        recorded = folder.provenance.source_dtypes if folder.provenance else {}
-        openai_weights = dtypes.restore(openai_weights, recorded)
+        cast = dtypes.Cast(recorded=folder.provenance.source_dtypes if folder.provenance else {})
     else:
-        openai_weights = dtypes.cast_floats(openai_weights, dtype)
+        cast = dtypes.Cast.from_choice(dtype)
     output = {**openai_weights, **_restore_attributes(folder.provenance)}
-    summary = Summary(dest, len(output), dtypes.summary(output), [dest.name], architecture)
+    summary = Summary(dest, len(output), cast.summary(output), [dest.name], architecture)
     with writers.staged(dest, is_folder=False) as staging:
         report(f"Writing {len(output)} tensors")
-        writers.write_openai_file(staging, output, progress)
+        expected = writers.write_openai_file(staging, output, cast, progress)
         written = readers.read_openai_checkpoint(staging).tensors
-        writers.confirm_written(output, written, dest)
+        writers.confirm_tensors(written, expected, dest)
         if verify_logits:
             report("Verifying logits against transformers")
             weights = {key: t for key, t in written.items() if key not in OPENAI_ARCHIVE_ATTRIBUTES}

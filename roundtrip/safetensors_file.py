@@ -17,10 +17,14 @@ import json
 import mmap
 import os
 import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
+
+from roundtrip.dtypes import Cast
 
 MAX_HEADER_BYTES = 100 * 2**20  # the official library's limit
 HEADER_ALIGNMENT = 8
@@ -38,29 +42,59 @@ class SafetensorsError(ValueError):
     """The file is not a well-formed safetensors file."""
 
 
-def nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
+@dataclass(frozen=True)
+class Written:
+    """What a tensor written to disk must read back as."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    crc32: int
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a safetensors file (memory-mapped) and its metadata."""
     with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size < 8:
-            raise SafetensorsError(f"{size} bytes is too small for a header")
+        entries, metadata, data_start = _read_header(handle)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
-    (header_length,) = struct.unpack("<Q", mapped[:8])
+    tensors = {name: _view(mapped, data_start, *entry) for name, entry in entries.items()}
+    return tensors, metadata
+
+
+def checksums(path: Path) -> dict[str, Written]:
+    """Dtype, shape and CRC-32 of every tensor in a file, read in pieces (no whole-file mapping)."""
+    found = {}
+    with open(path, "rb") as handle:
+        entries, _, data_start = _read_header(handle)
+        for name, (dtype, shape, begin, end) in entries.items():
+            found[name] = Written(dtype, tuple(shape), _crc_of_range(handle, data_start + begin, end - begin))
+    return found
+
+
+def _crc_of_range(handle, start: int, length: int, chunk: int = 64 * 2**20) -> int:
+    crc, done = 0, 0
+    while done < length:
+        piece = os.pread(handle.fileno(), min(chunk, length - done), start + done)
+        if not piece:
+            raise SafetensorsError("file ended while reading a tensor")
+        crc, done = zlib.crc32(piece, crc), done + len(piece)
+    return crc
+
+
+def _read_header(handle) -> tuple[dict, dict[str, str], int]:
+    size = os.fstat(handle.fileno()).st_size
+    if size < 8:
+        raise SafetensorsError(f"{size} bytes is too small for a header")
+    (header_length,) = struct.unpack("<Q", os.pread(handle.fileno(), 8, 0))
     if header_length > MAX_HEADER_BYTES:
         raise SafetensorsError(f"header length {header_length} exceeds the {MAX_HEADER_BYTES}-byte limit")
     if 8 + header_length > size:
         raise SafetensorsError(f"header length {header_length} runs past the end of the {size}-byte file")
-    header = _parse_header(mapped[8: 8 + header_length])
+    header = _parse_header(os.pread(handle.fileno(), header_length, 8))
     metadata = _metadata(header.pop(METADATA, None))
-    data_start, data_length = 8 + header_length, size - 8 - header_length
+    data_start = 8 + header_length
     entries = {name: _entry(name, spec) for name, spec in header.items()}
-    _check_layout(entries, data_length)
-    tensors = {name: _view(mapped, data_start, *entry) for name, entry in entries.items()}
-    return tensors, metadata
+    _check_layout(entries, size - data_start)
+    return entries, metadata, data_start
 
 
 def _parse_header(raw: bytes) -> dict:
@@ -102,7 +136,7 @@ def _entry(name: str, spec) -> tuple[torch.dtype, list[int], int, int]:
     numel = 1
     for extent in shape:
         numel *= extent
-    expected = numel * torch.empty((), dtype=DTYPES[dtype]).element_size()
+    expected = numel * _element_size(DTYPES[dtype])
     if end - begin != expected:
         raise SafetensorsError(
             f"tensor {name!r}: {end - begin} bytes at data_offsets {offsets} but shape {shape} of {dtype} "
@@ -130,7 +164,7 @@ def _check_layout(entries: dict, data_length: int) -> None:
 def _view(mapped: mmap.mmap, data_start: int, dtype: torch.dtype, shape: list[int], begin: int, end: int):
     if begin == end:
         return torch.empty(shape, dtype=dtype)
-    count = (end - begin) // torch.empty((), dtype=dtype).element_size()
+    count = (end - begin) // _element_size(dtype)
     return torch.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin).view(shape)
 
 
@@ -138,30 +172,40 @@ def write(
     path: Path,
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str],
+    cast: Cast = Cast(),
     advance: Callable[[int], None] = lambda _: None,
-) -> None:
-    """Stream tensors into one safetensors file, without first joining them in one buffer."""
+) -> dict[str, Written]:
+    """Stream tensors into one safetensors file, casting one at a time; return what must read back."""
+    dtypes = {name: cast.dtype(name, tensor) for name, tensor in tensors.items()}
     # Larger elements first, as the official library does, so every tensor starts aligned.
-    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    order = sorted(tensors, key=lambda name: (-_element_size(dtypes[name]), name))
     header: dict = {METADATA: dict(metadata)} if metadata else {}
     offset = 0
     for name in order:
-        tensor = tensors[name]
-        header[name] = {"dtype": NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + nbytes(tensor)]}
-        offset += nbytes(tensor)
+        size = tensors[name].numel() * _element_size(dtypes[name])
+        header[name] = {"dtype": NAMES[dtypes[name]], "shape": list(tensors[name].shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
+    written = {}
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
         for name in order:
-            handle.write(_raw_bytes(tensors[name]))
-            advance(nbytes(tensors[name]))
+            raw = raw_bytes(cast(name, tensors[name]))
+            handle.write(raw)
+            written[name] = Written(dtypes[name], tuple(tensors[name].shape), zlib.crc32(raw))
+            advance(len(raw))
         handle.flush()
         os.fsync(handle.fileno())
+    return written
 
 
-def _raw_bytes(tensor: torch.Tensor) -> memoryview:
-    # Raw storage bytes; safetensors is little-endian, as is every host this tool supports.
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's raw little-endian bytes (safetensors' and torch's order on every host this tool supports)."""
     return memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())

@@ -15,14 +15,16 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import torch
 
 from roundtrip import safetensors_file
+from roundtrip.dtypes import Cast
 from roundtrip.errors import OutputError
-from roundtrip.safetensors_file import nbytes
+from roundtrip.safetensors_file import Written, raw_bytes
 from roundtrip.readers import HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX
 
 # Temporaries beside DEST: ".DEST.clipconv-new-PID-XXXX" while writing, ".DEST.clipconv-old-PID-XXXX" for a
@@ -151,26 +153,33 @@ def write_hf_folder(
     config: dict,
     tensors: Mapping[str, torch.Tensor],
     metadata: dict[str, str],
+    cast: Cast = Cast(),
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: Progress = lambda done, total: None,
-) -> list[Path]:
-    """Write config.json and model.safetensors (or shards plus an index); return the weight files."""
+) -> dict[str, dict[str, Written]]:
+    """Write config.json and model.safetensors (or shards plus an index).
+
+    Returns, per weight file name, what each of its tensors must read back as.
+    """
     _write_json(folder / HF_CONFIG, config)
-    shards = _split_into_shards(tensors, max_shard_bytes)
-    advance = _byte_counter(sum(nbytes(t) for t in tensors.values()), progress)
+    sizes = {key: tensor.numel() * _element_size(cast.dtype(key, tensor)) for key, tensor in tensors.items()}
+    shards = _split_into_shards(sizes, max_shard_bytes)
+    advance = _byte_counter(sum(sizes.values()), progress)
     if len(shards) == 1:
         names = [HF_SAFETENSORS]
     else:
         names = [f"model-{n:05d}-of-{len(shards):05d}.safetensors" for n in range(1, len(shards) + 1)]
-    for name, shard in zip(names, shards):
-        safetensors_file.write(folder / name, shard, metadata, advance)
+    written = {
+        name: safetensors_file.write(folder / name, {key: tensors[key] for key in shard}, metadata, cast, advance)
+        for name, shard in zip(names, shards)
+    }
     if len(shards) > 1:
         index = {
-            "metadata": {"total_size": sum(nbytes(t) for t in tensors.values())},
+            "metadata": {"total_size": sum(sizes.values())},
             "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
         }
         _write_json(folder / HF_SAFETENSORS_INDEX, index)
-    return [folder / name for name in names]
+    return written
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -191,49 +200,60 @@ def _byte_counter(total: int, progress: Progress) -> Callable[[int], None]:
     return advance
 
 
-def _split_into_shards(tensors: Mapping[str, torch.Tensor], max_shard_bytes: int) -> list[dict]:
-    shards: list[dict] = [{}]
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _split_into_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
     size = 0
-    for key in sorted(tensors):
-        tensor_bytes = nbytes(tensors[key])
-        if shards[-1] and size + tensor_bytes > max_shard_bytes:
-            shards.append({})
+    for key in sorted(sizes):
+        if shards[-1] and size + sizes[key] > max_shard_bytes:
+            shards.append([])
             size = 0
-        shards[-1][key] = tensors[key]
-        size += tensor_bytes
+        shards[-1].append(key)
+        size += sizes[key]
     return shards
 
 
+def confirm_hf_folder(folder: Path, expected: dict[str, dict[str, Written]], dest: Path) -> None:
+    """Every weight file, re-read from disk, holds exactly what was written: names, dtypes, shapes, CRC-32."""
+    for name, tensors in expected.items():
+        if safetensors_file.checksums(folder / name) != tensors:
+            raise OutputError(dest, f"{name} does not read back as written")
+
+
 def write_openai_file(
-    path: Path, state_dict: Mapping[str, torch.Tensor], progress: Progress = lambda done, total: None
-) -> None:
-    """A plain `torch.save` state dict: what `clip.load(path, jit=False)` reads."""
-    compact = {key: _own_storage(tensor.detach()) for key, tensor in state_dict.items()}
+    path: Path, state_dict: Mapping[str, torch.Tensor], cast: Cast = Cast(),
+    progress: Progress = lambda done, total: None,
+) -> dict[str, Written]:
+    """A plain `torch.save` state dict, what `clip.load(path, jit=False)` reads; returns what must read back."""
+    compact = {key: _own_storage(cast(key, tensor.detach())) for key, tensor in state_dict.items()}
+    expected = {
+        key: Written(tensor.dtype, tuple(tensor.shape), zlib.crc32(raw_bytes(tensor))) for key, tensor in compact.items()
+    }
+    total = sum(tensor.numel() * tensor.element_size() for tensor in compact.values())
+    progress(0, total)
     with open(path, "wb") as handle:
-        total = sum(nbytes(t) for t in compact.values())
-        progress(0, total)
         torch.save(compact, handle)
-        progress(total, total)
         handle.flush()
         os.fsync(handle.fileno())
+    progress(total, total)
+    return expected
 
 
 def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
     # torch.save writes a view's whole base storage; copy views (a transposed projection) to their own.
-    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == nbytes(tensor):
+    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
         return tensor
     return tensor.clone(memory_format=torch.contiguous_format)
 
 
-def confirm_written(intended: Mapping[str, torch.Tensor], written: Mapping[str, torch.Tensor], where: Path) -> None:
-    """Re-opened output must hold exactly the intended tensors: names, dtypes, shapes and bytes."""
-    if set(intended) != set(written):
-        difference = sorted(set(intended) ^ set(written))
-        raise OutputError(where, f"written tensors differ from those meant: {', '.join(difference[:5])}")
-    for key, tensor in intended.items():
-        found = written[key]
-        same = found.dtype == tensor.dtype and found.shape == tensor.shape and torch.equal(
-            found.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
-        )
-        if not same:
-            raise OutputError(where, f"tensor {key} reads back different from what was written")
+def confirm_tensors(found: Mapping[str, torch.Tensor], expected: dict[str, Written], dest: Path) -> None:
+    """Tensors read back from a written file match what was written: names, dtypes, shapes, CRC-32."""
+    actual = {
+        key: Written(tensor.dtype, tuple(tensor.shape), zlib.crc32(raw_bytes(tensor))) for key, tensor in found.items()
+    }
+    if actual != expected:
+        different = sorted(key for key in set(actual) | set(expected) if actual.get(key) != expected.get(key))
+        raise OutputError(dest, f"tensors read back differently from what was written: {', '.join(different[:5])}")
