@@ -125,8 +125,9 @@ def benchmark_model(model: str, rounds: int) -> dict[str, list[Measurement]]:
         return benchmark(variants(source, hf_folder), rounds, Path(workdir))
 
 
-def format_rss(mb: float, floor: float) -> str:
-    return f"<= {floor:.0f}" if mb <= floor else f"{mb:.0f}"
+def at_most_if_floor(text: str, mb: float, floor: float) -> str:
+    """A peak at the floor is only an upper bound: the child may have used less."""
+    return f"<= {text}" if mb <= floor else text
 
 
 def table(model: str, results: dict[str, list[Measurement]], floor: float) -> list[str]:
@@ -135,8 +136,9 @@ def table(model: str, results: dict[str, list[Measurement]], floor: float) -> li
     rows = []
     for name in results:
         share = rss[name] / rss[BASELINE]
-        share_text = f"<= {share:.0%}" if rss[name] <= floor else f"{share:.0%}"
-        rows.append(f"| {MODELS[model]} | {name} | {seconds[name]:.1f} | {format_rss(rss[name], floor)} | "
+        rss_text = at_most_if_floor(f"{rss[name]:.0f}", rss[name], floor)
+        share_text = at_most_if_floor(f"{share:.0%}" if share >= 0.1 else f"{share:.1%}", rss[name], floor)
+        rows.append(f"| {MODELS[model]} | {name} | {seconds[name]:.1f} | {rss_text} | "
                     f"{seconds[BASELINE] / seconds[name]:.1f}x | {share_text} |")
     return rows
 
