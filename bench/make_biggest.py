@@ -1,4 +1,4 @@
-"""Write a ViT-bigG-sized OpenAI-layout state dict (~9 GB in float32) without holding it in memory.
+"""Write a ViT-bigG-sized OpenAI-layout state dict (9.2 GB in float32) without holding it in memory.
 
 Usage: .venv/bin/python bench/make_biggest.py DEST [--tiny | --layers N]
 
