@@ -87,9 +87,9 @@ def convert_to_hf(
         writers.confirm_hf_folder(staging, written, dest)
         if verify_logits:
             report("Verifying logits against OpenAI's model code")
-            folder = readers.read_hf_folder(staging)
+            # The files were just proven to hold these bytes; verify on the tensors in memory.
             difference = verify.max_logit_difference(
-                cast.all(checkpoint.tensors), folder.tensors, folder.config, architecture)
+                cast.all(checkpoint.tensors), architecture.hf_config(), architecture)
             verify.require_agreement(dest, difference)
             summary.max_logit_difference = difference
     return summary
@@ -141,12 +141,11 @@ def convert_to_openai(
     with writers.staged(dest, is_folder=False) as staging:
         report(f"Writing {len(output)} tensors")
         expected = writers.write_openai_file(staging, output, cast, progress)
-        written = readers.read_openai_checkpoint(staging).tensors
-        writers.confirm_tensors(written, expected, dest)
+        writers.confirm_tensors(readers.read_openai_checkpoint(staging).tensors, expected, dest)
         if verify_logits:
             report("Verifying logits against transformers")
-            weights = {key: t for key, t in written.items() if key not in OPENAI_ARCHIVE_ATTRIBUTES}
-            difference = verify.max_logit_difference(weights, mapping.to_hf(weights), hf_config, architecture)
+            # The file was just proven to hold these bytes; verify on the tensors in memory.
+            difference = verify.max_logit_difference(cast.all(openai_weights), hf_config, architecture)
             verify.require_agreement(dest, difference)
             summary.max_logit_difference = difference
     return summary
