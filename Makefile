@@ -26,5 +26,10 @@ test-fast: install
 demo: install
 	$(BIN)/python -m roundtrip.demo
 
+# Speed and memory against the module-copying baseline; minutes, not part of `make test`.
+# Options: make bench BENCH_ARGS="--models L14 --rounds 5"
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

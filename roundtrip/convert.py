@@ -68,11 +68,11 @@ def convert_to_hf(
     checkpoint = readers.read_openai_checkpoint(source)
     source_sha256 = readers.sha256_of(source)
     attributes = {k: checkpoint.tensors.pop(k) for k in OPENAI_ARCHIVE_ATTRIBUTES if k in checkpoint.tensors}
-    source_dtype_counts = dtypes.summary(checkpoint.tensors)
+    source_dtype_counts = dtypes.Cast().summary(checkpoint.tensors)  # the identity cast: the source's dtypes
     with _as_input_error(source):
         architecture = Architecture.from_openai_state_dict(checkpoint.tensors)
-        weights = dtypes.cast_floats(checkpoint.tensors, dtype)
-        hf_weights = mapping.to_hf(weights)
+        cast = dtypes.Cast.from_choice(dtype)
+        hf_weights = mapping.to_hf(checkpoint.tensors)  # views: nothing is copied yet
         provenance = Provenance(
             tool=f"clipconv {__version__}",
             source_name=source.name,
@@ -80,21 +80,23 @@ def convert_to_hf(
             source_dtypes={key: dtypes.dtype_name(t.dtype) for key, t in checkpoint.tensors.items()},
             archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
         )
-    summary = Summary(dest, len(hf_weights), dtypes.summary(hf_weights), [], architecture)
+    summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
     with writers.staged(dest, is_folder=True) as staging:
         report(f"Writing {len(hf_weights)} tensors")
-        files = writers.write_hf_folder(
+        written = writers.write_hf_folder(
             staging, architecture.hf_config(), hf_weights,
-            {"format": "pt", METADATA_KEY: provenance.to_json()}, max_shard_bytes, progress,
+            {"format": "pt", METADATA_KEY: provenance.to_json()}, cast, max_shard_bytes, progress,
         )
-        summary.files = [file.name for file in files]
+        summary.files = list(written)
+        writers.confirm_hf_folder(staging, written, dest)
         report("Writing tokenizer and image processor files")
         processing, summary.notes = hf_extras.processing_files(architecture)
         writers.write_text_files(staging, processing)
         if verify_logits:
             report("Verifying logits against OpenAI's model code")
-            written = readers.read_hf_folder(staging)  # check what is on disk, not what was meant
-            difference = verify.max_logit_difference(weights, written.tensors, written.config, architecture)
+            # The files were just proven to hold these bytes; verify on the tensors in memory.
+            difference = verify.max_logit_difference(
+                cast.all(checkpoint.tensors), architecture.hf_config(), architecture)
             verify.require_agreement(dest, difference)
             summary.max_logit_difference = difference
         # Last, because the card reports the verification figure.
@@ -147,20 +149,19 @@ def convert_to_openai(
     if problems:
         raise InputError(source, "OpenAI's CLIP code cannot represent this model: " + "; ".join(problems))
     if dtype == "restore":
-        recorded = folder.provenance.source_dtypes if folder.provenance else {}
-        openai_weights = dtypes.restore(openai_weights, recorded)
+        cast = dtypes.Cast(recorded=folder.provenance.source_dtypes if folder.provenance else {})
     else:
-        openai_weights = dtypes.cast_floats(openai_weights, dtype)
+        cast = dtypes.Cast.from_choice(dtype)
     output = {**openai_weights, **_restore_attributes(folder.provenance)}
-    summary = Summary(dest, len(output), dtypes.summary(output), [dest.name], architecture, notes=notes)
+    summary = Summary(dest, len(output), cast.summary(output), [dest.name], architecture, notes=notes)
     with writers.staged(dest, is_folder=False) as staging:
         report(f"Writing {len(output)} tensors")
-        writers.write_openai_file(staging, output, progress)
+        expected = writers.write_openai_file(staging, output, cast, progress)
+        writers.confirm_tensors(readers.read_openai_checkpoint(staging).tensors, expected, dest)
         if verify_logits:
             report("Verifying logits against transformers")
-            written = readers.read_openai_checkpoint(staging).tensors
-            weights = {key: t for key, t in written.items() if key not in OPENAI_ARCHIVE_ATTRIBUTES}
-            difference = verify.max_logit_difference(weights, mapping.to_hf(weights), hf_config, architecture)
+            # The file was just proven to hold these bytes; verify on the tensors in memory.
+            difference = verify.max_logit_difference(cast.all(openai_weights), hf_config, architecture)
             verify.require_agreement(dest, difference)
             summary.max_logit_difference = difference
     return summary

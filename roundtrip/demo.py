@@ -6,7 +6,6 @@ No downloads: the checkpoint is made here with OpenAI's own model code.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -24,7 +23,9 @@ def main() -> None:
         print(f"1. Building a random OpenAI CLIP with clip.model.CLIP ({DEMO.describe()}),")
         print("   halved to OpenAI's fp16/fp32 mix and saved as a TorchScript archive like OpenAI's releases:")
         print(f"   {source}")
-        save_torchscript_archive(random_openai_model(DEMO, seed=0), source)
+        model = random_openai_model(DEMO, seed=0)
+        save_torchscript_archive(model, source)
+        original = model.state_dict()  # now with the archive's three metadata tensors
         runner = CliRunner()
         for step, args in (("2.", ["to-hf", str(source), str(hf_folder)]), ("3.", ["to-openai", str(hf_folder), str(back)])):
             print(f"\n{step} clipconv {' '.join(args)}")
@@ -32,10 +33,7 @@ def main() -> None:
             print(result.output.rstrip())
             if result.exit_code:
                 raise SystemExit(result.exit_code)
-        print(f"\n4. Comparing {back.name} with the original archive, tensor by tensor:")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-            original = torch.jit.load(str(source)).state_dict()
+        print(f"\n4. Comparing {back.name} with the model that was archived, tensor by tensor:")
         returned = torch.load(back, map_location="cpu", weights_only=True)
         same = [k for k in original if k in returned and original[k].dtype == returned[k].dtype
                 and torch.equal(original[k], returned[k])]

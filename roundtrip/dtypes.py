@@ -6,6 +6,7 @@ and `clipconv --help` should not wait for torch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
@@ -29,25 +30,40 @@ def from_name(name: str) -> "torch.dtype":
     return dtype
 
 
-def cast_floats(state_dict: Mapping[str, "torch.Tensor"], choice: str) -> dict[str, "torch.Tensor"]:
-    """Apply a --dtype choice: a float dtype name casts every floating tensor, "keep" changes nothing."""
-    if choice == "keep":
-        return dict(state_dict)
-    if choice not in FLOAT_CHOICES:
-        raise ValueError(f"dtype must be one of {', '.join(FLOAT_CHOICES)} or keep, not {choice!r}")
-    target = from_name(choice)
-    return {key: t.to(target) if t.is_floating_point() else t for key, t in state_dict.items()}
+@dataclass(frozen=True)
+class Cast:
+    """The dtype each tensor is written in. Applied one tensor at a time, while writing, so that
+    a cast never holds a second copy of the whole model in memory."""
 
+    floats_to: str | None = None  # a float dtype name for every floating tensor; None keeps them
+    recorded: Mapping[str, str] = field(default_factory=dict)  # key -> dtype name, wins over floats_to
 
-def restore(state_dict: Mapping[str, "torch.Tensor"], recorded: Mapping[str, str]) -> dict[str, "torch.Tensor"]:
-    """Give each tensor the dtype recorded for its key; keys without a record keep theirs."""
-    return {key: t.to(from_name(recorded[key])) if key in recorded else t for key, t in state_dict.items()}
+    @classmethod
+    def from_choice(cls, choice: str) -> "Cast":
+        """A --dtype choice: a float dtype name casts every floating tensor, "keep" changes nothing."""
+        if choice == "keep":
+            return cls()
+        if choice not in FLOAT_CHOICES:
+            raise ValueError(f"dtype must be one of {', '.join(FLOAT_CHOICES)} or keep, not {choice!r}")
+        return cls(floats_to=choice)
 
+    def dtype(self, key: str, tensor: "torch.Tensor") -> "torch.dtype":
+        if key in self.recorded:
+            return from_name(self.recorded[key])
+        if self.floats_to and tensor.is_floating_point():
+            return from_name(self.floats_to)
+        return tensor.dtype
 
-def summary(state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, int]:
-    """How many tensors of each dtype, e.g. {"float16": 120, "float32": 78}."""
-    counts: dict[str, int] = {}
-    for tensor in state_dict.values():
-        name = dtype_name(tensor.dtype)
-        counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
+    def __call__(self, key: str, tensor: "torch.Tensor") -> "torch.Tensor":
+        return tensor.to(self.dtype(key, tensor))
+
+    def all(self, state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+        return {key: self(key, tensor) for key, tensor in state_dict.items()}
+
+    def summary(self, state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, int]:
+        """How many tensors of each dtype this cast writes, e.g. {"float16": 120, "float32": 78}."""
+        counts: dict[str, int] = {}
+        for key, tensor in state_dict.items():
+            name = dtype_name(self.dtype(key, tensor))
+            counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items()))

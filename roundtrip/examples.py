@@ -56,21 +56,57 @@ def random_openai_state_dict(architecture: Architecture, seed: int = 0, openai_d
 
 def save_torchscript_archive(model, path: Path) -> None:
     """Trace `model` like OpenAI's released archives, with their three 0-dim metadata tensors."""
-    architecture_numbers = {
-        "input_resolution": model.visual.input_resolution,
-        "context_length": model.context_length,
-        "vocab_size": model.vocab_size,
-    }
-    for name, value in architecture_numbers.items():
-        if hasattr(model, name):
-            delattr(model, name)
-        model.register_buffer(name, torch.tensor(value))
-    size = architecture_numbers["input_resolution"]
-    images = torch.zeros(1, 3, size, size, dtype=model.dtype)
-    tokens = torch.zeros(1, architecture_numbers["context_length"], dtype=torch.long)
-    tokens[0, 0], tokens[0, 1] = architecture_numbers["vocab_size"] - 2, architecture_numbers["vocab_size"] - 1
+    numbers = _register_archive_attributes(model)
+    images = torch.zeros(1, 3, numbers["input_resolution"], numbers["input_resolution"], dtype=model.dtype)
+    tokens = torch.zeros(1, numbers["context_length"], dtype=torch.long)
+    tokens[0, 0], tokens[0, 1] = numbers["vocab_size"] - 2, numbers["vocab_size"] - 1
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks inside nn.MultiheadAttention
         traced = torch.jit.trace(model, (images, tokens), check_trace=False)
         torch.jit.save(traced, str(path))
+
+
+def _register_archive_attributes(model) -> dict[str, int]:
+    """Turn the three architecture numbers into 0-dim buffers, as in OpenAI's archives."""
+    numbers = {
+        "input_resolution": model.visual.input_resolution,
+        "context_length": model.context_length,
+        "vocab_size": model.vocab_size,
+    }
+    for name, value in numbers.items():
+        if hasattr(model, name):
+            delattr(model, name)
+        model.register_buffer(name, torch.tensor(value))
+    return numbers
+
+
+class _ScriptableLayerNorm(torch.nn.LayerNorm):
+    """clip.model.LayerNorm's computation (fp32 inside, input dtype out) in a form TorchScript compiles."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalized = torch.nn.functional.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
+        return normalized.type(x.dtype)
+
+
+def _scriptable_forward(self, image: torch.Tensor, text: torch.Tensor):
+    """clip.model.CLIP.forward with norm(p=2) spelled out, which TorchScript requires."""
+    image_features = self.encode_image(image)
+    text_features = self.encode_text(text)
+    image_features = image_features / image_features.norm(p=2, dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(p=2, dim=-1, keepdim=True)
+    logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+    return logits_per_image, logits_per_image.t()
+
+
+def save_scripted_archive(model, path: Path) -> None:
+    """`torch.jit.script` of a clip.model.CLIP, patched only where TorchScript cannot compile OpenAI's code."""
+    clip = import_clip()
+    for module in model.modules():
+        if type(module) is clip.model.LayerNorm:
+            module.__class__ = _ScriptableLayerNorm  # its forward calls super(), which TorchScript cannot compile
+    model.__class__ = type("CLIP", (type(model),), {"forward": _scriptable_forward})
+    _register_archive_attributes(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
+        torch.jit.save(torch.jit.script(model), str(path))

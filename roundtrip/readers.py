@@ -1,6 +1,9 @@
 """All reading of input files: OpenAI checkpoints and Hugging Face model folders.
 
-Pickles are only ever read with `torch.load(..., weights_only=True)`.
+Nothing from an input file is ever executed: pickles are read only with
+`torch.load(..., weights_only=True)`, TorchScript archives with the restricted
+reader in `roundtrip.torchscript`, safetensors with the checked reader in
+`roundtrip.safetensors_file`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from pathlib import Path
 
 import torch
 
+from roundtrip import safetensors_file
 from roundtrip.errors import InputError
 from roundtrip.hf_extras import MERGES_FILE, MERGES_HEADER, TOKENIZER_JSON, VOCAB_FILE, BPETable
 from roundtrip.provenance import METADATA_KEY, Provenance
+from roundtrip.torchscript import ArchiveError, read_torchscript_state_dict
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as training loops write it
@@ -50,7 +55,7 @@ def read_openai_checkpoint(path: Path) -> OpenAICheckpoint:
     _require_file(path)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         return OpenAICheckpoint(_read_torchscript(path), "torchscript")
-    loaded = _load_pickle(path)
+    loaded = _load_pickle(path, memory_map=zipfile.is_zipfile(path))
     return OpenAICheckpoint(_unwrap_state_dict(path, loaded), "state_dict")
 
 
@@ -74,21 +79,20 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
-    # TODO(issue 4): replace with a reader that executes nothing from the archive.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as error:  # noqa: BLE001 - any failure here means an unreadable archive
+        return read_torchscript_state_dict(path)
+    except ArchiveError as error:
+        raise InputError(path, f"TorchScript archive refused: {error}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise InputError(path, f"is not a readable TorchScript archive ({_first_line(error)})") from None
-    return {key: tensor.detach() for key, tensor in module.state_dict().items()}
 
 
-def _load_pickle(path: Path):
+def _load_pickle(path: Path, memory_map: bool = False):
+    """torch.load, only ever with weights_only=True; `memory_map` for torch.save's zip format."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": we report below
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=memory_map)
     except pickle.UnpicklingError as error:
         raise InputError(path, _unpickling_problem(str(error))) from None
     except Exception as error:  # noqa: BLE001 - truncated zips, random bytes, ...
@@ -127,16 +131,29 @@ def read_hf_folder(folder: Path) -> HFFolder:
     if not folder.is_dir():
         raise InputError(folder, "is not a folder, expected a Hugging Face model folder")
     config = _read_config(folder)
-    weight_files = _weight_files(folder)
+    weight_files, weight_map = _weight_files(folder)
     tensors, provenances = {}, set()
     for file in weight_files:
         file_tensors, provenance = _read_weight_file(file)
         twice = sorted(set(file_tensors) & set(tensors))
         if twice:
             raise InputError(file, f"tensor {twice[0]} is also in another shard")
+        if weight_map is not None:
+            _check_against_index(file, set(file_tensors), weight_map)
         tensors.update(file_tensors)
         provenances.add(provenance)
+    if weight_map is not None and set(weight_map) != set(tensors):
+        missing = sorted(set(weight_map) - set(tensors))
+        raise InputError(folder, f"the shard index lists tensors no shard holds: {', '.join(missing[:5])}")
     return HFFolder(config, tensors, _provenance(weight_files[0], provenances), weight_files)
+
+
+def _check_against_index(file: Path, found: set[str], weight_map: dict[str, str]) -> None:
+    unlisted = sorted(key for key in found if weight_map.get(key) != file.name)
+    if unlisted:
+        listed = weight_map.get(unlisted[0])
+        where = f"the index puts it in {listed}" if listed else "the index does not list it"
+        raise InputError(file, f"holds tensor {unlisted[0]} but {where}")
 
 
 def _read_weight_file(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -159,29 +176,39 @@ def _read_config(folder: Path) -> dict:
     return config
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The weight files to read and, for a sharded checkpoint, its index's weight map."""
     # safetensors wins over pickles, as in transformers; hub folders often hold both.
     for single, index in ((HF_SAFETENSORS, HF_SAFETENSORS_INDEX), (HF_PICKLE, HF_PICKLE_INDEX)):
         has_single, has_index = (folder / single).is_file(), (folder / index).is_file()
         if has_single and has_index:
             raise InputError(folder, f"holds both {single} and {index}; which one is meant is ambiguous")
         if has_single:
-            return [folder / single]
+            return [folder / single], None
         if has_index:
-            return _shards_of(folder / index)
+            weight_map = _read_weight_map(folder / index)
+            return _shards_of(folder / index, weight_map), weight_map
     raise InputError(folder, f"has no weights ({HF_SAFETENSORS}, {HF_SAFETENSORS_INDEX} or {HF_PICKLE})")
 
 
-def _shards_of(index_path: Path) -> list[Path]:
+def _read_weight_map(index_path: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise InputError(index_path, f"is not a valid shard index ({error})") from None
+        raise InputError(index_path, f"is not a valid shard index ({type(error).__name__}: {error})") from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(key, str) and isinstance(name, str) for key, name in weight_map.items()
+    ):
+        raise InputError(index_path, "weight_map is not a map from tensor names to file names")
+    return weight_map
+
+
+def _shards_of(index_path: Path, weight_map: dict[str, str]) -> list[Path]:
     folder = index_path.parent.resolve()
     shards = []
     for name in dict.fromkeys(weight_map.values()):
-        shard = (folder / name).resolve()
-        if shard.parent != folder:
+        shard = (folder / name).resolve()  # resolves "..", absolute paths and symlinks alike
+        if shard.parent != folder or shard.name != name:
             raise InputError(index_path, f"points outside its folder: {name}")
         if not shard.is_file():
             raise InputError(index_path, f"names a missing shard: {name}")
@@ -190,14 +217,11 @@ def _shards_of(index_path: Path) -> list[Path]:
 
 
 def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(file, framework="pt") as handle:
-            provenance = (handle.metadata() or {}).get(METADATA_KEY)
-            return {key: handle.get_tensor(key) for key in handle.keys()}, provenance
-    except SafetensorError as error:
-        raise InputError(file, f"is not a valid safetensors file ({error})") from None
+        tensors, metadata = safetensors_file.read(file)
+    except safetensors_file.SafetensorsError as error:
+        raise InputError(file, f"is not a valid safetensors file: {error}") from None
+    return tensors, metadata.get(METADATA_KEY)
 
 
 def _provenance(file: Path, found: set) -> Provenance | None:

@@ -70,9 +70,15 @@ def _float32(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
-    model = import_clip().model.CLIP(**architecture.clip_kwargs()).eval()
-    model.load_state_dict(_float32(openai_weights), strict=True)
-    logits_per_image, _ = model(images, tokens)
+    clip = import_clip()
+    with torch.device("meta"):
+        model = clip.model.CLIP(**architecture.clip_kwargs())  # no random init, no memory for weights
+    model.load_state_dict(_float32(openai_weights), strict=True, assign=True)  # use the tensors, don't copy
+    # The causal mask is a plain attribute made in __init__, so it was made on the meta device too.
+    mask = model.build_attention_mask()
+    for block in model.transformer.resblocks:
+        block.attn_mask = mask
+    logits_per_image, _ = model.eval()(images, tokens)
     return logits_per_image
 
 
@@ -83,7 +89,7 @@ def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Ten
 
     logging.disable_progress_bar()  # one model load is not a long step
 
-    model, info = CLIPModel.from_pretrained(
+    model, info = CLIPModel.from_pretrained(  # takes the given tensors as they are: views stay views
         None,
         config=CLIPConfig.from_dict(hf_config),
         state_dict=_float32(hf_weights),
@@ -96,12 +102,18 @@ def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Ten
     return model.eval()(input_ids=tokens, pixel_values=images).logits_per_image
 
 
-def max_logit_difference(
-    openai_weights: Mapping, hf_weights: Mapping, hf_config: dict, architecture: Architecture
-) -> float:
+def max_logit_difference(openai_weights: Mapping, hf_config: dict, architecture: Architecture) -> float:
+    """Logits of OpenAI's model and of transformers on the same weights, which both share in memory.
+
+    The HF tensors are views of the OpenAI ones (q/k/v are slices of in_proj, the projections
+    transposed views), so the model is held in float32 once, not twice.
+    """
+    from roundtrip import mapping
+
+    weights = _float32(openai_weights)
     images, tokens = probe_images(architecture), probe_tokens(architecture)
-    reference = openai_logits(openai_weights, architecture, images, tokens)
-    converted = hf_logits(hf_weights, hf_config, images, tokens)
+    reference = openai_logits(weights, architecture, images, tokens)
+    converted = hf_logits(mapping.to_hf(weights), hf_config, images, tokens)
     return (reference - converted).abs().max().item()
 
 

@@ -8,35 +8,37 @@ so a failed run leaves DEST as it was.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import glob
 import json
 import os
+import re
 import shutil
-import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import torch
 
+from roundtrip import safetensors_file
+from roundtrip.dtypes import Cast
 from roundtrip.errors import OutputError
+from roundtrip.safetensors_file import Written, raw_bytes
 from roundtrip.readers import HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX
 
-STAGING_MARK = ".clipconv-tmp-"
+# Temporaries beside DEST: ".DEST.clipconv-new-PID-XXXX" while writing, ".DEST.clipconv-old-PID-XXXX" for a
+# replaced DEST on its way out. The PID tells a later run whether their writer is still alive.
+STAGING = re.compile(r"\.(?P<dest>.+)\.clipconv-(?P<kind>new|old)-(?P<pid>\d+)-[^/]+")
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # the hub's long-standing default shard size, "5GB"
-HEADER_ALIGNMENT = 8  # safetensors pads its JSON header to a multiple of 8 bytes
-
-# safetensors' names for the dtypes a CLIP checkpoint can hold.
-SAFETENSORS_NAME = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 Progress = Callable[[int, int], None]  # called with (bytes written so far, bytes to write)
 
 
 def check_destination(dest: Path, source: Path, overwrite: bool) -> None:
     """Refuse before any work if DEST would clobber something or sit inside SOURCE."""
+    if dest.parent.is_dir():
+        clean_leftovers(dest)  # first, so that a DEST a killed run moved aside counts as existing
     dest_resolved, source_resolved = dest.resolve(), source.resolve()
     if dest_resolved == source_resolved or source_resolved in dest_resolved.parents:
         raise OutputError(dest, f"is the source or inside it ({source})")
@@ -48,33 +50,87 @@ def check_destination(dest: Path, source: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def staged(dest: Path, is_folder: bool) -> Iterator[Path]:
-    """Yield a temporary path beside DEST; on success move it into place, on failure remove it."""
-    for leftover in dest.parent.glob(f".{dest.name}{STAGING_MARK}*"):
-        _remove(leftover)  # from a run that was killed before it could clean up
-    prefix = f".{dest.name}{STAGING_MARK}"
-    if is_folder:
-        temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
-        os.close(handle)
-        temporary = Path(name)
+    """Yield a temporary path beside DEST; on success move it into place, on failure remove it.
+
+    OS errors (a full disk, a permission) become one-line OutputErrors naming DEST.
+    """
+    prefix = f".{dest.name}.clipconv-new-{os.getpid()}-"
+    try:
+        if is_folder:
+            temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
+        else:
+            handle, name = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
+            os.close(handle)
+            temporary = Path(name)
+    except OSError as error:
+        raise OutputError(dest, f"cannot be written: {error.strerror or error}") from None
     try:
         yield temporary
-        _replace(temporary, dest)
+        _apply_umask(temporary)
+        _move_into_place(temporary, dest)
+    except OSError as error:
+        _remove(temporary)
+        raise OutputError(dest, f"could not be written: {error.strerror or error}") from None
     except BaseException:
         _remove(temporary)
         raise
 
 
-def _replace(new: Path, dest: Path) -> None:
-    _apply_umask(new)
-    if not (dest.exists() or dest.is_symlink()):
+def clean_leftovers(dest: Path) -> None:
+    """Remove what killed runs left beside DEST; give back a replaced DEST if the new one never arrived."""
+    for path in dest.parent.glob(f".{glob.escape(dest.name)}.clipconv-*"):
+        match = STAGING.fullmatch(path.name)
+        if not match or match["dest"] != dest.name or _is_running(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not (dest.exists() or dest.is_symlink()):
+            os.replace(path, dest)  # killed between moving the old DEST out and the new one in
+        else:
+            _remove(path)
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process: anything of ours there is from an earlier call that failed
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(new: Path, dest: Path) -> None:
+    if not (dest.exists() or dest.is_symlink()) or (new.is_file() and not dest.is_dir()):
+        os.replace(new, dest)  # atomic, also over an existing file
+    elif _exchange(new, dest):
+        _remove(new)  # now holds the old DEST
+    else:
+        old = dest.parent / f".{dest.name}.clipconv-old-{os.getpid()}-{new.name.rsplit('-', 1)[1]}"
+        os.replace(dest, old)  # the old DEST survives until the new one is in place
         os.replace(new, dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}{STAGING_MARK}old-", dir=dest.parent))
-    os.replace(dest, old / "previous")  # the old DEST survives until the new one is in place
-    os.replace(new, dest)
-    _remove(old)
+        _remove(old)
+    _fsync_folder(dest.parent)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    return result == 0
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _apply_umask(path: Path) -> None:
@@ -97,33 +153,51 @@ def write_hf_folder(
     config: dict,
     tensors: Mapping[str, torch.Tensor],
     metadata: dict[str, str],
+    cast: Cast = Cast(),
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: Progress = lambda done, total: None,
-) -> list[Path]:
-    """Write config.json and model.safetensors (or shards plus an index); return the weight files."""
-    (folder / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    shards = _split_into_shards(tensors, max_shard_bytes)
-    advance = _byte_counter(sum(_nbytes(t) for t in tensors.values()), progress)
+) -> dict[str, dict[str, Written]]:
+    """Write config.json and model.safetensors (or shards plus an index).
+
+    Returns, per weight file name, what each of its tensors must read back as.
+    """
+    _write_json(folder / HF_CONFIG, config)
+    sizes = {key: tensor.numel() * _element_size(cast.dtype(key, tensor)) for key, tensor in tensors.items()}
+    shards = _split_into_shards(sizes, max_shard_bytes)
+    advance = _byte_counter(sum(sizes.values()), progress)
     if len(shards) == 1:
         names = [HF_SAFETENSORS]
     else:
         names = [f"model-{n:05d}-of-{len(shards):05d}.safetensors" for n in range(1, len(shards) + 1)]
-    for name, shard in zip(names, shards):
-        write_safetensors(folder / name, shard, metadata, advance)
+    written = {
+        name: safetensors_file.write(folder / name, {key: tensors[key] for key in shard}, metadata, cast, advance)
+        for name, shard in zip(names, shards)
+    }
     if len(shards) > 1:
         index = {
-            "metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
+            "metadata": {"total_size": sum(sizes.values())},
             "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
         }
-        (folder / HF_SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return [folder / name for name in names]
+        _write_json(folder / HF_SAFETENSORS_INDEX, index)
+    return written
+
+
+def _write_json(path: Path, content: dict) -> None:
+    _write_text(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
 def write_text_files(folder: Path, files: Mapping[str, str]) -> list[Path]:
     """Write {file name: text} into folder as UTF-8; return the paths."""
     for name, text in files.items():
-        (folder / name).write_text(text, encoding="utf-8")
+        _write_text(folder / name, text)
     return [folder / name for name in files]
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _byte_counter(total: int, progress: Progress) -> Callable[[int], None]:
@@ -137,74 +211,60 @@ def _byte_counter(total: int, progress: Progress) -> Callable[[int], None]:
     return advance
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
-def _split_into_shards(tensors: Mapping[str, torch.Tensor], max_shard_bytes: int) -> list[dict]:
-    shards: list[dict] = [{}]
+def _split_into_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
     size = 0
-    for key in sorted(tensors):
-        tensor_bytes = _nbytes(tensors[key])
-        if shards[-1] and size + tensor_bytes > max_shard_bytes:
-            shards.append({})
+    for key in sorted(sizes):
+        if shards[-1] and size + sizes[key] > max_shard_bytes:
+            shards.append([])
             size = 0
-        shards[-1][key] = tensors[key]
-        size += tensor_bytes
+        shards[-1].append(key)
+        size += sizes[key]
     return shards
 
 
-def write_safetensors(
-    path: Path,
-    tensors: Mapping[str, torch.Tensor],
-    metadata: dict[str, str],
-    advance: Callable[[int], None] = lambda _: None,
-) -> None:
-    """Stream tensors into one safetensors file without first copying them into one buffer."""
-    header: dict = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for key in sorted(tensors):
-        tensor = tensors[key]
-        header[key] = {
-            "dtype": SAFETENSORS_NAME[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + _nbytes(tensor)],
-        }
-        offset += _nbytes(tensor)
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
-        for key in sorted(tensors):
-            handle.write(_raw_bytes(tensors[key]))
-            advance(_nbytes(tensors[key]))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _raw_bytes(tensor: torch.Tensor) -> memoryview:
-    # Little-endian raw storage, as safetensors specifies (this tool runs on little-endian hosts).
-    flat = tensor.detach().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+def confirm_hf_folder(folder: Path, expected: dict[str, dict[str, Written]], dest: Path) -> None:
+    """Every weight file, re-read from disk, holds exactly what was written: names, dtypes, shapes, CRC-32."""
+    for name, tensors in expected.items():
+        if safetensors_file.checksums(folder / name) != tensors:
+            raise OutputError(dest, f"{name} does not read back as written")
 
 
 def write_openai_file(
-    path: Path, state_dict: Mapping[str, torch.Tensor], progress: Progress = lambda done, total: None
-) -> None:
-    """A plain `torch.save` state dict: what `clip.load(path, jit=False)` reads."""
-    compact = {key: _own_storage(tensor.detach()) for key, tensor in state_dict.items()}
+    path: Path, state_dict: Mapping[str, torch.Tensor], cast: Cast = Cast(),
+    progress: Progress = lambda done, total: None,
+) -> dict[str, Written]:
+    """A plain `torch.save` state dict, what `clip.load(path, jit=False)` reads; returns what must read back."""
+    compact = {key: _own_storage(cast(key, tensor.detach())) for key, tensor in state_dict.items()}
+    expected = {
+        key: Written(tensor.dtype, tuple(tensor.shape), zlib.crc32(raw_bytes(tensor))) for key, tensor in compact.items()
+    }
+    total = sum(tensor.numel() * tensor.element_size() for tensor in compact.values())
+    progress(0, total)
     with open(path, "wb") as handle:
-        total = sum(_nbytes(t) for t in compact.values())
-        progress(0, total)
         torch.save(compact, handle)
-        progress(total, total)
         handle.flush()
         os.fsync(handle.fileno())
+    progress(total, total)
+    return expected
 
 
 def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
     # torch.save writes a view's whole base storage; copy views (a transposed projection) to their own.
-    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == _nbytes(tensor):
+    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
         return tensor
     return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def confirm_tensors(found: Mapping[str, torch.Tensor], expected: dict[str, Written], dest: Path) -> None:
+    """Tensors read back from a written file match what was written: names, dtypes, shapes, CRC-32."""
+    actual = {
+        key: Written(tensor.dtype, tuple(tensor.shape), zlib.crc32(raw_bytes(tensor))) for key, tensor in found.items()
+    }
+    if actual != expected:
+        different = sorted(key for key in set(actual) | set(expected) if actual.get(key) != expected.get(key))
+        raise OutputError(dest, f"tensors read back differently from what was written: {', '.join(different[:5])}")

@@ -160,3 +160,16 @@ def assert_identical(actual: dict, expected: dict) -> None:
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
+def assert_refused(result, *fragments: str) -> None:
+    """Exit code 1, no traceback, and one error line that says what is wrong (never: disable weights_only)."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "weights_only" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("clipconv: error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def assert_nothing_left(folder: Path, expected: list[str]) -> None:
+    assert listing(folder) == sorted(expected)
+

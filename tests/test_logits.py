@@ -92,14 +92,20 @@ def test_legacy_eos_pools_like_openai_even_without_an_end_token(pooling_models):
     assert logit_gap(openai_model, hf_models["eos 49407 (transformers default)"], images, tokens) > TOLERANCE
 
 
-def test_verification_catches_a_wrong_mapping(demo_state_dict):
+def test_verification_catches_a_wrong_mapping(demo_state_dict, monkeypatch):
     # Swap q and k in every layer: the round trip would still be exact, the logits must not be.
-    hf_weights = mapping.to_hf(demo_state_dict)
-    wrong = dict(hf_weights)
-    for key in hf_weights:
-        if ".q_proj." in key:
-            k_key = key.replace(".q_proj.", ".k_proj.")
-            wrong[key], wrong[k_key] = hf_weights[k_key], hf_weights[key]
-    right_gap = verify.max_logit_difference(demo_state_dict, hf_weights, DEMO.hf_config(), DEMO)
-    wrong_gap = verify.max_logit_difference(demo_state_dict, wrong, DEMO.hf_config(), DEMO)
+    right_gap = verify.max_logit_difference(demo_state_dict, DEMO.hf_config(), DEMO)
+    correct_to_hf = mapping.to_hf
+
+    def to_hf_with_q_and_k_swapped(state_dict):
+        hf_weights = correct_to_hf(state_dict)
+        swapped = dict(hf_weights)
+        for key in hf_weights:
+            if ".q_proj." in key:
+                k_key = key.replace(".q_proj.", ".k_proj.")
+                swapped[key], swapped[k_key] = hf_weights[k_key], hf_weights[key]
+        return swapped
+
+    monkeypatch.setattr(mapping, "to_hf", to_hf_with_q_and_k_swapped)
+    wrong_gap = verify.max_logit_difference(demo_state_dict, DEMO.hf_config(), DEMO)
     assert right_gap <= TOLERANCE < wrong_gap

@@ -1,0 +1,121 @@
+"""Baseline for `make bench`: the module-copying approach of transformers' conversion script.
+
+Usage: python bench/baseline_module_copy.py SOURCE DEST
+
+Does what `convert_clip_original_pytorch_to_hf.py` in transformers does, step by
+step, so the benchmark measures that approach and not a strawman: load the
+checkpoint with `clip.load(..., jit=False)` and upcast it to float32, build a
+randomly initialised `CLIPModel`, copy the weights module by module (q/k/v split
+from `in_proj`, the two projections transposed), run one forward pass of both
+models and compare their logits, then `save_pretrained(DEST)`.
+
+Three defects of the original are not reproduced, because they would make it
+either wrong or unable to run here: the config is inferred from the tensor
+shapes (the original hard-codes ViT-B/32), the non-existent
+`visual_model.layer_norm` line is left out, and the logits are compared on real
+`clip.tokenize` prompts (the original's `torch.arange(0, 77)` has no end-of-text
+token, so transformers >= 4.32 pools the text at the wrong position).
+SOURCE must be a `torch.save` state dict or an OpenAI TorchScript archive.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from roundtrip.config import Architecture
+from roundtrip.verify import PROMPTS, TOLERANCE, import_clip
+
+IMAGES = 2
+
+
+def copy_linear(hf_linear, openai_linear) -> None:
+    """Any module with `weight` and `bias`: Linear and LayerNorm alike, as in the original."""
+    hf_linear.weight = openai_linear.weight
+    hf_linear.bias = openai_linear.bias
+
+
+def copy_attention(hf_attention, openai_attention) -> None:
+    """nn.MultiheadAttention keeps q, k and v stacked in `in_proj`; CLIPAttention has three Linears."""
+    weights = openai_attention.in_proj_weight.chunk(3, dim=0)
+    biases = openai_attention.in_proj_bias.chunk(3, dim=0)
+    for projection, weight, bias in zip(
+        (hf_attention.q_proj, hf_attention.k_proj, hf_attention.v_proj), weights, biases
+    ):
+        projection.weight.data = weight
+        projection.bias.data = bias
+    copy_linear(hf_attention.out_proj, openai_attention.out_proj)
+
+
+def copy_layers(hf_layers, openai_blocks) -> None:
+    for hf_layer, block in zip(hf_layers, openai_blocks, strict=True):
+        copy_linear(hf_layer.layer_norm1, block.ln_1)
+        copy_linear(hf_layer.layer_norm2, block.ln_2)
+        copy_linear(hf_layer.mlp.fc1, block.mlp.c_fc)
+        copy_linear(hf_layer.mlp.fc2, block.mlp.c_proj)
+        copy_attention(hf_layer.self_attn, block.attn)
+
+
+def copy_text_tower(hf_model, openai_model) -> None:
+    text = hf_model.text_model
+    text.embeddings.token_embedding.weight = openai_model.token_embedding.weight
+    text.embeddings.position_embedding.weight.data = openai_model.positional_embedding
+    copy_linear(text.final_layer_norm, openai_model.ln_final)
+    copy_layers(text.encoder.layers, openai_model.transformer.resblocks)
+    # OpenAI computes x @ proj; nn.Linear computes x @ weight.T
+    hf_model.text_projection.weight.data = openai_model.text_projection.data.T
+
+
+def copy_vision_tower(hf_model, openai_model) -> None:
+    vision, visual = hf_model.vision_model, openai_model.visual
+    vision.embeddings.patch_embedding.weight.data = visual.conv1.weight.data
+    vision.embeddings.class_embedding = visual.class_embedding
+    vision.embeddings.position_embedding.weight.data = visual.positional_embedding.data
+    copy_linear(vision.pre_layrnorm, visual.ln_pre)  # sic: transformers' attribute name
+    copy_linear(vision.post_layernorm, visual.ln_post)
+    copy_layers(vision.encoder.layers, visual.transformer.resblocks)
+    hf_model.visual_projection.weight.data = visual.proj.data.T
+
+
+@torch.no_grad()
+def compare_logits(hf_model, openai_model, architecture: Architecture) -> float:
+    clip = import_clip()
+    tokens = clip.tokenize(list(PROMPTS), context_length=architecture.context_length)
+    size = architecture.image_resolution
+    images = torch.randn(IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0))
+    hf_logits = hf_model(input_ids=tokens, pixel_values=images).logits_per_image
+    openai_logits, _ = openai_model(images, tokens)
+    return (hf_logits - openai_logits).abs().max().item()
+
+
+@torch.no_grad()
+def convert(source: str, dest: str) -> float:
+    from transformers import CLIPConfig, CLIPModel
+
+    clip = import_clip()
+    openai_model, _ = clip.load(source, device="cpu", jit=False)
+    openai_model = openai_model.float().eval()
+    architecture = Architecture.from_openai_state_dict(openai_model.state_dict())
+    hf_model = CLIPModel(CLIPConfig.from_dict(architecture.hf_config())).eval()
+
+    copy_text_tower(hf_model, openai_model)
+    copy_vision_tower(hf_model, openai_model)
+    hf_model.logit_scale = openai_model.logit_scale
+
+    difference = compare_logits(hf_model, openai_model, architecture)
+    if not difference <= TOLERANCE:
+        raise SystemExit(f"baseline: logits differ by {difference:.3g} (tolerance {TOLERANCE:g}); nothing written")
+    hf_model.save_pretrained(dest)
+    return difference
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise SystemExit(__doc__.split("\n\n")[1])
+    difference = convert(*argv)
+    print(f"Wrote {argv[1]}; max |logit difference| = {difference:.2e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

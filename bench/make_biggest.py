@@ -1,0 +1,117 @@
+"""Write a ViT-bigG-sized OpenAI-layout state dict (9.2 GB in float32) without holding it in memory.
+
+Usage: .venv/bin/python bench/make_biggest.py DEST [--tiny | --layers N]
+
+The shapes are OpenAI's layout at ViT-bigG size: vision 1664 wide x 48 layers,
+patch 14, 224px; text 1280 wide x 32 layers; embed 1280. OpenAI's code fixes the
+MLP at 4x the width (6656 for the vision tower, where the real bigG has 8192),
+so this is the biggest model of that family `clip.model.CLIP` can load, not the
+LAION checkpoint. All weights are float32.
+
+Memory stays low in two passes:
+1. Key names and shapes come from `clip.model.CLIP` built on the meta device (no
+   storage), and `torch.save` writes the file under `torch.serialization.skip_data`
+   from uninitialised tensors, so it lays out the archive without touching them.
+2. Each tensor's bytes are then written in place, chunk by chunk, at its offset
+   in the archive: random normal values (std 0.02), LayerNorm weights 1 and
+   logit_scale log(100), as OpenAI's initialisation has them.
+
+`--tiny` writes roundtrip.examples.DEMO instead (seconds; to check this script);
+`--layers N` keeps bigG's widths with N layers per tower (to check memory use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+
+from roundtrip.config import Architecture
+from roundtrip.examples import DEMO
+from roundtrip.verify import import_clip
+
+BIGG = Architecture(embed_dim=1280, image_resolution=224, vision_layers=48, vision_width=1664, vision_patch_size=14,
+                    context_length=77, vocab_size=49408, transformer_width=1280, transformer_heads=20,
+                    transformer_layers=32)
+CHUNK_ELEMENTS = 2**24  # 64 MB of float32 in memory at a time
+INIT_STD = 0.02
+LAYER_NORM_WEIGHT = re.compile(r"(^|\.)ln_\w+\.weight$")
+ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, skipped fields, name length, extra length
+
+
+def layout(architecture: Architecture) -> dict[str, torch.Size]:
+    """Key names and shapes of OpenAI's state dict, from a model that holds no data."""
+    with torch.device("meta"):
+        model = import_clip().model.CLIP(**architecture.clip_kwargs())
+    return {key: tensor.shape for key, tensor in model.state_dict().items()}
+
+
+def write_archive_without_data(shapes: dict[str, torch.Size], dest: Path) -> None:
+    # torch.empty only reserves address space; skip_data keeps torch.save from reading it.
+    placeholders = {key: torch.empty(shape, dtype=torch.float32) for key, shape in shapes.items()}
+    with torch.serialization.skip_data():
+        torch.save(placeholders, dest)
+
+
+def data_offsets(dest: Path) -> list[int]:
+    """Byte offset of each storage record, in the order torch.save numbered them (state-dict order)."""
+    with zipfile.ZipFile(dest) as archive, dest.open("rb") as file:
+        records = {int(info.filename.rsplit("/", 1)[1]): info.header_offset
+                   for info in archive.infolist() if re.search(r"/data/\d+$", info.filename)}
+        offsets = []
+        for number in range(len(records)):
+            file.seek(records[number])
+            signature, name_length, extra_length = ZIP_LOCAL_HEADER.unpack(file.read(ZIP_LOCAL_HEADER.size))
+            assert signature == b"PK\x03\x04", "not a zip local file header"
+            offsets.append(records[number] + ZIP_LOCAL_HEADER.size + name_length + extra_length)
+    return offsets
+
+
+def fill_chunks(key: str, numel: int, generator: torch.Generator):
+    for start in range(0, numel, CHUNK_ELEMENTS):
+        count = min(CHUNK_ELEMENTS, numel - start)
+        if key == "logit_scale":
+            yield torch.full((count,), math.log(100.0))
+        elif LAYER_NORM_WEIGHT.search(key):
+            yield torch.ones(count)
+        else:
+            yield torch.randn(count, generator=generator) * INIT_STD
+
+
+def write_data(shapes: dict[str, torch.Size], dest: Path, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with dest.open("r+b") as file:
+        for (key, shape), offset in zip(shapes.items(), data_offsets(dest), strict=True):
+            file.seek(offset)
+            for chunk in fill_chunks(key, shape.numel(), generator):
+                file.write(chunk.numpy().data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dest", type=Path)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--tiny", action="store_true", help="write the small demo architecture instead")
+    size.add_argument("--layers", type=int, help="bigG widths with this many layers per tower")
+    arguments = parser.parse_args()
+    architecture = DEMO if arguments.tiny else BIGG
+    if arguments.layers:
+        architecture = dataclasses.replace(architecture, vision_layers=arguments.layers,
+                                           transformer_layers=arguments.layers)
+    shapes = layout(architecture)
+    partial = arguments.dest.with_name(arguments.dest.name + ".partial")
+    write_archive_without_data(shapes, partial)
+    write_data(shapes, partial)
+    os.replace(partial, arguments.dest)  # appears only once complete
+    print(f"Wrote {arguments.dest}: {architecture.describe()}, {arguments.dest.stat().st_size / 1e9:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""`make bench`: wall time and peak memory of clipconv against the module-copying baseline.
+
+Usage: .venv/bin/python bench/run.py [--models B32,L14] [--rounds 3]
+
+For each model, a checkpoint with random weights in OpenAI's fp16/fp32 mix is
+created on first use and cached in ${XDG_CACHE_HOME:-~/.cache}/clipconv-bench/.
+Then every variant (clipconv in both directions with and without verification,
+bench/baseline_module_copy.py, and `cp` as the physical floor) runs once per
+round as a fresh subprocess, round-robin, so that noise from other work on the
+machine spreads over all variants alike. Prints medians and ratios to the
+baseline as a markdown table. Not part of `make test`: nothing here asserts.
+
+Peak RSS is the child's own `ru_maxrss` from `os.wait4` on its pid. Linux carries
+the spawning process's peak RSS into a child across exec, so this script never
+imports torch (checkpoints are made in a subprocess) and stays at ~15 MB; a
+child whose peak is at or below that floor is shown as "<= floor".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+BENCH = Path(__file__).resolve().parent
+CLIPCONV = str(Path(sys.executable).parent / "clipconv")
+MODELS = {"B32": "ViT-B/32", "L14": "ViT-L/14"}
+BASELINE = "baseline (module copy)"
+MB = 1024  # ru_maxrss is in KiB on Linux; figures are MiB
+
+Command = Callable[[Path], list]  # DEST -> argv
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: float
+    peak_rss_mb: float
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    path = Path(root) / "clipconv-bench"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint(architecture: str) -> Path:
+    """The cached random-weight checkpoint of `architecture`, made on first use."""
+    path = cache_dir() / (architecture.replace("/", "-") + ".pt")
+    if not path.exists():
+        print(f"Creating {path} (first use) ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, BENCH / "make_checkpoint.py", architecture, path], check=True)
+    return path
+
+
+def variants(source: Path, hf_folder: Path) -> dict[str, Command]:
+    return {
+        "clipconv to-hf": lambda dest: [CLIPCONV, "to-hf", source, dest],
+        "clipconv to-hf --no-verify": lambda dest: [CLIPCONV, "to-hf", source, dest, "--no-verify"],
+        "clipconv to-openai": lambda dest: [CLIPCONV, "to-openai", hf_folder, dest],
+        "clipconv to-openai --no-verify": lambda dest: [CLIPCONV, "to-openai", hf_folder, dest, "--no-verify"],
+        BASELINE: lambda dest: [sys.executable, BENCH / "baseline_module_copy.py", source, dest],
+        "cp (copy the source file)": lambda dest: ["cp", source, dest],
+    }
+
+
+def rss_floor_mb() -> float:
+    """This process's peak RSS: what every child's ru_maxrss starts from (see module docstring)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MB
+
+
+def measure(argv: list, log: Path) -> Measurement:
+    """Run `argv` as a child and return its wall time and its own peak RSS."""
+    with log.open("w") as output:
+        start = time.perf_counter()
+        child = subprocess.Popen([str(arg) for arg in argv], stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen from waiting again
+    if child.returncode:
+        sys.exit(f"bench: {' '.join(map(str, argv))} failed with exit code {child.returncode}:\n{log.read_text()}")
+    return Measurement(seconds, usage.ru_maxrss / MB)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def benchmark(commands: dict[str, Command], rounds: int, workdir: Path) -> dict[str, list[Measurement]]:
+    """Every command once per round, each round starting one variant later, DEST removed after each run."""
+    results: dict[str, list[Measurement]] = {name: [] for name in commands}
+    names = list(commands)
+    dest, log = workdir / "dest", workdir / "log.txt"
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            result = measure(commands[name](dest), log)
+            remove(dest)
+            results[name].append(result)
+            print(f"  round {round_number + 1}/{rounds}  {name:<32} {result.seconds:7.1f} s "
+                  f"{result.peak_rss_mb:7.0f} MB", file=sys.stderr, flush=True)
+    return results
+
+
+def benchmark_model(model: str, rounds: int) -> dict[str, list[Measurement]]:
+    source = checkpoint(MODELS[model])
+    print(f"{MODELS[model]}: {source} ({source.stat().st_size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="work-", dir=cache_dir()) as workdir:
+        hf_folder = Path(workdir) / "hf"  # to-openai's input, made once and not timed
+        subprocess.run([CLIPCONV, "to-hf", source, hf_folder, "--no-verify"], check=True, capture_output=True)
+        return benchmark(variants(source, hf_folder), rounds, Path(workdir))
+
+
+def at_most_if_floor(text: str, mb: float, floor: float) -> str:
+    """A peak at the floor is only an upper bound: the child may have used less."""
+    return f"<= {text}" if mb <= floor else text
+
+
+def table(model: str, results: dict[str, list[Measurement]], floor: float) -> list[str]:
+    seconds = {name: statistics.median(m.seconds for m in runs) for name, runs in results.items()}
+    rss = {name: statistics.median(m.peak_rss_mb for m in runs) for name, runs in results.items()}
+    rows = []
+    for name in results:
+        share = rss[name] / rss[BASELINE]
+        rss_text = at_most_if_floor(f"{rss[name]:.0f}", rss[name], floor)
+        share_text = at_most_if_floor(f"{share:.0%}" if share >= 0.1 else f"{share:.1%}", rss[name], floor)
+        rows.append(f"| {MODELS[model]} | {name} | {seconds[name]:.1f} | {rss_text} | "
+                    f"{seconds[BASELINE] / seconds[name]:.1f}x | {share_text} |")
+    return rows
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cores, {ram_gb:.0f} GB RAM, {cpu}; Python {platform.python_version()}, "
+            f"torch {metadata.version('torch')}, transformers {metadata.version('transformers')}")
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternating (default: 3)")
+    arguments = parser.parse_args(argv)
+    arguments.models = arguments.models.split(",")
+    unknown = [model for model in arguments.models if model not in MODELS]
+    if unknown or arguments.rounds < 1:
+        parser.error(f"unknown model(s) {unknown}" if unknown else "--rounds must be at least 1")
+    return arguments
+
+
+def main(argv: list[str]) -> None:
+    arguments = parse_arguments(argv)
+    results = {model: benchmark_model(model, arguments.rounds) for model in arguments.models}
+    floor = rss_floor_mb()
+    print(f"\nCommand: bench/run.py --models {','.join(arguments.models)} --rounds {arguments.rounds}")
+    print(f"Machine: {machine()}")
+    print(f"Medians of {arguments.rounds} alternating runs; speed-up = baseline time / variant time; "
+          f"RSS share = variant peak RSS / baseline peak RSS.\n")
+    print("| checkpoint | variant | median wall s | median peak RSS MB | speed-up vs baseline | RSS share of baseline |")
+    print("|---|---|---|---|---|---|")
+    for model, model_results in results.items():
+        print("\n".join(table(model, model_results, floor)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,211 @@
+"""The safetensors format, read strictly and written in a streaming way.
+
+Layout: 8-byte little-endian header length N, N bytes of JSON header (padded
+with spaces to a multiple of 8), then the tensors' raw little-endian bytes,
+back to back. The header maps each name to dtype, shape and [begin, end)
+offsets into the data; "__metadata__" maps strings to strings.
+
+The reader checks what the official library checks and a little more (duplicate
+names, which a JSON object silently collapses), so every problem gets a clear
+message before any tensor is touched. Tensors are views of a private memory
+map of the file: nothing is copied until used.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from roundtrip.dtypes import Cast
+
+MAX_HEADER_BYTES = 100 * 2**20  # the official library's limit
+HEADER_ALIGNMENT = 8
+METADATA = "__metadata__"
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+class SafetensorsError(ValueError):
+    """The file is not a well-formed safetensors file."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a tensor written to disk must read back as."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    crc32: int
+
+
+def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a safetensors file (memory-mapped) and its metadata."""
+    with open(path, "rb") as handle:
+        entries, metadata, data_start = _read_header(handle)
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
+    tensors = {name: _view(mapped, data_start, *entry) for name, entry in entries.items()}
+    return tensors, metadata
+
+
+def checksums(path: Path) -> dict[str, Written]:
+    """Dtype, shape and CRC-32 of every tensor in a file, read in pieces (no whole-file mapping)."""
+    found = {}
+    with open(path, "rb") as handle:
+        entries, _, data_start = _read_header(handle)
+        for name, (dtype, shape, begin, end) in entries.items():
+            found[name] = Written(dtype, tuple(shape), _crc_of_range(handle, data_start + begin, end - begin))
+    return found
+
+
+def _crc_of_range(handle, start: int, length: int, chunk: int = 64 * 2**20) -> int:
+    crc, done = 0, 0
+    while done < length:
+        piece = os.pread(handle.fileno(), min(chunk, length - done), start + done)
+        if not piece:
+            raise SafetensorsError("file ended while reading a tensor")
+        crc, done = zlib.crc32(piece, crc), done + len(piece)
+    return crc
+
+
+def _read_header(handle) -> tuple[dict, dict[str, str], int]:
+    size = os.fstat(handle.fileno()).st_size
+    if size < 8:
+        raise SafetensorsError(f"{size} bytes is too small for a header")
+    (header_length,) = struct.unpack("<Q", os.pread(handle.fileno(), 8, 0))
+    if header_length > MAX_HEADER_BYTES:
+        raise SafetensorsError(f"header length {header_length} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + header_length > size:
+        raise SafetensorsError(f"header length {header_length} runs past the end of the {size}-byte file")
+    header = _parse_header(os.pread(handle.fileno(), header_length, 8))
+    metadata = _metadata(header.pop(METADATA, None))
+    data_start = 8 + header_length
+    entries = {name: _entry(name, spec) for name, spec in header.items()}
+    _check_layout(entries, size - data_start)
+    return entries, metadata, data_start
+
+
+def _parse_header(raw: bytes) -> dict:
+    def no_duplicates(pairs):
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            duplicate = next(name for name in names if names.count(name) > 1)
+            raise SafetensorsError(f"tensor name {duplicate!r} appears twice in the header")
+        return dict(pairs)
+
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise SafetensorsError(f"header is not JSON ({type(error).__name__})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError("header is not a JSON object")
+    return header
+
+
+def _metadata(metadata) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError("__metadata__ is not a map of strings")
+    return metadata
+
+
+def _entry(name: str, spec) -> tuple[torch.dtype, list[int], int, int]:
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise SafetensorsError(f"tensor {name!r}: entry needs exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if dtype not in DTYPES:
+        raise SafetensorsError(f"tensor {name!r}: unsupported dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(_is_count(n) for n in shape)):
+        raise SafetensorsError(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
+        raise SafetensorsError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+    begin, end = offsets
+    numel = 1
+    for extent in shape:
+        numel *= extent
+    expected = numel * _element_size(DTYPES[dtype])
+    if end - begin != expected:
+        raise SafetensorsError(
+            f"tensor {name!r}: {end - begin} bytes at data_offsets {offsets} but shape {shape} of {dtype} "
+            f"needs {expected}"
+        )
+    return DTYPES[dtype], shape, begin, end
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(entries: dict, data_length: int) -> None:
+    # As the official library requires: tensors tile the data area exactly, without gaps or overlaps.
+    position = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin != position:
+            problem = "overlaps the previous tensor" if begin < position else "leaves a gap before it"
+            raise SafetensorsError(f"tensor {name!r}: data_offsets [{begin}, {end}] {problem}")
+        position = end
+    if position != data_length:
+        raise SafetensorsError(f"tensors cover {position} bytes of data but the file holds {data_length}")
+
+
+def _view(mapped: mmap.mmap, data_start: int, dtype: torch.dtype, shape: list[int], begin: int, end: int):
+    if begin == end:
+        return torch.empty(shape, dtype=dtype)
+    count = (end - begin) // _element_size(dtype)
+    return torch.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin).view(shape)
+
+
+def write(
+    path: Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    cast: Cast = Cast(),
+    advance: Callable[[int], None] = lambda _: None,
+) -> dict[str, Written]:
+    """Stream tensors into one safetensors file, casting one at a time; return what must read back."""
+    dtypes = {name: cast.dtype(name, tensor) for name, tensor in tensors.items()}
+    # Larger elements first, as the official library does, so every tensor starts aligned.
+    order = sorted(tensors, key=lambda name: (-_element_size(dtypes[name]), name))
+    header: dict = {METADATA: dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        size = tensors[name].numel() * _element_size(dtypes[name])
+        header[name] = {"dtype": NAMES[dtypes[name]], "shape": list(tensors[name].shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
+    written = {}
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for name in order:
+            raw = raw_bytes(cast(name, tensors[name]))
+            handle.write(raw)
+            written[name] = Written(dtypes[name], tuple(tensors[name].shape), zlib.crc32(raw))
+            advance(len(raw))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return written
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's raw little-endian bytes (safetensors' and torch's order on every host this tool supports)."""
+    return memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())

@@ -1,0 +1,309 @@
+"""Read TorchScript archives (OpenAI's CLIP releases) without TorchScript: nothing in the file runs.
+
+`torch.jit.load` compiles and runs the Python-like code stored in an archive's
+`code/` folder, and zero-fills storage records that are too short. This reader
+instead:
+1. checks the zip: one top folder, no duplicate or path-traversing names, the
+   members it needs present, little-endian data;
+2. unpickles `data.pkl` with an allow-list: `__torch__.*` classes become inert
+   `ScriptObject`s, tensors are rebuilt from `data/<n>` records whose sizes and
+   views are checked, and any other global is refused by name;
+3. takes parameter and buffer names from the class declarations in `code/` by
+   parsing them with `ast` (never compiling or running them);
+4. walks the module tree the way `nn.Module.state_dict()` does.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import mmap
+import pickle
+import re
+import struct
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+# torch.jit._pickle helpers that TorchScript's pickler emits for typed lists; all they do is return a list.
+LIST_BUILDERS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
+MAX_CODE_BYTES = 16 * 2**20  # a declaration file larger than this is not a real model's
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
+
+
+class ArchiveError(ValueError):
+    """The archive is malformed or holds something this reader does not accept."""
+
+
+class ScriptObject:
+    """An inert stand-in for an instance of a TorchScript class: its type name and pickled state."""
+
+    qualified_name = "__torch__"
+
+    def __init__(self, *args):
+        if args:
+            raise ArchiveError(f"{self.qualified_name} is constructed with arguments")
+        self.state: dict = {}
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, dict):
+            raise ArchiveError(f"{self.qualified_name} carries custom state, which only its own code could restore")
+        self.state = state
+
+
+@lru_cache(maxsize=None)
+def _script_class(qualified_name: str) -> type:
+    return type(qualified_name.rpartition(".")[2], (ScriptObject,), {"qualified_name": qualified_name})
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What `code/` declares about one TorchScript class."""
+
+    is_module: bool
+    parameters: tuple[str, ...]
+    buffers: tuple[str, ...]
+    has_setstate: bool
+
+
+def read_torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict `torch.jit.load(path).state_dict()` would give, without running the archive."""
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        members = _check_members(archive)
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
+        reader = _ArchiveReader(archive, members, mapped)
+        root = reader.unpickle_data()
+        return reader.state_dict(root)
+
+
+def _check_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    infos = archive.infolist()
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise ArchiveError(f"zip entry {duplicate} appears more than once")
+    for name in names:
+        if name.startswith("/") or "\\" in name or ".." in name.split("/"):
+            raise ArchiveError(f"zip entry {name!r} points outside the archive")
+    tops = {name.split("/", 1)[0] for name in names}
+    if len(tops) != 1 or not all("/" in name for name in names):
+        raise ArchiveError("entries are not under one top-level folder, as torch.jit.save writes them")
+    (top,) = tops
+    members = {name[len(top) + 1:]: info for name, info in zip(names, infos)}
+    for required in ("data.pkl",):
+        if required not in members:
+            raise ArchiveError(f"archive member {top}/{required} is missing")
+    if "byteorder" in members and archive.read(members["byteorder"]).strip() != b"little":
+        raise ArchiveError("tensor data is not little-endian")
+    return members
+
+
+class _ArchiveReader:
+    def __init__(self, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], mapped: mmap.mmap):
+        self.archive, self.members, self.mapped = archive, members, mapped
+        self.storages: dict[str, torch.Tensor] = {}
+        self.declarations: dict[str, Declaration] = {}
+
+    # -- data.pkl ----------------------------------------------------------------------------------------
+
+    def unpickle_data(self) -> ScriptObject:
+        unpickler = _AllowListUnpickler(io.BytesIO(self.archive.read(self.members["data.pkl"])), self)
+        try:
+            root = unpickler.load()
+        except ArchiveError:
+            raise
+        except Exception as error:  # noqa: BLE001 - truncated or corrupt pickles raise many types
+            raise ArchiveError(f"data.pkl cannot be read ({type(error).__name__}: {error})") from None
+        if not isinstance(root, ScriptObject):
+            raise ArchiveError(f"data.pkl holds a {type(root).__name__}, not a TorchScript module")
+        return root
+
+    def storage(self, persistent_id) -> torch.Tensor:
+        if not (isinstance(persistent_id, tuple) and len(persistent_id) == 5 and persistent_id[0] == "storage"):
+            raise ArchiveError(f"unexpected persistent id {persistent_id!r:.80}")
+        _, storage_type, key, _location, numel = persistent_id
+        if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
+            raise ArchiveError(f"malformed storage reference for record {key!r:.40}")
+        if not (isinstance(key, str) and key.isdigit()):
+            raise ArchiveError(f"storage record name {key!r:.40} is not a number")
+        if key not in self.storages:
+            self.storages[key] = self._read_record(key, storage_type.dtype, numel)
+        storage = self.storages[key]
+        if storage.dtype != storage_type.dtype or storage.numel() != numel:
+            raise ArchiveError(f"storage record data/{key} is referenced with two different types or sizes")
+        return storage
+
+    def _read_record(self, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        info = self.members.get(f"data/{key}")
+        if info is None:
+            raise ArchiveError(f"storage record data/{key} is missing")
+        expected = numel * torch.empty((), dtype=dtype).element_size()
+        if info.file_size != expected:
+            raise ArchiveError(
+                f"storage record data/{key} holds {info.file_size} bytes, its tensors need {expected}"
+            )
+        if numel == 0:
+            return torch.empty(0, dtype=dtype)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return torch.frombuffer(bytearray(self.archive.read(info)), dtype=dtype)
+        return torch.frombuffer(self.mapped, dtype=dtype, count=numel, offset=self._data_offset(info))
+
+    def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        header = self.mapped[info.header_offset: info.header_offset + ZIP_LOCAL_HEADER.size]
+        if len(header) != ZIP_LOCAL_HEADER.size:
+            raise ArchiveError(f"zip entry {info.filename} lies beyond the end of the file")
+        signature, name_length, extra_length = ZIP_LOCAL_HEADER.unpack(header)
+        if signature != b"PK\x03\x04":
+            raise ArchiveError(f"zip entry {info.filename} has no local header")
+        start = info.header_offset + ZIP_LOCAL_HEADER.size + name_length + extra_length
+        if start + info.file_size > len(self.mapped):
+            raise ArchiveError(f"zip entry {info.filename} runs past the end of the file")
+        return start
+
+    # -- code/ -------------------------------------------------------------------------------------------
+
+    def declaration(self, qualified_name: str) -> Declaration:
+        if qualified_name not in self.declarations:
+            self.declarations[qualified_name] = self._parse_declaration(qualified_name)
+        return self.declarations[qualified_name]
+
+    def _parse_declaration(self, qualified_name: str) -> Declaration:
+        module_path, _, class_name = qualified_name.rpartition(".")
+        member = "code/" + module_path.replace(".", "/") + ".py"
+        info = self.members.get(member)
+        if info is None:
+            raise ArchiveError(f"archive member {member} (declaring {qualified_name}) is missing")
+        if info.file_size > MAX_CODE_BYTES:
+            raise ArchiveError(f"archive member {member} is implausibly large ({info.file_size} bytes)")
+        for node in _parse_code(member, self.archive.read(info)).body:
+            if isinstance(node, ast.ClassDef) and node.name == class_name:
+                return _declaration_of(node)
+        raise ArchiveError(f"{member} does not declare class {class_name}")
+
+    # -- module tree -------------------------------------------------------------------------------------
+
+    def state_dict(self, root: ScriptObject) -> dict[str, torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        self._collect(root, "", tensors, depth=0)
+        return tensors
+
+    def _collect(self, module: ScriptObject, prefix: str, tensors: dict, depth: int) -> None:
+        if depth > 64:
+            raise ArchiveError("modules are nested implausibly deep")
+        declaration = self.declaration(module.qualified_name)
+        if declaration.has_setstate:
+            raise ArchiveError(f"{module.qualified_name} defines __setstate__, which only TorchScript could run")
+        for name in declaration.parameters + declaration.buffers:
+            value = module.state.get(name)
+            if value is None:
+                continue  # declared but unset, e.g. a Linear without bias
+            if not isinstance(value, torch.Tensor):
+                raise ArchiveError(f"{prefix}{name} is declared a parameter or buffer but holds {type(value).__name__}")
+            tensors[prefix + name] = value
+        for name, value in module.state.items():
+            if isinstance(value, ScriptObject) and self.declaration(value.qualified_name).is_module:
+                self._collect(value, f"{prefix}{name}.", tensors, depth + 1)
+
+
+def _parse_code(member: str, source: bytes) -> ast.Module:
+    try:
+        return ast.parse(source.decode("utf-8"), filename=member)  # parsed only: never compiled or run
+    except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as error:
+        raise ArchiveError(f"archive member {member} cannot be parsed ({type(error).__name__})") from None
+
+
+def _declaration_of(node: ast.ClassDef) -> Declaration:
+    names = {"__parameters__": (), "__buffers__": ()}
+    has_setstate = False
+    for statement in node.body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target = statement.targets[0]
+            if isinstance(target, ast.Name) and target.id in names:
+                names[target.id] = _string_list(statement.value, target.id)
+        elif isinstance(statement, ast.FunctionDef) and statement.name == "__setstate__":
+            has_setstate = True
+    is_module = any(isinstance(base, ast.Name) and base.id == "Module" for base in node.bases)
+    return Declaration(is_module, names["__parameters__"], names["__buffers__"], has_setstate)
+
+
+def _string_list(value: ast.expr, what: str) -> tuple[str, ...]:
+    if not isinstance(value, ast.List) or not all(
+        isinstance(item, ast.Constant) and isinstance(item.value, str) and IDENTIFIER.fullmatch(item.value)
+        for item in value.elts
+    ):
+        raise ArchiveError(f"{what} is not a list of names")
+    return tuple(item.value for item in value.elts)
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    def __init__(self, file, reader: _ArchiveReader):
+        super().__init__(file)
+        self.reader = reader
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("__torch__.") or module == "__torch__":
+            if not all(IDENTIFIER.fullmatch(part) for part in f"{module}.{name}".split(".")):
+                raise ArchiveError(f"malformed TorchScript class name {module}.{name}")
+            return _script_class(f"{module}.{name}")
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(STORAGE_DTYPES[name])
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return _empty_hooks
+        if module == "torch.jit._pickle" and name in LIST_BUILDERS:
+            return list
+        if (module, name) == ("torch.jit._pickle", "restore_type_tag"):
+            return _restore_type_tag
+        raise ArchiveError(f"data.pkl uses the global {module}.{name}, which is not allowed")
+
+    def persistent_load(self, persistent_id):
+        return self.reader.storage(persistent_id)
+
+
+def _empty_hooks(*args):
+    # _rebuild_tensor_v2's backward_hooks argument: always an empty OrderedDict in saved models.
+    if args:
+        raise ArchiveError("tensor backward hooks are not supported")
+    return {}
+
+
+def _restore_type_tag(value, _type_name):
+    return value
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
+    """Like torch._utils._rebuild_tensor_v2, after checking the view stays inside its storage."""
+    if not isinstance(storage, torch.Tensor):
+        raise ArchiveError("a tensor refers to something that is not a storage")
+    if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)):
+        raise ArchiveError("a tensor has malformed size or stride")
+    numbers = (storage_offset, *size, *stride)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise ArchiveError(f"a tensor has a negative or non-integer offset, size or stride: {numbers!r:.80}")
+    if backward_hooks:
+        raise ArchiveError("tensor backward hooks are not supported")
+    if 0 not in size:
+        last = storage_offset + sum((extent - 1) * step for extent, step in zip(size, stride))
+        if last >= storage.numel():
+            raise ArchiveError(
+                f"a tensor view (offset {storage_offset}, size {list(size)}, stride {list(stride)}) "
+                f"reaches element {last} of a storage of {storage.numel()}"
+            )
+    elif storage_offset > storage.numel():
+        raise ArchiveError(f"an empty tensor starts at {storage_offset}, past its storage of {storage.numel()}")
+    return storage.as_strided(size, stride, storage_offset)

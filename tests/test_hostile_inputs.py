@@ -1,0 +1,335 @@
+"""Hostile and broken inputs, and faults while writing: each is refused in one line, runs nothing from the
+input, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from roundtrip import convert, safetensors_file
+from roundtrip.torchscript import read_torchscript_state_dict
+
+from conftest import assert_nothing_left, assert_refused, listing, run_cli
+from hostile import (
+    SystemCall, edited_archive, f32_entry, integer, mini_archive_members, module, safetensors_bytes, system_call,
+    tensor, valid_mini_pickle, write_zip,
+)
+
+MARKER = "pwned"  # a payload that ran would create this file
+
+
+# ---- OpenAI-side inputs (clipconv to-hf) ------------------------------------------------------------------
+
+
+def _mini(data_pkl: bytes, **members):
+    return lambda path, marker, archive: write_zip(path, mini_archive_members(data_pkl, **members))
+
+
+def _edit(edit):
+    return lambda path, marker, archive: edited_archive(archive, path, edit)
+
+
+def _drop(suffix: str):
+    return _edit(lambda name, data: [] if name.endswith(suffix) else [(name, data)])
+
+
+def _resize_record(delta: int):
+    def edit(name, data):
+        if name.endswith("/data/0"):
+            data = data[:delta] if delta < 0 else data + bytes(delta)
+        return [(name, data)]
+    return _edit(edit)
+
+
+def _add_setstate(name, data):
+    if name.endswith("code/__torch__/clip/model.py"):
+        data = data.replace(b"class CLIP(Module):\n", b"class CLIP(Module):\n  def __setstate__(self, state):\n"
+                                                      b"    return None\n", 1)
+    return [(name, data)]
+
+
+def _duplicate_record(name, data):
+    return [(name, data), (name, data)] if name.endswith("/data/0") else [(name, data)]
+
+
+def _traversing_entry(name, data):
+    top = name.split("/", 1)[0]
+    extra = [(f"{top}/../evil.py", b"print('hi')")] if name.endswith("data.pkl") else []
+    return [(name, data), *extra]
+
+
+def _truncate(path, marker, archive):
+    data = archive.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+OPENAI_FILES = {
+    "os.system in a zip .pt": (lambda p, m, a: torch.save({"visual.proj": SystemCall(m)}, p),
+                               "refused: it references posix.system"),
+    "os.system in a raw pickle": (lambda p, m, a: p.write_bytes(pickle.dumps(SystemCall(m))),
+                                  "not a readable PyTorch checkpoint"),
+    "pickled nn.Module": (lambda p, m, a: torch.save(torch.nn.Linear(2, 2), p),
+                          "refused: it references torch.nn.modules.linear.Linear"),
+    "TorchScript data.pkl with a foreign global": (
+        lambda p, m, a: write_zip(p, mini_archive_members(module({"w": system_call(f"touch {m}")}))),
+        "data.pkl uses the global posix.system, which is not allowed"),
+    "TorchScript class with __setstate__": (_edit(_add_setstate), "defines __setstate__"),
+    "TorchScript storage record too short": (_resize_record(-4), "storage record data/0 holds"),
+    "TorchScript storage record too long": (_resize_record(16), "storage record data/0 holds"),
+    "TorchScript view past its storage": (_mini(module({"w": tensor("0", 4, 2, (2, 2), (2, 1))})),
+                                          "reaches element 5 of a storage of 4"),
+    "TorchScript negative stride": (_mini(module({"w": tensor("0", 4, 0, (2, 2), (-1, 1))})),
+                                    "negative or non-integer"),
+    "TorchScript storage of another type than its record": (
+        _mini(module({"w": tensor("0", 4, 0, (4,), (1,), storage="DoubleStorage")})), "holds 16 bytes"),
+    "TorchScript missing data.pkl": (_drop("/data.pkl"), "data.pkl is missing"),
+    "TorchScript missing storage record": (_drop("/data/0"), "storage record data/0 is missing"),
+    "TorchScript missing class declaration": (_drop("code/__torch__/clip/model.py"),
+                                              "code/__torch__/clip/model.py (declaring __torch__.clip.model.CLIP)"),
+    "TorchScript duplicate zip entry": (_edit(_duplicate_record), "appears more than once"),
+    "TorchScript path-traversing zip entry": (_edit(_traversing_entry), "points outside the archive"),
+    "TorchScript data.pkl that is not a module": (_mini(b"\x80\x02]."), "not a TorchScript module"),
+    "random bytes": (lambda p, m, a: p.write_bytes(os.urandom(4096)), "not a readable PyTorch checkpoint"),
+    "empty file": (lambda p, m, a: p.write_bytes(b""), "is empty"),
+    "truncated archive": (_truncate, "not a readable PyTorch checkpoint"),
+    "Git LFS pointer": (lambda p, m, a: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n"),
+                        "Git LFS pointer"),
+    "a list, not a state dict": (lambda p, m, a: torch.save([torch.zeros(1)], p), "expected a state dict"),
+}
+
+
+@pytest.mark.parametrize("case", OPENAI_FILES)
+def test_hostile_openai_inputs_are_refused_without_running_anything(tmp_path, demo_archive, case):
+    build, message = OPENAI_FILES[case]
+    source, marker = tmp_path / "input.pt", tmp_path / MARKER
+    build(source, marker, demo_archive)
+    result = run_cli("to-hf", source, tmp_path / "out")
+    assert_refused(result, str(source), message)
+    assert not marker.exists()
+    assert_nothing_left(tmp_path, ["input.pt"])
+
+
+def test_the_mini_archive_these_cases_start_from_is_read_correctly(tmp_path):
+    # Control for the cases above: without a defect, the same builders give a readable archive.
+    write_zip(tmp_path / "mini.pt", mini_archive_members(valid_mini_pickle()))
+    state_dict = read_torchscript_state_dict(tmp_path / "mini.pt")
+    assert list(state_dict) == ["w"] and torch.equal(state_dict["w"], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+
+
+def test_integer_opcode_is_signed_so_negative_strides_are_really_negative():
+    assert integer(-1) == b"J\xff\xff\xff\xff"
+
+
+# ---- HF-side inputs (clipconv to-openai) -------------------------------------------------------------------
+
+
+@pytest.fixture
+def converted_folder(tmp_path, demo_state_dict_file) -> Path:
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    return tmp_path / "hf"
+
+
+def _weights(folder: Path) -> Path:
+    return folder / "model.safetensors"
+
+
+def _replace_weights(content: bytes):
+    return lambda folder, marker: _weights(folder).write_bytes(content)
+
+
+def _rewrite_metadata(folder: Path, marker: Path) -> None:
+    tensors, _ = safetensors_file.read(_weights(folder))
+    tensors = {key: value.clone() for key, value in tensors.items()}  # let go of the file before rewriting it
+    safetensors_file.write(_weights(folder), tensors, {"clipconv": '{"source_dtypes": {"x": "os.system"}}'})
+
+
+def _index(folder: Path, weight_map: dict) -> None:
+    _weights(folder).rename(folder / "model-00001-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def _keys(folder: Path) -> list[str]:
+    return list(safetensors_file.read(_weights(folder))[0])
+
+
+def _index_outside(target: str):
+    def damage(folder, marker):
+        shutil.copy(_weights(folder), folder.parent / "elsewhere.safetensors")
+        keys = _keys(folder)
+        _index(folder, {key: target.format(parent=folder.parent) for key in keys})
+    return damage
+
+
+def _index_symlink_out(folder, marker):
+    shutil.copy(_weights(folder), folder.parent / "elsewhere.safetensors")
+    keys = _keys(folder)
+    _weights(folder).unlink()
+    (folder / "model-00001-of-00001.safetensors").symlink_to(folder.parent / "elsewhere.safetensors")
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {key: "model-00001-of-00001.safetensors" for key in keys}}))
+
+
+def _index_missing_shard(folder, marker):
+    keys = _keys(folder)
+    _index(folder, {key: "model-00001-of-00002.safetensors" if i else "model-00002-of-00002.safetensors"
+                    for i, key in enumerate(keys)})
+
+
+def _key_in_two_shards(folder, marker):
+    keys = _keys(folder)
+    shutil.copy(_weights(folder), folder / "model-00002-of-00002.safetensors")
+    _index(folder, {key: "model-00002-of-00002.safetensors" if key == "logit_scale" else
+                    "model-00001-of-00002.safetensors" for key in keys})
+
+
+def _pickle_payload_bin(folder, marker):
+    _weights(folder).unlink()
+    torch.save({"logit_scale": SystemCall(marker)}, folder / "pytorch_model.bin")
+
+
+# JSON itself allows repeated names (the last one wins), which would hide a tensor.
+DUPLICATE_NAMES = (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+                   b'"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}')
+HEADER_TOO_LARGE = struct.pack("<Q", 200 * 2**20) + b"{}"
+
+HF_FOLDERS = {
+    "os.system in pytorch_model.bin": (_pickle_payload_bin, "refused: it references posix.system"),
+    "safetensors smaller than its header length field": (_replace_weights(b"\x01\x02\x03"), "too small"),
+    "safetensors header length past the end": (
+        _replace_weights(safetensors_bytes({}, b"", declared_length=999)), "runs past the end"),
+    "safetensors header over the 100 MB limit": (_replace_weights(HEADER_TOO_LARGE), "exceeds"),
+    "safetensors header not JSON": (_replace_weights(safetensors_bytes(b"{not json", b"")), "not JSON"),
+    "safetensors offsets overlapping": (
+        _replace_weights(safetensors_bytes({"a": f32_entry(0, 8), "b": f32_entry(4, 12)}, bytes(12))), "overlaps"),
+    "safetensors offsets out of range": (
+        _replace_weights(safetensors_bytes({"a": f32_entry(0, 8), "b": f32_entry(8, 16)}, bytes(8))),
+        "cover 16 bytes of data but the file holds 8"),
+    "safetensors shape and dtype disagree with offsets": (
+        _replace_weights(safetensors_bytes({"a": f32_entry(0, 8, shape=(3,))}, bytes(8))), "needs 12"),
+    "safetensors duplicate tensor names": (
+        _replace_weights(safetensors_bytes(DUPLICATE_NAMES, bytes(8))), "appears twice"),
+    "safetensors unknown dtype": (
+        _replace_weights(safetensors_bytes({"a": {"dtype": "F8_E9", "shape": [1], "data_offsets": [0, 1]}}, b"x")),
+        "unsupported dtype"),
+    "malformed clipconv provenance": (_rewrite_metadata, "malformed clipconv metadata"),
+    "shard index pointing outside with ..": (_index_outside("../elsewhere.safetensors"), "points outside"),
+    "shard index with an absolute path": (_index_outside("{parent}/elsewhere.safetensors"), "points outside"),
+    "shard index through a symlink leading out": (_index_symlink_out, "points outside"),
+    "shard index naming a missing shard": (_index_missing_shard, "missing shard"),
+    "a tensor in two shards": (_key_in_two_shards, "but the index puts it in model-0000"),
+    "single file and index together": (
+        lambda f, m: (f / "model.safetensors.index.json").write_text('{"weight_map": {}}'), "ambiguous"),
+    "config.json not JSON": (lambda f, m: (f / "config.json").write_text("{not json"), "not valid JSON"),
+    "config.json of another model": (lambda f, m: (f / "config.json").write_text('{"model_type": "bert"}'),
+                                     "not a CLIP config"),
+    "no weights": (lambda f, m: _weights(f).unlink(), "has no weights"),
+}
+
+
+@pytest.mark.parametrize("case", HF_FOLDERS)
+def test_hostile_hf_folders_are_refused_without_running_anything(tmp_path, converted_folder, case):
+    damage, message = HF_FOLDERS[case]
+    marker = tmp_path / MARKER
+    damage(converted_folder, marker)
+    before = listing(tmp_path)
+    assert_refused(run_cli("to-openai", converted_folder, tmp_path / "out.pt"), message)
+    assert not marker.exists()
+    assert listing(tmp_path) == before
+
+
+# ---- faults while writing ------------------------------------------------------------------------------------
+
+
+def _fail_on_third_shard(monkeypatch, error: BaseException) -> None:
+    real_write, calls = safetensors_file.write, []
+
+    def write(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            path.write_bytes(b"partial")  # a half-written shard, as a crash would leave it
+            raise error
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors_file, "write", write)
+
+
+@pytest.mark.parametrize("error, message", [
+    (RuntimeError("injected crash"), "internal error: RuntimeError: injected crash"),
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "could not be written: No space left on device"),
+], ids=["crash", "full disk"])
+def test_a_fault_while_writing_the_third_shard_leaves_nothing(tmp_path, demo_state_dict_file, monkeypatch,
+                                                               error, message):
+    _fail_on_third_shard(monkeypatch, error)
+    result = run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--max-shard-size", "5MB")
+    assert_refused(result, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_with_overwrite_a_fault_leaves_the_old_dest_intact(tmp_path, demo_state_dict_file, monkeypatch):
+    dest = tmp_path / "hf"
+    assert run_cli("to-hf", demo_state_dict_file, dest, "--no-verify").exit_code == 0
+    before = {path.name: path.read_bytes() for path in dest.iterdir()}
+    _fail_on_third_shard(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    result = run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--max-shard-size", "5MB")
+    assert_refused(result, "No space left on device")
+    assert {path.name: path.read_bytes() for path in dest.iterdir()} == before
+    assert [path.name for path in tmp_path.iterdir()] == ["hf"]
+
+
+KILLED_AT_THIRD_SHARD = """
+import os, signal, sys
+from pathlib import Path
+from roundtrip import convert, safetensors_file
+
+real_write, calls = safetensors_file.write, []
+
+def write(path, *args, **kwargs):
+    calls.append(path)
+    if len(calls) == 3:
+        path.write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(path, *args, **kwargs)
+
+safetensors_file.write = write
+convert.convert_to_hf(Path(sys.argv[1]), Path(sys.argv[2]), verify_logits=False, max_shard_bytes=5 * 10**6)
+"""
+
+
+def test_a_killed_run_leaves_a_recognisable_temporary_that_the_next_run_removes(tmp_path, demo_state_dict_file):
+    dest = tmp_path / "hf"
+    child = subprocess.run([sys.executable, "-c", KILLED_AT_THIRD_SHARD, demo_state_dict_file, dest],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    leftovers = [path.name for path in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".hf.clipconv-new-"), leftovers
+    assert not dest.exists()
+
+    assert run_cli("to-hf", demo_state_dict_file, dest, "--no-verify").exit_code == 0
+    assert [path.name for path in tmp_path.iterdir()] == ["hf"]
+
+
+def test_a_dest_moved_aside_by_a_killed_run_is_given_back(tmp_path, demo_state_dict_file):
+    # Where the swap is two renames, a kill between them leaves the old DEST aside; it must come back.
+    dead_pid = _a_pid_that_is_not_running()
+    aside = tmp_path / f".hf.clipconv-old-{dead_pid}-abc123"
+    aside.mkdir()
+    (aside / "config.json").write_text("{}")
+    assert_refused(run_cli("to-hf", demo_state_dict_file, tmp_path / "hf"), "already exists")
+    assert listing(tmp_path) == ["hf", "hf/config.json"]
+
+
+def _a_pid_that_is_not_running() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
