@@ -53,10 +53,14 @@ def _resize_record(delta: int):
 
 
 def _add_setstate(name, data):
-    if name.endswith("code/__torch__/clip/model.py"):
+    if "/code/" in name and b"class CLIP(Module):\n" in data:
         data = data.replace(b"class CLIP(Module):\n", b"class CLIP(Module):\n  def __setstate__(self, state):\n"
                                                       b"    return None\n", 1)
     return [(name, data)]
+
+
+def _drop_clip_declaration(name, data):
+    return [] if "/code/" in name and b"class CLIP(Module):\n" in data else [(name, data)]
 
 
 def _duplicate_record(name, data):
@@ -95,8 +99,7 @@ OPENAI_FILES = {
         _mini(module({"w": tensor("0", 4, 0, (4,), (1,), storage="DoubleStorage")})), "holds 16 bytes"),
     "TorchScript missing data.pkl": (_drop("/data.pkl"), "data.pkl is missing"),
     "TorchScript missing storage record": (_drop("/data/0"), "storage record data/0 is missing"),
-    "TorchScript missing class declaration": (_drop("code/__torch__/clip/model.py"),
-                                              "code/__torch__/clip/model.py (declaring __torch__.clip.model.CLIP)"),
+    "TorchScript missing class declaration": (_edit(_drop_clip_declaration), "declaring __torch__."),
     "TorchScript duplicate zip entry": (_edit(_duplicate_record), "appears more than once"),
     "TorchScript path-traversing zip entry": (_edit(_traversing_entry), "points outside the archive"),
     "TorchScript data.pkl that is not a module": (_mini(b"\x80\x02]."), "not a TorchScript module"),
