@@ -87,6 +87,7 @@ def convert_to_hf(
         written = writers.write_hf_folder(
             staging, architecture.hf_config(), hf_weights,
             {"format": "pt", METADATA_KEY: provenance.to_json()}, cast, max_shard_bytes, progress,
+            after_each=checkpoint.release,
         )
         summary.files = list(written)
         writers.confirm_hf_folder(staging, written, dest)
@@ -162,8 +163,9 @@ def convert_to_openai(
             report("Verifying logits against transformers, alongside writing")
             alongside.start(lambda: verify.max_logit_difference(cast.all(openai_weights), hf_config, architecture))
         report(f"Writing {len(output)} tensors")
-        expected = writers.write_openai_file(staging, output, cast, progress)
-        writers.confirm_tensors(readers.read_openai_checkpoint(staging).tensors, expected, dest)
+        expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release)
+        written = readers.read_openai_checkpoint(staging)
+        writers.confirm_tensors(written.tensors, expected, dest, after_each=written.release)
         # Verification ran on the tensors in memory, which the file was just proven to hold.
         summary.max_logit_difference = alongside.result()
         if verify_logits:

@@ -51,13 +51,14 @@ class Written:
     crc32: int
 
 
-def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a safetensors file (memory-mapped) and its metadata."""
+def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Callable[[], None]]:
+    """All tensors of a safetensors file (memory-mapped), its metadata, and a function that hands
+    the mapped pages back to the kernel (they are read again if used again)."""
     with open(path, "rb") as handle:
         entries, metadata, data_start = _read_header(handle)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
     tensors = {name: _view(mapped, data_start, *entry) for name, entry in entries.items()}
-    return tensors, metadata
+    return tensors, metadata, lambda: mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def checksums(path: Path) -> dict[str, Written]:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from roundtrip import convert, safetensors_file
-from roundtrip.torchscript import read_torchscript_state_dict
+from roundtrip.torch_zip import read_torchscript_state_dict
 
 from conftest import assert_nothing_left, assert_refused, listing, run_cli
 from hostile import (
@@ -80,11 +80,11 @@ def _truncate(path, marker, archive):
 
 OPENAI_FILES = {
     "os.system in a zip .pt": (lambda p, m, a: torch.save({"visual.proj": SystemCall(m)}, p),
-                               "refused: it references posix.system"),
+                               "refused: data.pkl uses the global posix.system"),
     "os.system in a raw pickle": (lambda p, m, a: p.write_bytes(pickle.dumps(SystemCall(m))),
                                   "not a readable PyTorch checkpoint"),
     "pickled nn.Module": (lambda p, m, a: torch.save(torch.nn.Linear(2, 2), p),
-                          "refused: it references torch.nn.modules.linear.Linear"),
+                          "refused: data.pkl uses the global torch.nn.modules.linear.Linear"),
     "TorchScript data.pkl with a foreign global": (
         lambda p, m, a: write_zip(p, mini_archive_members(module({"w": system_call(f"touch {m}")}))),
         "data.pkl uses the global posix.system, which is not allowed"),
@@ -152,7 +152,7 @@ def _replace_weights(content: bytes):
 
 
 def _rewrite_metadata(folder: Path, marker: Path) -> None:
-    tensors, _ = safetensors_file.read(_weights(folder))
+    tensors, _, _ = safetensors_file.read(_weights(folder))
     tensors = {key: value.clone() for key, value in tensors.items()}  # let go of the file before rewriting it
     safetensors_file.write(_weights(folder), tensors, {"clipconv": '{"source_dtypes": {"x": "os.system"}}'})
 
@@ -207,7 +207,7 @@ DUPLICATE_NAMES = (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
 HEADER_TOO_LARGE = struct.pack("<Q", 200 * 2**20) + b"{}"
 
 HF_FOLDERS = {
-    "os.system in pytorch_model.bin": (_pickle_payload_bin, "refused: it references posix.system"),
+    "os.system in pytorch_model.bin": (_pickle_payload_bin, "refused: data.pkl uses the global posix.system"),
     "safetensors smaller than its header length field": (_replace_weights(b"\x01\x02\x03"), "too small"),
     "safetensors header length past the end": (
         _replace_weights(safetensors_bytes({}, b"", declared_length=999)), "runs past the end"),
