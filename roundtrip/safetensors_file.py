@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 import torch
 
 from roundtrip.dtypes import Cast
+from roundtrip.pipeline import write_behind
 
 MAX_HEADER_BYTES = 100 * 2**20  # the official library's limit
 HEADER_ALIGNMENT = 8
@@ -190,14 +191,21 @@ def write(
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
     written = {}
+
+    def prepared():
+        for name in order:
+            raw = raw_bytes(cast(name, tensors[name]))
+            written[name] = Written(dtypes[name], tuple(tensors[name].shape), zlib.crc32(raw))
+            yield raw
+
+    def write_one(raw: memoryview) -> None:
+        handle.write(raw)
+        advance(len(raw))
+
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
-        for name in order:
-            raw = raw_bytes(cast(name, tensors[name]))
-            handle.write(raw)
-            written[name] = Written(dtypes[name], tuple(tensors[name].shape), zlib.crc32(raw))
-            advance(len(raw))
+        write_behind(write_one, prepared())
         handle.flush()
         os.fsync(handle.fileno())
     return written

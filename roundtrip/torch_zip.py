@@ -36,6 +36,7 @@ from typing import Callable, Mapping
 import torch
 
 from roundtrip.dtypes import Cast
+from roundtrip.pipeline import write_behind
 
 STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
@@ -369,12 +370,20 @@ def write_state_dict(
         archive.writestr(f"{top}/data.pkl", _pickle_state_dict(specs))
         archive.writestr(f"{top}/byteorder", b"little")
         written = {}
-        for number, key in enumerate(keys):
-            tensor = cast(key, tensors[key]).contiguous()
-            raw = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-            _write_aligned(archive, f"{top}/data/{number}", raw)
-            written[key] = (tensor.dtype, tuple(tensor.shape), zlib.crc32(raw))
+
+        def prepared():
+            for number, key in enumerate(keys):
+                tensor = cast(key, tensors[key]).contiguous()
+                raw = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+                written[key] = (tensor.dtype, tuple(tensor.shape), zlib.crc32(raw))
+                yield f"{top}/data/{number}", raw
+
+        def write_one(record: tuple[str, memoryview]) -> None:
+            name, raw = record
+            _write_aligned(archive, name, raw)
             after_each(len(raw))
+
+        write_behind(write_one, prepared())
         archive.writestr(f"{top}/version", b"3\n")
     return written
 
