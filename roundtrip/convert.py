@@ -8,6 +8,7 @@ into place.
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -81,24 +82,26 @@ def convert_to_hf(
             archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
         )
     summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
-    with writers.staged(dest, is_folder=True) as staging:
+    with writers.staged(dest, is_folder=True) as staging, _Alongside() as alongside:
+        if verify_logits:
+            report("Verifying logits against OpenAI's model code, alongside writing")
+            alongside.start(lambda: verify.max_logit_difference(
+                cast.all(checkpoint.tensors), architecture.hf_config(), architecture))
         report(f"Writing {len(hf_weights)} tensors")
         written = writers.write_hf_folder(
             staging, architecture.hf_config(), hf_weights,
             {"format": "pt", METADATA_KEY: provenance.to_json()}, cast, max_shard_bytes, progress,
+            after_each=checkpoint.release,
         )
         summary.files = list(written)
         writers.confirm_hf_folder(staging, written, dest)
         report("Writing tokenizer and image processor files")
         processing, summary.notes = hf_extras.processing_files(architecture)
         writers.write_text_files(staging, processing)
+        # Verification ran on the tensors in memory, which the files were just proven to hold.
+        summary.max_logit_difference = alongside.result()
         if verify_logits:
-            report("Verifying logits against OpenAI's model code")
-            # The files were just proven to hold these bytes; verify on the tensors in memory.
-            difference = verify.max_logit_difference(
-                cast.all(checkpoint.tensors), architecture.hf_config(), architecture)
-            verify.require_agreement(dest, difference)
-            summary.max_logit_difference = difference
+            verify.require_agreement(dest, summary.max_logit_difference)
         # Last, because the card reports the verification figure.
         card = hf_extras.model_card(hf_extras.CardFacts(
             source_name=source.name, source_sha256=source_sha256, source_format=checkpoint.format,
@@ -108,6 +111,23 @@ def convert_to_hf(
         writers.write_text_files(staging, card)
         summary.extra_files = [*processing, *card]
     return summary
+
+
+class _Alongside:
+    """Runs one job (the logit check: compute-bound) in a thread while the caller writes (I/O-bound)."""
+
+    def __enter__(self) -> "_Alongside":
+        self.pool, self.job = ThreadPoolExecutor(max_workers=1), None
+        return self
+
+    def start(self, job: Callable[[], float]) -> None:
+        self.job = self.pool.submit(job)
+
+    def result(self) -> float | None:
+        return None if self.job is None else self.job.result()
+
+    def __exit__(self, *exc_info) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def _describe_attribute(source: Path, key: str, tensor: torch.Tensor) -> dict:
@@ -154,16 +174,18 @@ def convert_to_openai(
         cast = dtypes.Cast.from_choice(dtype)
     output = {**openai_weights, **_restore_attributes(folder.provenance)}
     summary = Summary(dest, len(output), cast.summary(output), [dest.name], architecture, notes=notes)
-    with writers.staged(dest, is_folder=False) as staging:
-        report(f"Writing {len(output)} tensors")
-        expected = writers.write_openai_file(staging, output, cast, progress)
-        writers.confirm_tensors(readers.read_openai_checkpoint(staging).tensors, expected, dest)
+    with writers.staged(dest, is_folder=False) as staging, _Alongside() as alongside:
         if verify_logits:
-            report("Verifying logits against transformers")
-            # The file was just proven to hold these bytes; verify on the tensors in memory.
-            difference = verify.max_logit_difference(cast.all(openai_weights), hf_config, architecture)
-            verify.require_agreement(dest, difference)
-            summary.max_logit_difference = difference
+            report("Verifying logits against transformers, alongside writing")
+            alongside.start(lambda: verify.max_logit_difference(cast.all(openai_weights), hf_config, architecture))
+        report(f"Writing {len(output)} tensors")
+        expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release)
+        written = readers.read_openai_checkpoint(staging)
+        writers.confirm_tensors(written.tensors, expected, dest, after_each=written.release)
+        # Verification ran on the tensors in memory, which the file was just proven to hold.
+        summary.max_logit_difference = alongside.result()
+        if verify_logits:
+            verify.require_agreement(dest, summary.max_logit_difference)
     return summary
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from roundtrip.config import Architecture
-from roundtrip.verify import import_clip
+from roundtrip.verify import openai_code
 
 _TEXT_B = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
 _TEXT_L = dict(context_length=77, vocab_size=49408, transformer_width=768, transformer_heads=12, transformer_layers=12)
@@ -40,13 +40,13 @@ TRAINED_LOGIT_SCALE = math.log(100.0)  # where OpenAI's training ends (clamped a
 
 def random_openai_model(architecture: Architecture, seed: int = 0, openai_dtypes: bool = True):
     """A `clip.model.CLIP` with OpenAI's random init; with `openai_dtypes`, halved as OpenAI's releases are."""
-    clip = import_clip()
+    code = openai_code("model")
     torch.manual_seed(seed)
-    model = clip.model.CLIP(**architecture.clip_kwargs()).eval()
+    model = code.CLIP(**architecture.clip_kwargs()).eval()
     with torch.no_grad():
         model.logit_scale.fill_(TRAINED_LOGIT_SCALE)
     if openai_dtypes:
-        clip.model.convert_weights(model)  # fp16 linear/conv/attention weights and projections, fp32 elsewhere
+        code.convert_weights(model)  # fp16 linear/conv/attention weights and projections, fp32 elsewhere
     return model
 
 
@@ -101,9 +101,8 @@ def _scriptable_forward(self, image: torch.Tensor, text: torch.Tensor):
 
 def save_scripted_archive(model, path: Path) -> None:
     """`torch.jit.script` of a clip.model.CLIP, patched only where TorchScript cannot compile OpenAI's code."""
-    clip = import_clip()
     for module in model.modules():
-        if type(module) is clip.model.LayerNorm:
+        if type(module) is openai_code("model").LayerNorm:
             module.__class__ = _ScriptableLayerNorm  # its forward calls super(), which TorchScript cannot compile
     model.__class__ = type("CLIP", (type(model),), {"forward": _scriptable_forward})
     _register_archive_attributes(model)

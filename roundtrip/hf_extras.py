@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from roundtrip.config import Architecture
-from roundtrip.verify import OPENAI_MEAN, OPENAI_STD, TOLERANCE, import_clip
+from roundtrip.verify import OPENAI_MEAN, OPENAI_STD, TOLERANCE, openai_code
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -45,7 +45,7 @@ class BPETable:
 @functools.lru_cache(maxsize=1)
 def openai_bpe() -> BPETable:
     """OpenAI's vocabulary (49408 tokens) and merges, exactly as clip.simple_tokenizer builds them."""
-    tokenizer = import_clip().simple_tokenizer.SimpleTokenizer()
+    tokenizer = openai_code("simple_tokenizer").SimpleTokenizer()
     merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
     return BPETable(dict(tokenizer.encoder), [tuple(pair) for pair in merges])
 
@@ -171,8 +171,8 @@ def model_card(facts: CardFacts) -> dict[str, str]:
         f"| verification | {verification} |",
         "",
         "The verification ran OpenAI's model code (`clip.model.CLIP`) and transformers' `CLIPModel` on the",
-        f"converted weights in float32, with `clip.tokenize` prompts and {architecture.image_resolution}px "
-        "probe images,",
+        f"converted weights in float32, with `clip.tokenize` prompts and random {architecture.image_resolution}px "
+        "images,",
         "and compared the image-text logits.",
         *(f"\nNote: {note}." for note in facts.notes),
         "",

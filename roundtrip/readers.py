@@ -1,8 +1,9 @@
 """All reading of input files: OpenAI checkpoints and Hugging Face model folders.
 
 Nothing from an input file is ever executed: pickles are read only with
-`torch.load(..., weights_only=True)`, TorchScript archives with the restricted
-reader in `roundtrip.torchscript`, safetensors with the checked reader in
+`torch.load(..., weights_only=True)`, torch's zip files (`torch.save` since
+PyTorch 1.6, and TorchScript archives) with the restricted reader in
+`roundtrip.torch_zip`, safetensors with the checked reader in
 `roundtrip.safetensors_file`.
 """
 
@@ -15,6 +16,7 @@ import re
 import warnings
 import zipfile
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +25,8 @@ from roundtrip import safetensors_file
 from roundtrip.errors import InputError
 from roundtrip.hf_extras import MERGES_FILE, MERGES_HEADER, TOKENIZER_JSON, VOCAB_FILE, BPETable
 from roundtrip.provenance import METADATA_KEY, Provenance
-from roundtrip.torchscript import ArchiveError, read_torchscript_state_dict
+from roundtrip import torch_zip
+from roundtrip.torch_zip import ArchiveError
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as training loops write it
@@ -41,6 +44,7 @@ HASH_CHUNK_BYTES = 1 << 20
 class OpenAICheckpoint:
     tensors: dict[str, torch.Tensor]
     format: str  # "torchscript" or "state_dict"
+    release: Callable[[], None] = lambda: None  # give memory-mapped pages back; they reload on use
 
 
 @dataclass
@@ -48,15 +52,35 @@ class HFFolder:
     config: dict
     tensors: dict[str, torch.Tensor]
     provenance: Provenance | None
-    weight_files: list[Path]
+    releases: list[Callable[[], None]]  # give memory-mapped pages back; they reload on use
+
+    def release(self) -> None:
+        for release in self.releases:
+            release()
 
 
 def read_openai_checkpoint(path: Path) -> OpenAICheckpoint:
     _require_file(path)
-    if zipfile.is_zipfile(path) and _is_torchscript(path):
-        return OpenAICheckpoint(_read_torchscript(path), "torchscript")
-    loaded = _load_pickle(path, memory_map=zipfile.is_zipfile(path))
-    return OpenAICheckpoint(_unwrap_state_dict(path, loaded), "state_dict")
+    content, torchscript, release = _read_torch_file(path)
+    kind = "torchscript" if torchscript else "state_dict"
+    return OpenAICheckpoint(_unwrap_state_dict(path, content), kind, release)
+
+
+def _read_torch_file(path: Path) -> tuple[object, bool, Callable[[], None]]:
+    """(what it holds, whether it is TorchScript, a page-release function), running nothing from it."""
+    if not zipfile.is_zipfile(path):  # torch.save's format before PyTorch 1.6
+        return _load_pickle(path), False, _nothing_to_release
+    try:
+        contents = torch_zip.read(path)
+    except ArchiveError as error:
+        raise InputError(path, f"refused: {error}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise InputError(path, f"is not a readable PyTorch checkpoint ({_first_line(error)})") from None
+    return contents.content, contents.torchscript, contents.release
+
+
+def _nothing_to_release() -> None:
+    pass
 
 
 def _require_file(path: Path) -> None:
@@ -72,27 +96,12 @@ def _require_file(path: Path) -> None:
         raise InputError(path, "is a Git LFS pointer, not the checkpoint itself (run `git lfs pull`)")
 
 
-def _is_torchscript(path: Path) -> bool:
-    # torch.jit.save archives carry the model's code; torch.save archives do not.
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
-
-
-def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return read_torchscript_state_dict(path)
-    except ArchiveError as error:
-        raise InputError(path, f"TorchScript archive refused: {error}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise InputError(path, f"is not a readable TorchScript archive ({_first_line(error)})") from None
-
-
-def _load_pickle(path: Path, memory_map: bool = False):
-    """torch.load, only ever with weights_only=True; `memory_map` for torch.save's zip format."""
+def _load_pickle(path: Path):
+    """torch.load, only ever with weights_only=True (legacy pickles and pytorch_model.bin)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": we report below
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=memory_map)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise InputError(path, _unpickling_problem(str(error))) from None
     except Exception as error:  # noqa: BLE001 - truncated zips, random bytes, ...
@@ -132,9 +141,10 @@ def read_hf_folder(folder: Path) -> HFFolder:
         raise InputError(folder, "is not a folder, expected a Hugging Face model folder")
     config = _read_config(folder)
     weight_files, weight_map = _weight_files(folder)
-    tensors, provenances = {}, set()
+    tensors, provenances, releases = {}, set(), []
     for file in weight_files:
-        file_tensors, provenance = _read_weight_file(file)
+        file_tensors, provenance, release = _read_weight_file(file)
+        releases.append(release)
         twice = sorted(set(file_tensors) & set(tensors))
         if twice:
             raise InputError(file, f"tensor {twice[0]} is also in another shard")
@@ -145,7 +155,7 @@ def read_hf_folder(folder: Path) -> HFFolder:
     if weight_map is not None and set(weight_map) != set(tensors):
         missing = sorted(set(weight_map) - set(tensors))
         raise InputError(folder, f"the shard index lists tensors no shard holds: {', '.join(missing[:5])}")
-    return HFFolder(config, tensors, _provenance(weight_files[0], provenances), weight_files)
+    return HFFolder(config, tensors, _provenance(weight_files[0], provenances), releases)
 
 
 def _check_against_index(file: Path, found: set[str], weight_map: dict[str, str]) -> None:
@@ -156,9 +166,10 @@ def _check_against_index(file: Path, found: set[str], weight_map: dict[str, str]
         raise InputError(file, f"holds tensor {unlisted[0]} but {where}")
 
 
-def _read_weight_file(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+def _read_weight_file(file: Path) -> tuple[dict[str, torch.Tensor], str | None, Callable[[], None]]:
     if file.suffix == ".bin":
-        return _unwrap_state_dict(file, _load_pickle(file)), None
+        content, _, release = _read_torch_file(file)
+        return _unwrap_state_dict(file, content), None, release
     return _read_safetensors(file)
 
 
@@ -216,12 +227,12 @@ def _shards_of(index_path: Path, weight_map: dict[str, str]) -> list[Path]:
     return shards
 
 
-def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], str | None, Callable[[], None]]:
     try:
-        tensors, metadata = safetensors_file.read(file)
+        tensors, metadata, release = safetensors_file.read(file)
     except safetensors_file.SafetensorsError as error:
         raise InputError(file, f"is not a valid safetensors file: {error}") from None
-    return tensors, metadata.get(METADATA_KEY)
+    return tensors, metadata.get(METADATA_KEY), release
 
 
 def _provenance(file: Path, found: set) -> Provenance | None:

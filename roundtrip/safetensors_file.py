@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 import torch
 
 from roundtrip.dtypes import Cast
+from roundtrip.pipeline import write_behind
 
 MAX_HEADER_BYTES = 100 * 2**20  # the official library's limit
 HEADER_ALIGNMENT = 8
@@ -51,13 +52,14 @@ class Written:
     crc32: int
 
 
-def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a safetensors file (memory-mapped) and its metadata."""
+def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Callable[[], None]]:
+    """All tensors of a safetensors file (memory-mapped), its metadata, and a function that hands
+    the mapped pages back to the kernel (they are read again if used again)."""
     with open(path, "rb") as handle:
         entries, metadata, data_start = _read_header(handle)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
     tensors = {name: _view(mapped, data_start, *entry) for name, entry in entries.items()}
-    return tensors, metadata
+    return tensors, metadata, lambda: mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def checksums(path: Path) -> dict[str, Written]:
@@ -189,14 +191,21 @@ def write(
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
     written = {}
+
+    def prepared():
+        for name in order:
+            raw = raw_bytes(cast(name, tensors[name]))
+            written[name] = Written(dtypes[name], tuple(tensors[name].shape), zlib.crc32(raw))
+            yield raw
+
+    def write_one(raw: memoryview) -> None:
+        handle.write(raw)
+        advance(len(raw))
+
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
-        for name in order:
-            raw = raw_bytes(cast(name, tensors[name]))
-            handle.write(raw)
-            written[name] = Written(dtypes[name], tuple(tensors[name].shape), zlib.crc32(raw))
-            advance(len(raw))
+        write_behind(write_one, prepared())
         handle.flush()
         os.fsync(handle.fileno())
     return written

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
-from roundtrip import safetensors_file
+from roundtrip import safetensors_file, torch_zip
 from roundtrip.dtypes import Cast
 from roundtrip.errors import OutputError
 from roundtrip.safetensors_file import Written, raw_bytes
@@ -156,6 +156,7 @@ def write_hf_folder(
     cast: Cast = Cast(),
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: Progress = lambda done, total: None,
+    after_each: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, Written]]:
     """Write config.json and model.safetensors (or shards plus an index).
 
@@ -164,7 +165,7 @@ def write_hf_folder(
     _write_json(folder / HF_CONFIG, config)
     sizes = {key: tensor.numel() * _element_size(cast.dtype(key, tensor)) for key, tensor in tensors.items()}
     shards = _split_into_shards(sizes, max_shard_bytes)
-    advance = _byte_counter(sum(sizes.values()), progress)
+    advance = _byte_counter(sum(sizes.values()), progress, after_each)
     if len(shards) == 1:
         names = [HF_SAFETENSORS]
     else:
@@ -200,12 +201,14 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _byte_counter(total: int, progress: Progress) -> Callable[[int], None]:
+def _byte_counter(total: int, progress: Progress, after_each: Callable[[], None]) -> Callable[[int], None]:
+    """Called after each tensor is written: reports progress and lets the caller release memory."""
     done = 0
 
     def advance(written: int) -> None:
         nonlocal done
         done += written
+        after_each()
         progress(done, total)
 
     return advance
@@ -236,35 +239,27 @@ def confirm_hf_folder(folder: Path, expected: dict[str, dict[str, Written]], des
 
 def write_openai_file(
     path: Path, state_dict: Mapping[str, torch.Tensor], cast: Cast = Cast(),
-    progress: Progress = lambda done, total: None,
+    progress: Progress = lambda done, total: None, after_each: Callable[[], None] = lambda: None,
 ) -> dict[str, Written]:
-    """A plain `torch.save` state dict, what `clip.load(path, jit=False)` reads; returns what must read back."""
-    compact = {key: _own_storage(cast(key, tensor.detach())) for key, tensor in state_dict.items()}
-    expected = {
-        key: Written(tensor.dtype, tuple(tensor.shape), zlib.crc32(raw_bytes(tensor))) for key, tensor in compact.items()
-    }
-    total = sum(tensor.numel() * tensor.element_size() for tensor in compact.values())
-    progress(0, total)
+    """A state dict in torch.save's format, which `clip.load(path, jit=False)` reads, written one
+    tensor at a time; returns what each tensor must read back as."""
+    total = sum(t.numel() * _element_size(cast.dtype(key, t)) for key, t in state_dict.items())
     with open(path, "wb") as handle:
-        torch.save(compact, handle)
+        records = torch_zip.write_state_dict(handle, state_dict, cast, _byte_counter(total, progress, after_each))
         handle.flush()
         os.fsync(handle.fileno())
-    progress(total, total)
-    return expected
+    return {key: Written(*record) for key, record in records.items()}
 
 
-def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
-    # torch.save writes a view's whole base storage; copy views (a transposed projection) to their own.
-    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
-        return tensor
-    return tensor.clone(memory_format=torch.contiguous_format)
-
-
-def confirm_tensors(found: Mapping[str, torch.Tensor], expected: dict[str, Written], dest: Path) -> None:
+def confirm_tensors(
+    found: Mapping[str, torch.Tensor], expected: dict[str, Written], dest: Path,
+    after_each: Callable[[], None] = lambda: None,
+) -> None:
     """Tensors read back from a written file match what was written: names, dtypes, shapes, CRC-32."""
-    actual = {
-        key: Written(tensor.dtype, tuple(tensor.shape), zlib.crc32(raw_bytes(tensor))) for key, tensor in found.items()
-    }
+    actual = {}
+    for key, tensor in found.items():
+        actual[key] = Written(tensor.dtype, tuple(tensor.shape), zlib.crc32(raw_bytes(tensor)))
+        after_each()
     if actual != expected:
         different = sorted(key for key in set(actual) | set(expected) if actual.get(key) != expected.get(key))
         raise OutputError(dest, f"tensors read back differently from what was written: {', '.join(different[:5])}")

@@ -109,3 +109,10 @@ def test_verification_catches_a_wrong_mapping(demo_state_dict, monkeypatch):
     monkeypatch.setattr(mapping, "to_hf", to_hf_with_q_and_k_swapped)
     wrong_gap = verify.max_logit_difference(demo_state_dict, DEMO.hf_config(), DEMO)
     assert right_gap <= TOLERANCE < wrong_gap
+
+
+@pytest.mark.parametrize("context_length", [77, 16, 5])
+def test_tokenize_is_clip_tokenize(context_length):
+    texts = ["a photo of a cat", "", LONG_TEXT, "Ünïcödé 🐱 and   odd\twhitespace", "x" * 300]
+    expected = verify.import_clip().tokenize(texts, context_length=context_length, truncate=True)
+    assert torch.equal(verify.tokenize(texts, context_length), expected)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from roundtrip.examples import DEMO, random_openai_model, save_scripted_archive, save_torchscript_archive
-from roundtrip.torchscript import read_torchscript_state_dict
+from roundtrip.torch_zip import read_torchscript_state_dict
 
 from conftest import assert_identical
 from strategies import architectures, openai_dtypes

@@ -1,16 +1,20 @@
-"""Read TorchScript archives (OpenAI's CLIP releases) without TorchScript: nothing in the file runs.
+"""Read torch's zip container, which both `torch.save` and `torch.jit.save` write, running nothing in it.
 
 `torch.jit.load` compiles and runs the Python-like code stored in an archive's
 `code/` folder, and zero-fills storage records that are too short. This reader
 instead:
 1. checks the zip: one top folder, no duplicate or path-traversing names, the
    members it needs present, little-endian data;
-2. unpickles `data.pkl` with an allow-list: `__torch__.*` classes become inert
-   `ScriptObject`s, tensors are rebuilt from `data/<n>` records whose sizes and
-   views are checked, and any other global is refused by name;
-3. takes parameter and buffer names from the class declarations in `code/` by
-   parsing them with `ast` (never compiling or running them);
-4. walks the module tree the way `nn.Module.state_dict()` does.
+2. unpickles `data.pkl` with an allow-list: tensors are rebuilt from `data/<n>`
+   records whose sizes and views are checked, TorchScript's `__torch__.*`
+   classes become inert `ScriptObject`s, and any other global is refused by name;
+3. for TorchScript, takes parameter and buffer names from the class declarations
+   in `code/` by parsing them with `ast` (never compiling or running them), and
+   walks the module tree the way `nn.Module.state_dict()` does.
+
+Tensors are views of one private memory map of the file; `release()` hands its
+pages back to the kernel (they are read again if used again), so a converter
+that streams tensor by tensor keeps its memory flat however large the file.
 """
 
 from __future__ import annotations
@@ -22,11 +26,17 @@ import pickle
 import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
+
+from roundtrip.dtypes import Cast
+from roundtrip.pipeline import write_behind
 
 STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
@@ -80,14 +90,32 @@ class Declaration:
     has_setstate: bool
 
 
+def is_torchscript(archive: zipfile.ZipFile) -> bool:
+    # torch.jit.save archives carry the model's code; torch.save archives do not.
+    return any("/code/" in name for name in archive.namelist())
+
+
+@dataclass
+class Contents:
+    content: object  # what torch.save pickled; for a TorchScript archive, the module's state dict
+    torchscript: bool
+    release: Callable[[], None]  # hand the file's mapped pages back to the kernel
+
+
 def read_torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The state dict `torch.jit.load(path).state_dict()` would give, without running the archive."""
+    return read(path).content
+
+
+def read(path: Path) -> Contents:
     with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
         members = _check_members(archive)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
-        reader = _ArchiveReader(archive, members, mapped)
+        torchscript = is_torchscript(archive)
+        reader = _ArchiveReader(archive, members, mapped, torchscript)
         root = reader.unpickle_data()
-        return reader.state_dict(root)
+        content = reader.state_dict(root) if torchscript else root
+    return Contents(content, torchscript, lambda: mapped.madvise(mmap.MADV_DONTNEED))
 
 
 def _check_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
@@ -113,8 +141,9 @@ def _check_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
 
 
 class _ArchiveReader:
-    def __init__(self, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], mapped: mmap.mmap):
-        self.archive, self.members, self.mapped = archive, members, mapped
+    def __init__(self, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], mapped: mmap.mmap,
+                 torchscript: bool):
+        self.archive, self.members, self.mapped, self.torchscript = archive, members, mapped, torchscript
         self.storages: dict[str, torch.Tensor] = {}
         self.declarations: dict[str, Declaration] = {}
 
@@ -128,7 +157,7 @@ class _ArchiveReader:
             raise
         except Exception as error:  # noqa: BLE001 - truncated or corrupt pickles raise many types
             raise ArchiveError(f"data.pkl cannot be read ({type(error).__name__}: {error})") from None
-        if not isinstance(root, ScriptObject):
+        if self.torchscript and not isinstance(root, ScriptObject):
             raise ArchiveError(f"data.pkl holds a {type(root).__name__}, not a TorchScript module")
         return root
 
@@ -255,7 +284,7 @@ class _AllowListUnpickler(pickle.Unpickler):
         self.reader = reader
 
     def find_class(self, module: str, name: str):
-        if module.startswith("__torch__.") or module == "__torch__":
+        if self.reader.torchscript and (module.startswith("__torch__.") or module == "__torch__"):
             if not all(IDENTIFIER.fullmatch(part) for part in f"{module}.{name}".split(".")):
                 raise ArchiveError(f"malformed TorchScript class name {module}.{name}")
             return _script_class(f"{module}.{name}")
@@ -264,10 +293,12 @@ class _AllowListUnpickler(pickle.Unpickler):
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return _rebuild_tensor
         if (module, name) == ("collections", "OrderedDict"):
-            return _empty_hooks
-        if module == "torch.jit._pickle" and name in LIST_BUILDERS:
+            return _ordered_dict
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuild_parameter
+        if self.reader.torchscript and module == "torch.jit._pickle" and name in LIST_BUILDERS:
             return list
-        if (module, name) == ("torch.jit._pickle", "restore_type_tag"):
+        if self.reader.torchscript and (module, name) == ("torch.jit._pickle", "restore_type_tag"):
             return _restore_type_tag
         raise ArchiveError(f"data.pkl uses the global {module}.{name}, which is not allowed")
 
@@ -275,11 +306,17 @@ class _AllowListUnpickler(pickle.Unpickler):
         return self.reader.storage(persistent_id)
 
 
-def _empty_hooks(*args):
-    # _rebuild_tensor_v2's backward_hooks argument: always an empty OrderedDict in saved models.
+def _ordered_dict(*args) -> OrderedDict:
+    # Pickle builds an OrderedDict empty, then fills it (state dicts, and tensors' backward hooks).
     if args:
-        raise ArchiveError("tensor backward hooks are not supported")
-    return {}
+        raise ArchiveError("an OrderedDict is built with arguments, which pickle never writes")
+    return OrderedDict()
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+    if not isinstance(data, torch.Tensor) or backward_hooks:
+        raise ArchiveError("a parameter without tensor data, or with backward hooks")
+    return data
 
 
 def _restore_type_tag(value, _type_name):
@@ -307,3 +344,97 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     elif storage_offset > storage.numel():
         raise ArchiveError(f"an empty tensor starts at {storage_offset}, past its storage of {storage.numel()}")
     return storage.as_strided(size, stride, storage_offset)
+
+
+# -- writing: the torch.save layout, streamed -------------------------------------------------------------------
+
+RECORD_ALIGNMENT = 64  # torch.save aligns each record's data, so that torch.load(mmap=True) can map it
+PADDING_FIELD = b"FB"  # the zip extra-field id torch uses for that padding
+
+
+def write_state_dict(
+    file,
+    tensors: Mapping[str, torch.Tensor],
+    cast: Cast,
+    after_each: Callable[[int], None] = lambda _: None,
+) -> dict[str, tuple[torch.dtype, tuple[int, ...], int]]:
+    """Write `tensors` to `file` (a path or binary file) as torch.save would: a zip with data.pkl and one
+    data/<n> record per tensor, one tensor at a time. Returns each tensor's (dtype, shape, CRC-32).
+
+    `cast(key, tensor)` gives the tensor to write; it is called once per tensor, while writing.
+    """
+    top = "archive"
+    keys = list(tensors)
+    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
+        specs = {key: (cast.dtype(key, tensors[key]), tuple(tensors[key].shape)) for key in keys}
+        archive.writestr(f"{top}/data.pkl", _pickle_state_dict(specs))
+        archive.writestr(f"{top}/byteorder", b"little")
+        written = {}
+
+        def prepared():
+            for number, key in enumerate(keys):
+                tensor = cast(key, tensors[key]).contiguous()
+                raw = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+                written[key] = (tensor.dtype, tuple(tensor.shape), zlib.crc32(raw))
+                yield f"{top}/data/{number}", raw
+
+        def write_one(record: tuple[str, memoryview]) -> None:
+            name, raw = record
+            _write_aligned(archive, name, raw)
+            after_each(len(raw))
+
+        write_behind(write_one, prepared())
+        archive.writestr(f"{top}/version", b"3\n")
+    return written
+
+
+def _write_aligned(archive: zipfile.ZipFile, name: str, raw: memoryview) -> None:
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = len(raw)
+    header_end = archive.fp.tell() + 30 + len(name.encode()) + 4  # local header, name, padding field header
+    padding = -header_end % RECORD_ALIGNMENT
+    info.extra = PADDING_FIELD + struct.pack("<H", padding) + b"Z" * padding
+    with archive.open(info, "w") as record:
+        record.write(raw)
+
+
+def _pickle_state_dict(specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]) -> bytes:
+    """data.pkl as torch.save writes it for a dict of tensors, each in its own storage data/<n>."""
+    storage_types = {dtype: getattr(torch, name) for name, dtype in STORAGE_DTYPES.items()}
+    state = OrderedDict()
+    for number, (key, (dtype, shape)) in enumerate(specs.items()):
+        numel = 1
+        for extent in shape:
+            numel *= extent
+        state[key] = _TensorReduce(_StorageRef(storage_types[dtype], str(number), numel), shape)
+    buffer = io.BytesIO()
+    _StatePickler(buffer, protocol=2).dump(state)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class _StorageRef:
+    storage_type: type
+    key: str
+    numel: int
+
+
+@dataclass(frozen=True)
+class _TensorReduce:
+    storage: _StorageRef
+    shape: tuple[int, ...]
+
+    def __reduce__(self):
+        stride, step = [], 1
+        for extent in reversed(self.shape):
+            stride.insert(0, step)
+            step *= extent
+        return torch._utils._rebuild_tensor_v2, (self.storage, 0, self.shape, tuple(stride), False, OrderedDict())
+
+
+class _StatePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _StorageRef):
+            return ("storage", obj.storage_type, obj.key, "cpu", obj.numel)
+        return None
