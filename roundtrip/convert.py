@@ -146,7 +146,7 @@ def convert_to_openai(
     report(f"Reading {source}")
     folder = readers.read_hf_folder(source)
     with _as_input_error(source):
-        openai_weights = mapping.to_openai(folder.tensors)
+        openai_weights = mapping.to_openai(folder.tensors, deferred=True)  # fused when written
         architecture = Architecture.from_openai_state_dict(openai_weights)
     hf_config = _resolved_hf_config(source, folder.config)
     problems = openai_incompatibilities(hf_config, architecture)
