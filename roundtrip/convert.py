@@ -68,6 +68,7 @@ def convert_to_hf(
     report(f"Reading {source}")
     checkpoint = readers.read_openai_checkpoint(source)
     source_sha256 = readers.sha256_of(source)
+    key_order = list(checkpoint.tensors)
     attributes = {k: checkpoint.tensors.pop(k) for k in OPENAI_ARCHIVE_ATTRIBUTES if k in checkpoint.tensors}
     source_dtype_counts = dtypes.Cast().summary(checkpoint.tensors)  # the identity cast: the source's dtypes
     with _as_input_error(source):
@@ -80,6 +81,7 @@ def convert_to_hf(
             source_format=checkpoint.format,
             source_dtypes={key: dtypes.dtype_name(t.dtype) for key, t in checkpoint.tensors.items()},
             archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
+            key_order=key_order,
         )
     summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
     with writers.staged(dest, is_folder=True) as staging, _Alongside() as alongside:
@@ -136,6 +138,12 @@ def _describe_attribute(source: Path, key: str, tensor: torch.Tensor) -> dict:
     return {"dtype": dtypes.dtype_name(tensor.dtype), "shape": list(tensor.shape), "value": int(tensor.item())}
 
 
+def _in_recorded_order(state_dict: dict, provenance: Provenance | None) -> dict:
+    order = provenance.key_order if provenance else []
+    ordered = {key: state_dict[key] for key in order if key in state_dict}
+    return {**ordered, **state_dict}  # keys the record does not know keep their place after it
+
+
 def _restore_attributes(provenance: Provenance | None) -> dict[str, torch.Tensor]:
     if provenance is None:
         return {}
@@ -162,7 +170,7 @@ def convert_to_openai(
     folder = readers.read_hf_folder(source)
     notes = _tokenizer_warnings(source)
     with _as_input_error(source):
-        openai_weights = mapping.to_openai(folder.tensors)
+        openai_weights = mapping.to_openai(folder.tensors, deferred=True)  # fused when written
         architecture = Architecture.from_openai_state_dict(openai_weights)
     hf_config = _resolved_hf_config(source, folder.config)
     problems = openai_incompatibilities(hf_config, architecture)
@@ -172,7 +180,7 @@ def convert_to_openai(
         cast = dtypes.Cast(recorded=folder.provenance.source_dtypes if folder.provenance else {})
     else:
         cast = dtypes.Cast.from_choice(dtype)
-    output = {**openai_weights, **_restore_attributes(folder.provenance)}
+    output = _in_recorded_order({**openai_weights, **_restore_attributes(folder.provenance)}, folder.provenance)
     summary = Summary(dest, len(output), cast.summary(output), [dest.name], architecture, notes=notes)
     with writers.staged(dest, is_folder=False) as staging, _Alongside() as alongside:
         if verify_logits:

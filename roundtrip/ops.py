@@ -24,6 +24,7 @@ class Identity:
 
     arity_in: int = 1
     arity_out: int = 1
+    allocates = False  # outputs are the inputs or views of them
 
     @property
     def inverse(self) -> "Identity":
@@ -39,6 +40,7 @@ class Transpose:
 
     arity_in: int = 1
     arity_out: int = 1
+    allocates = False
 
     @property
     def inverse(self) -> "Transpose":
@@ -57,6 +59,7 @@ class Chunk:
 
     parts: int
     dim: int = 0
+    allocates = False
 
     @property
     def arity_in(self) -> int:
@@ -85,6 +88,7 @@ class Concatenate:
 
     parts: int
     dim: int = 0
+    allocates = True  # a new tensor the size of all parts
 
     @property
     def arity_in(self) -> int:

@@ -22,9 +22,10 @@ class Provenance:
     source_dtypes: dict[str, str]  # OpenAI key -> dtype name
     # 0-dim archive attributes (see schema.OPENAI_ARCHIVE_ATTRIBUTES): key -> {"dtype", "shape", "value"}
     archive_attributes: dict[str, dict] = field(default_factory=dict)
+    key_order: list[str] = field(default_factory=list)  # the source's own order, which to-openai restores
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "Provenance":
@@ -34,6 +35,8 @@ class Provenance:
             raise ValueError("no source_dtypes table")
         provenance = cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
         bad = [f"{key}: {name!r}" for key, name in provenance.source_dtypes.items() if name not in FLOAT_DTYPES]
+        if not (isinstance(provenance.key_order, list) and all(isinstance(k, str) for k in provenance.key_order)):
+            bad.append("key_order")
         for key, spec in provenance.archive_attributes.items():
             if not _is_integer_attribute(spec):
                 bad.append(f"{key}: {spec!r}")

@@ -45,3 +45,11 @@ def test_special_float_bits_survive(demo_state_dict):
     projection.view(-1)[:3] = torch.tensor([float("nan"), -0.0, float("-inf")], dtype=projection.dtype)
     weird["text_projection"] = projection
     assert_identical(mapping.to_openai(mapping.to_hf(weird)), weird)
+
+
+def test_deferred_fusion_gives_the_same_tensors(demo_state_dict):
+    hf_weights = mapping.to_hf(demo_state_dict)
+    deferred = mapping.to_openai(hf_weights, deferred=True)
+    assert any(isinstance(value, mapping.Deferred) for value in deferred.values())
+    materialized = {key: value.to(value.dtype) for key, value in deferred.items()}
+    assert_identical(materialized, mapping.to_openai(hf_weights))
