@@ -83,7 +83,10 @@ def convert_to_hf(
             archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
             key_order=key_order,
         )
-    summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
+    # Made before the verification thread starts: both import transformers, and a first import from two
+    # threads at once can fail ("cannot import name ...").
+    processing, notes = hf_extras.processing_files(architecture)
+    summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture, notes=notes)
     with writers.staged(dest, is_folder=True) as staging, _Alongside() as alongside:
         if verify_logits:
             report("Verifying logits against OpenAI's model code, alongside writing")
@@ -98,7 +101,6 @@ def convert_to_hf(
         summary.files = list(written)
         writers.confirm_hf_folder(staging, written, dest)
         report("Writing tokenizer and image processor files")
-        processing, summary.notes = hf_extras.processing_files(architecture)
         writers.write_text_files(staging, processing)
         # Verification ran on the tensors in memory, which the files were just proven to hold.
         summary.max_logit_difference = alongside.result()
