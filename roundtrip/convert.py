@@ -67,7 +67,6 @@ def convert_to_hf(
     writers.check_destination(dest, source, overwrite)
     report(f"Reading {source}")
     checkpoint = readers.read_openai_checkpoint(source)
-    source_sha256 = readers.sha256_of(source)
     key_order = list(checkpoint.tensors)
     attributes = {k: checkpoint.tensors.pop(k) for k in OPENAI_ARCHIVE_ATTRIBUTES if k in checkpoint.tensors}
     source_dtype_counts = dtypes.Cast().summary(checkpoint.tensors)  # the identity cast: the source's dtypes
@@ -83,15 +82,15 @@ def convert_to_hf(
             archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
             key_order=key_order,
         )
-    # Made before the verification thread starts: both import transformers, and a first import from two
-    # threads at once can fail ("cannot import name ...").
-    processing, notes = hf_extras.processing_files(architecture)
-    summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture, notes=notes)
-    with writers.staged(dest, is_folder=True) as staging, _Alongside() as alongside:
+    summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
+    with writers.staged(dest, is_folder=True) as staging, _background() as background:
+        # Compute-bound side jobs run in the background thread, in this order, while this thread writes.
+        processing_job = background.submit(hf_extras.processing_files, architecture)
+        source_hash_job = background.submit(readers.sha256_of, source)
         if verify_logits:
             report("Verifying logits against OpenAI's model code, alongside writing")
-            alongside.start(lambda: verify.max_logit_difference(
-                cast.all(checkpoint.tensors), architecture.hf_config(), architecture))
+            verification_job = background.submit(lambda: verify.max_logit_difference(
+                cast.all(checkpoint.tensors), architecture.hf_config(), architecture))  # cast in the background
         report(f"Writing {len(hf_weights)} tensors")
         written = writers.write_hf_folder(
             staging, architecture.hf_config(), hf_weights,
@@ -101,14 +100,15 @@ def convert_to_hf(
         summary.files = list(written)
         writers.confirm_hf_folder(staging, written, dest)
         report("Writing tokenizer and image processor files")
+        processing, summary.notes = processing_job.result()
         writers.write_text_files(staging, processing)
-        # Verification ran on the tensors in memory, which the files were just proven to hold.
-        summary.max_logit_difference = alongside.result()
         if verify_logits:
+            # Verification ran on the tensors in memory, which the files were just proven to hold.
+            summary.max_logit_difference = verification_job.result()
             verify.require_agreement(dest, summary.max_logit_difference)
         # Last, because the card reports the verification figure.
         card = hf_extras.model_card(hf_extras.CardFacts(
-            source_name=source.name, source_sha256=source_sha256, source_format=checkpoint.format,
+            source_name=source.name, source_sha256=source_hash_job.result(), source_format=checkpoint.format,
             source_dtypes=source_dtype_counts, written_dtypes=summary.dtypes, tool=provenance.tool,
             architecture=architecture, max_logit_difference=summary.max_logit_difference, notes=summary.notes,
         ))
@@ -117,21 +117,16 @@ def convert_to_hf(
     return summary
 
 
-class _Alongside:
-    """Runs one job (the logit check: compute-bound) in a thread while the caller writes (I/O-bound)."""
-
-    def __enter__(self) -> "_Alongside":
-        self.pool, self.job = ThreadPoolExecutor(max_workers=1), None
-        return self
-
-    def start(self, job: Callable[[], float]) -> None:
-        self.job = self.pool.submit(job)
-
-    def result(self) -> float | None:
-        return None if self.job is None else self.job.result()
-
-    def __exit__(self, *exc_info) -> None:
-        self.pool.shutdown(wait=True)
+@contextlib.contextmanager
+def _background() -> Iterator[ThreadPoolExecutor]:
+    """One worker thread for the compute-bound side jobs (tokenizer files, source checksum, logit check)
+    that run while the main thread writes (I/O-bound). One, not two: those jobs import transformers,
+    and a first import of it from two threads at once fails."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _describe_attribute(source: Path, key: str, tensor: torch.Tensor) -> dict:
@@ -184,17 +179,18 @@ def convert_to_openai(
         cast = dtypes.Cast.from_choice(dtype)
     output = _in_recorded_order({**openai_weights, **_restore_attributes(folder.provenance)}, folder.provenance)
     summary = Summary(dest, len(output), cast.summary(output), [dest.name], architecture, notes=notes)
-    with writers.staged(dest, is_folder=False) as staging, _Alongside() as alongside:
+    with writers.staged(dest, is_folder=False) as staging, _background() as background:
         if verify_logits:
             report("Verifying logits against transformers, alongside writing")
-            alongside.start(lambda: verify.max_logit_difference(cast.all(openai_weights), hf_config, architecture))
+            verification_job = background.submit(lambda: verify.max_logit_difference(
+                cast.all(openai_weights), hf_config, architecture))  # cast in the background
         report(f"Writing {len(output)} tensors")
         expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release)
         written = readers.read_openai_checkpoint(staging)
         writers.confirm_tensors(written.tensors, expected, dest, after_each=written.release)
-        # Verification ran on the tensors in memory, which the file was just proven to hold.
-        summary.max_logit_difference = alongside.result()
         if verify_logits:
+            # Verification ran on the tensors in memory, which the file was just proven to hold.
+            summary.max_logit_difference = verification_job.result()
             verify.require_agreement(dest, summary.max_logit_difference)
     return summary
 
