@@ -33,15 +33,6 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PROBE_IMAGES = 1  # one forward pass per tower on a small batch is enough
 
 
-def import_clip():
-    """The whole `clip` package (clip.load, clip.tokenize), without its pkg_resources warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        import clip
-        import clip.model
-    return clip
-
-
 @lru_cache(maxsize=None)
 def openai_code(name: str) -> ModuleType:
     """One module of OpenAI's `clip` package ("model" or "simple_tokenizer"), loaded from its file.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,16 @@ HF_FOLDER_FILES = sorted([
     "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "preprocessor_config.json", "README.md",
 ])
+
+
+def import_clip():
+    """OpenAI's whole `clip` package (clip.load, clip.tokenize, clip's transform): the reference the tests
+    compare with. clipconv itself loads only the model and tokenizer modules (roundtrip.verify.openai_code)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pkg_resources is deprecated
+        import clip
+        import clip.model
+    return clip
 
 
 def run_cli(*args: str | Path):
@@ -97,8 +108,6 @@ def image(width: int, height: int, kind: str = "smooth", mode: str = "RGB"):
 
 def resnet_clip_state_dict() -> dict:
     """A small RN50-family CLIP (ModifiedResNet vision tower) from OpenAI's model code."""
-    from roundtrip.verify import import_clip
-
     model = import_clip().model.CLIP(
         embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=64, vision_patch_size=None,
         context_length=8, vocab_size=64, transformer_width=64, transformer_heads=1, transformer_layers=1,

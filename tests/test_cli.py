@@ -16,8 +16,8 @@ from roundtrip.examples import DEMO
 from roundtrip.readers import read_hf_folder
 
 from conftest import (
-    HF_FOLDER_FILES, assert_identical, assert_nothing_left, assert_refused, hf_clip_config, listing, random_hf_model,
-    read_json, resnet_clip_state_dict, run_cli, save_legacy_pytorch_bin,
+    HF_FOLDER_FILES, assert_identical, assert_nothing_left, assert_refused, hf_clip_config, import_clip, listing,
+    random_hf_model, read_json, resnet_clip_state_dict, run_cli, save_legacy_pytorch_bin,
 )
 
 TOLERANCE = 1e-3
@@ -162,7 +162,7 @@ def test_folders_from_transformers_go_to_clip_load_and_back_bit_exact(tmp_path, 
     result = run_cli("to-openai", tmp_path / "hf", tmp_path / "model.pt")
     assert result.exit_code == 0, result.output
 
-    clip = verify.import_clip()
+    clip = import_clip()
     model, _ = clip.load(str(tmp_path / "model.pt"), device="cpu", jit=False)  # halves, then back to fp32
     images, tokens = verify.probe_images(DEMO), verify.probe_tokens(DEMO)
     with torch.no_grad():

@@ -14,9 +14,8 @@ import yaml
 
 from roundtrip import __version__
 from roundtrip.examples import DEMO
-from roundtrip.verify import import_clip
 
-from conftest import image, run_cli
+from conftest import image, import_clip, run_cli
 
 LABELS = ["cat", "dog", "diagram"]
 PIPELINE_TEMPLATE = "This is a photo of {}."  # the zero-shot pipeline's default hypothesis template

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from roundtrip.examples import DEMO
-from roundtrip.verify import import_clip
 
-from conftest import convert_random_checkpoint, image
+from conftest import convert_random_checkpoint, image, import_clip
 
 TOLERANCE = 1e-3  # mean |Δ| of normalized pixel values
 RESOLUTIONS = (224, 336)

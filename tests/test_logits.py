@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from roundtrip import mapping, verify
 from roundtrip.examples import DEMO, random_openai_model
 
+from conftest import import_clip
 from strategies import architectures, openai_dtypes, seeds
 
 TOLERANCE = 1e-3
@@ -52,7 +53,7 @@ def pooling_models():
 
 
 def tokenized(padding: int, texts=("a photo of a cat", "a dog", "x")) -> torch.Tensor:
-    tokens = verify.import_clip().tokenize(list(texts), truncate=True)
+    tokens = import_clip().tokenize(list(texts), truncate=True)
     after_end = torch.cumsum(tokens == END_OF_TEXT, dim=1) - (tokens == END_OF_TEXT).long() > 0
     return tokens.masked_fill(after_end, padding)
 
@@ -62,7 +63,7 @@ LONG_TEXT = "a very long caption " * 40
 TOKEN_CASES = {
     "padded with 0 (clip.tokenize)": lambda: tokenized(0),
     "padded with 49407 (HF tokenizer)": lambda: tokenized(END_OF_TEXT),
-    "truncated to 77 tokens": lambda: verify.import_clip().tokenize([LONG_TEXT, "short"], truncate=True),
+    "truncated to 77 tokens": lambda: import_clip().tokenize([LONG_TEXT, "short"], truncate=True),
 }
 
 
@@ -114,5 +115,5 @@ def test_verification_catches_a_wrong_mapping(demo_state_dict, monkeypatch):
 @pytest.mark.parametrize("context_length", [77, 16, 5])
 def test_tokenize_is_clip_tokenize(context_length):
     texts = ["a photo of a cat", "", LONG_TEXT, "Ünïcödé 🐱 and   odd\twhitespace", "x" * 300]
-    expected = verify.import_clip().tokenize(texts, context_length=context_length, truncate=True)
+    expected = import_clip().tokenize(texts, context_length=context_length, truncate=True)
     assert torch.equal(verify.tokenize(texts, context_length), expected)

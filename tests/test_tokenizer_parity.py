@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given, settings
 
 from roundtrip.examples import DEMO
-from roundtrip.verify import import_clip
 
-from conftest import HF_FOLDER_FILES, convert_random_checkpoint, listing
+from conftest import HF_FOLDER_FILES, convert_random_checkpoint, import_clip, listing
 from corpus import CORNER_CASES, stdlib_docstring_lines
 from strategies import texts
 
