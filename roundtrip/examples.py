@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from roundtrip.config import Architecture
+from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
 from roundtrip.verify import openai_code
 
 _TEXT_B = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
@@ -56,10 +57,11 @@ def random_openai_state_dict(architecture: Architecture, seed: int = 0, openai_d
 
 def save_torchscript_archive(model, path: Path) -> None:
     """Trace `model` like OpenAI's released archives, with their three 0-dim metadata tensors."""
-    numbers = _register_archive_attributes(model)
-    images = torch.zeros(1, 3, numbers["input_resolution"], numbers["input_resolution"], dtype=model.dtype)
-    tokens = torch.zeros(1, numbers["context_length"], dtype=torch.long)
-    tokens[0, 0], tokens[0, 1] = numbers["vocab_size"] - 2, numbers["vocab_size"] - 1
+    architecture = _register_archive_attributes(model)
+    size = architecture.image_resolution
+    images = torch.zeros(1, 3, size, size, dtype=model.dtype)
+    tokens = torch.zeros(1, architecture.context_length, dtype=torch.long)
+    tokens[0, 0], tokens[0, 1] = architecture.vocab_size - 2, architecture.vocab_size - 1
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks inside nn.MultiheadAttention
@@ -67,18 +69,14 @@ def save_torchscript_archive(model, path: Path) -> None:
         torch.jit.save(traced, str(path))
 
 
-def _register_archive_attributes(model) -> dict[str, int]:
-    """Turn the three architecture numbers into 0-dim buffers, as in OpenAI's archives."""
-    numbers = {
-        "input_resolution": model.visual.input_resolution,
-        "context_length": model.context_length,
-        "vocab_size": model.vocab_size,
-    }
-    for name, value in numbers.items():
-        if hasattr(model, name):
-            delattr(model, name)
-        model.register_buffer(name, torch.tensor(value))
-    return numbers
+def _register_archive_attributes(model) -> Architecture:
+    """Give `model` the 0-dim buffers OpenAI's archives carry, each restating an architecture number."""
+    architecture = Architecture.from_openai_state_dict(model.state_dict())
+    for key, field in OPENAI_ARCHIVE_ATTRIBUTES.items():
+        if hasattr(model, key):
+            delattr(model, key)  # clip.model.CLIP keeps some of these numbers as plain attributes
+        model.register_buffer(key, torch.tensor(getattr(architecture, field)))
+    return architecture
 
 
 class _ScriptableLayerNorm(torch.nn.LayerNorm):
