@@ -30,6 +30,14 @@ def from_name(name: str) -> "torch.dtype":
     return dtype
 
 
+def raw_bytes(tensor: "torch.Tensor") -> memoryview:
+    """A tensor's raw bytes, little-endian as safetensors and torch.save store them on every host this tool
+    supports; copied only when the tensor is not contiguous (a transposed projection)."""
+    import torch
+
+    return memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
 @dataclass(frozen=True)
 class Cast:
     """The dtype each tensor is written in. Applied one tensor at a time, while writing, so that

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 import torch

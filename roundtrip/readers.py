@@ -16,16 +16,15 @@ import re
 import warnings
 import zipfile
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from roundtrip import safetensors_file
+from roundtrip import safetensors_file, torch_zip
 from roundtrip.errors import InputError
 from roundtrip.hf_extras import MERGES_FILE, MERGES_HEADER, TOKENIZER_JSON, VOCAB_FILE, BPETable
 from roundtrip.provenance import METADATA_KEY, Provenance
-from roundtrip import torch_zip
 from roundtrip.torch_zip import ArchiveError
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"

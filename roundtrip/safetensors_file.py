@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from roundtrip.dtypes import Cast
+from roundtrip.dtypes import Cast, raw_bytes
 from roundtrip.pipeline import write_behind
 
 MAX_HEADER_BYTES = 100 * 2**20  # the official library's limit
@@ -138,7 +138,7 @@ def _entry(name: str, spec) -> tuple[torch.dtype, list[int], int, int]:
     numel = 1
     for extent in shape:
         numel *= extent
-    expected = numel * _element_size(DTYPES[dtype])
+    expected = numel * DTYPES[dtype].itemsize
     if end - begin != expected:
         raise SafetensorsError(
             f"tensor {name!r}: {end - begin} bytes at data_offsets {offsets} but shape {shape} of {dtype} "
@@ -166,7 +166,7 @@ def _check_layout(entries: dict, data_length: int) -> None:
 def _view(mapped: mmap.mmap, data_start: int, dtype: torch.dtype, shape: list[int], begin: int, end: int):
     if begin == end:
         return torch.empty(shape, dtype=dtype)
-    count = (end - begin) // _element_size(dtype)
+    count = (end - begin) // dtype.itemsize
     return torch.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin).view(shape)
 
 
@@ -180,11 +180,11 @@ def write(
     """Stream tensors into one safetensors file, casting one at a time; return what must read back."""
     dtypes = {name: cast.dtype(name, tensor) for name, tensor in tensors.items()}
     # Larger elements first, as the official library does, so every tensor starts aligned.
-    order = sorted(tensors, key=lambda name: (-_element_size(dtypes[name]), name))
+    order = sorted(tensors, key=lambda name: (-dtypes[name].itemsize, name))
     header: dict = {METADATA: dict(metadata)} if metadata else {}
     offset = 0
     for name in order:
-        size = tensors[name].numel() * _element_size(dtypes[name])
+        size = tensors[name].numel() * dtypes[name].itemsize
         header[name] = {"dtype": NAMES[dtypes[name]], "shape": list(tensors[name].shape),
                         "data_offsets": [offset, offset + size]}
         offset += size
@@ -211,10 +211,3 @@ def write(
     return written
 
 
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def raw_bytes(tensor: torch.Tensor) -> memoryview:
-    """A tensor's raw little-endian bytes (safetensors' and torch's order on every host this tool supports)."""
-    return memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())

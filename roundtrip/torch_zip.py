@@ -27,15 +27,15 @@ import re
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
-from roundtrip.dtypes import Cast
+from roundtrip.dtypes import Cast, raw_bytes
 from roundtrip.pipeline import write_behind
 
 STORAGE_DTYPES = {
@@ -180,7 +180,7 @@ class _ArchiveReader:
         info = self.members.get(f"data/{key}")
         if info is None:
             raise ArchiveError(f"storage record data/{key} is missing")
-        expected = numel * torch.empty((), dtype=dtype).element_size()
+        expected = numel * dtype.itemsize
         if info.file_size != expected:
             raise ArchiveError(
                 f"storage record data/{key} holds {info.file_size} bytes, its tensors need {expected}"
@@ -373,8 +373,8 @@ def write_state_dict(
 
         def prepared():
             for number, key in enumerate(keys):
-                tensor = cast(key, tensors[key]).contiguous()
-                raw = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+                tensor = cast(key, tensors[key])
+                raw = raw_bytes(tensor)
                 written[key] = (tensor.dtype, tuple(tensor.shape), zlib.crc32(raw))
                 yield f"{top}/data/{number}", raw
 

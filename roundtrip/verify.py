@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType

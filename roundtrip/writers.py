@@ -22,10 +22,10 @@ from typing import Callable, Iterator, Mapping
 import torch
 
 from roundtrip import safetensors_file, torch_zip
-from roundtrip.dtypes import Cast
+from roundtrip.dtypes import Cast, raw_bytes
 from roundtrip.errors import OutputError
-from roundtrip.safetensors_file import Written, raw_bytes
 from roundtrip.readers import HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX
+from roundtrip.safetensors_file import Written
 
 # Temporaries beside DEST: ".DEST.clipconv-new-PID-XXXX" while writing, ".DEST.clipconv-old-PID-XXXX" for a
 # replaced DEST on its way out. The PID tells a later run whether their writer is still alive.
@@ -163,7 +163,7 @@ def write_hf_folder(
     Returns, per weight file name, what each of its tensors must read back as.
     """
     _write_json(folder / HF_CONFIG, config)
-    sizes = {key: tensor.numel() * _element_size(cast.dtype(key, tensor)) for key, tensor in tensors.items()}
+    sizes = {key: tensor.numel() * cast.dtype(key, tensor).itemsize for key, tensor in tensors.items()}
     shards = _split_into_shards(sizes, max_shard_bytes)
     advance = _byte_counter(sum(sizes.values()), progress, after_each)
     if len(shards) == 1:
@@ -214,10 +214,6 @@ def _byte_counter(total: int, progress: Progress, after_each: Callable[[], None]
     return advance
 
 
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def _split_into_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
     shards: list[list[str]] = [[]]
     size = 0
@@ -243,7 +239,7 @@ def write_openai_file(
 ) -> dict[str, Written]:
     """A state dict in torch.save's format, which `clip.load(path, jit=False)` reads, written one
     tensor at a time; returns what each tensor must read back as."""
-    total = sum(t.numel() * _element_size(cast.dtype(key, t)) for key, t in state_dict.items())
+    total = sum(t.numel() * cast.dtype(key, t).itemsize for key, t in state_dict.items())
     with open(path, "wb") as handle:
         records = torch_zip.write_state_dict(handle, state_dict, cast, _byte_counter(total, progress, after_each))
         handle.flush()

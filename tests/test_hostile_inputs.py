@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from roundtrip import convert, safetensors_file
+from roundtrip import safetensors_file
 from roundtrip.torch_zip import read_torchscript_state_dict
 
 from conftest import assert_nothing_left, assert_refused, listing, run_cli
