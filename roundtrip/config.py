@@ -23,6 +23,24 @@ IMAGE_CHANNELS = 3
 ARGMAX_POOLING_EOS_ID = 2
 
 
+# transformers' CLIPConfig defaults for every field that `openai_incompatibilities` reads: a folder's config.json
+# may leave any of them out. Spelled out so that to-openai --no-verify need not import transformers;
+# tests/test_config.py checks them against CLIPConfig.
+HF_DEFAULTS = {"projection_dim": 512}
+HF_TOWER_DEFAULTS = {
+    "text_config": {
+        "vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+        "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+        "eos_token_id": 49407,
+    },
+    "vision_config": {
+        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "num_channels": 3, "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+    },
+}
+LEGACY_TOWER_KEYS = {"text_config": "text_config_dict", "vision_config": "vision_config_dict"}
+
+
 class ConfigError(ValueError):
     """Tensor shapes or a config that no OpenAI CLIP architecture explains."""
 
@@ -139,10 +157,24 @@ def _layer_count(layers: dict[str, set[int]], tower: str) -> int:
     return len(found)
 
 
+def resolved_hf_config(config: Mapping) -> dict:
+    """The fields of a folder's config.json that this tool reads, with the defaults CLIPConfig fills in."""
+    resolved = {**HF_DEFAULTS, **{key: config[key] for key in HF_DEFAULTS if key in config}}
+    for tower, defaults in HF_TOWER_DEFAULTS.items():
+        given = config.get(tower) or {}
+        legacy = config.get(LEGACY_TOWER_KEYS[tower])  # older hub configs; CLIPConfig lets it win over `tower`
+        for name, value in ((tower, given), (LEGACY_TOWER_KEYS[tower], legacy or {})):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name} should be a JSON object, found {type(value).__name__}")
+        fields = {**defaults, **legacy} if legacy else {**defaults, **given}
+        resolved[tower] = {key: fields[key] for key in defaults}
+    return resolved
+
+
 def openai_incompatibilities(hf_config: Mapping, architecture: Architecture) -> list[str]:
     """Every way an HF config departs from what OpenAI's model code can represent.
 
-    `hf_config` is a resolved `CLIPConfig.to_dict()` (defaults filled in);
+    `hf_config` is resolved (`resolved_hf_config`: defaults filled in);
     `architecture` is what the tensors say. An empty list means faithful.
     """
     wanted = architecture.hf_config()

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from roundtrip import __version__, dtypes, hf_extras, mapping, readers, verify, writers
-from roundtrip.config import Architecture, ConfigError, openai_incompatibilities
+from roundtrip.config import Architecture, ConfigError, openai_incompatibilities, resolved_hf_config
 from roundtrip.errors import InputError
 from roundtrip.mapping import MappingError
 from roundtrip.ops import OperationError
@@ -169,8 +169,10 @@ def convert_to_openai(
     with _as_input_error(source):
         openai_weights = mapping.to_openai(folder.tensors, deferred=True)  # fused when written
         architecture = Architecture.from_openai_state_dict(openai_weights)
-    hf_config = _resolved_hf_config(source, folder.config)
-    problems = openai_incompatibilities(hf_config, architecture)
+    try:
+        problems = openai_incompatibilities(resolved_hf_config(folder.config), architecture)
+    except ConfigError as error:
+        raise InputError(source / readers.HF_CONFIG, f"is not a valid CLIP config ({error})") from None
     if problems:
         raise InputError(source, "OpenAI's CLIP code cannot represent this model: " + "; ".join(problems))
     if dtype == "restore":
@@ -183,11 +185,11 @@ def convert_to_openai(
         if verify_logits:
             report("Verifying logits against transformers, alongside writing")
             verification_job = background.submit(lambda: verify.max_logit_difference(
-                cast.all(openai_weights), hf_config, architecture))  # cast in the background
+                cast.all(openai_weights), folder.config, architecture))  # cast in the background
         report(f"Writing {len(output)} tensors")
         expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release)
         written = readers.read_openai_checkpoint(staging)
-        writers.confirm_tensors(written.tensors, expected, dest, after_each=written.release)
+        writers.confirm_tensors(written.tensors, expected, dest)
         if verify_logits:
             # Verification ran on the tensors in memory, which the file was just proven to hold.
             summary.max_logit_difference = verification_job.result()
@@ -205,13 +207,3 @@ def _tokenizer_warnings(folder: Path) -> list[str]:
     if difference is None:
         return []
     return [f"clip.tokenize will not reproduce this folder's tokenizer: {folder}: {difference}"]
-
-
-def _resolved_hf_config(source: Path, config: dict) -> dict:
-    """The folder's config with transformers' defaults filled in."""
-    from transformers import CLIPConfig
-
-    try:
-        return CLIPConfig.from_dict(config).to_dict()
-    except Exception as error:  # noqa: BLE001 - transformers raises many types for bad configs
-        raise InputError(source / readers.HF_CONFIG, f"is not a valid CLIP config ({error})") from None

@@ -7,7 +7,7 @@ and `clipconv --help` should not wait for torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 if TYPE_CHECKING:
     import torch
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 FLOAT_CHOICES = ("float32", "float16", "bfloat16")
 TO_HF_CHOICES = (*FLOAT_CHOICES, "keep")  # default float32, the hub convention
 TO_OPENAI_CHOICES = ("restore", "keep", *FLOAT_CHOICES)  # default restore what to-hf recorded
+SCRATCH_BYTES = 8 * 2**20  # room for one piece of a tensor being cast while written
 
 
 def dtype_name(dtype: "torch.dtype") -> str:
@@ -36,6 +37,31 @@ def raw_bytes(tensor: "torch.Tensor") -> memoryview:
     import torch
 
     return memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def cast_in_pieces(tensor, dtype: "torch.dtype", scratch: "torch.Tensor") -> Iterator[memoryview]:
+    """The bytes of `tensor` in `dtype`, in C order, as pieces no larger than `scratch` (a reused uint8
+    tensor) unless no cast is needed: a cast never allocates fresh memory the size of a tensor, which on a
+    virtual machine costs more than the cast itself. `tensor` may also be a `mapping.Deferred`.
+    Each piece is valid until the next one is asked for."""
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):  # computed on demand: small (one fused q/k/v)
+        yield raw_bytes(tensor.to(dtype))
+        return
+    if tensor.dtype == dtype and tensor.is_contiguous():
+        yield raw_bytes(tensor)  # a view of the input's memory map: nothing to copy
+        return
+    rows = tensor.reshape(1, 1) if tensor.dim() == 0 else tensor.unsqueeze(1) if tensor.dim() == 1 else tensor
+    rows = rows.flatten(1)  # a view: OpenAI's 4-D conv weight is contiguous, its 2-D transposes need no flattening
+    row_bytes = rows.shape[1] * dtype.itemsize
+    step = max(1, scratch.numel() // max(row_bytes, 1))
+    for start in range(0, rows.shape[0], step):
+        part = rows[start : start + step]
+        size = part.numel() * dtype.itemsize
+        space = scratch[:size] if size <= scratch.numel() else torch.empty(size, dtype=torch.uint8)
+        space.view(dtype).view(part.shape).copy_(part)
+        yield memoryview(space.numpy())
 
 
 @dataclass(frozen=True)

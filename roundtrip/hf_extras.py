@@ -10,11 +10,14 @@ package. The image processor settings spell out `clip.clip._transform(n_px)`.
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from roundtrip.config import Architecture
-from roundtrip.verify import OPENAI_MEAN, OPENAI_STD, TOLERANCE, openai_code
+from roundtrip.verify import OPENAI_MEAN, OPENAI_STD, TOLERANCE
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -30,6 +33,10 @@ END_OF_TEXT = "<|endoftext|>"
 SPECIAL_TOKENS = {
     "bos_token": START_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT, "pad_token": END_OF_TEXT,
 }
+WORD_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"
+                r"[^\s\p{L}\p{N}]+")
+BPE_TABLE = "bpe_simple_vocab_16e6.txt.gz"  # inside the clip package
+BPE_MERGES = 49152 - 256 - 2  # how many of its merges clip.simple_tokenizer uses
 MERGES_HEADER = "#version: 0.2"  # first line of the hub's merges.txt; readers of the format skip it
 MIN_CONTEXT_LENGTH = 2  # room for the start and end tokens
 PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what clip's Resize(n_px, BICUBIC) uses on PIL images
@@ -44,10 +51,26 @@ class BPETable:
 
 @functools.lru_cache(maxsize=1)
 def openai_bpe() -> BPETable:
-    """OpenAI's vocabulary (49408 tokens) and merges, exactly as clip.simple_tokenizer builds them."""
-    tokenizer = openai_code("simple_tokenizer").SimpleTokenizer()
-    merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
-    return BPETable(dict(tokenizer.encoder), [tuple(pair) for pair in merges])
+    """OpenAI's vocabulary (49408 tokens) and merges, built as clip.simple_tokenizer builds them from the
+    table shipped in the clip package, without importing it (tests compare the two)."""
+    package = importlib.util.find_spec("clip")  # finds, does not import
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("OpenAI's CLIP code is missing: pip install clip-anytorch")
+    table = Path(package.submodule_search_locations[0]) / BPE_TABLE
+    lines = gzip.decompress(table.read_bytes()).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 1 + BPE_MERGES]]  # line 0 is a version header
+    symbols = list(_byte_symbols())
+    vocab = [*symbols, *(symbol + "</w>" for symbol in symbols), *("".join(pair) for pair in merges),
+             START_OF_TEXT, END_OF_TEXT]
+    return BPETable({token: rank for rank, token in enumerate(vocab)}, merges)
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-to-character table, in clip.simple_tokenizer.bytes_to_unicode's order: printable
+    Latin-1 bytes stand for themselves, the other bytes for characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return [*map(chr, printable), *(chr(256 + n) for n in range(len(others)))]
 
 
 def tokenizer_mismatch(architecture: Architecture) -> str | None:
@@ -63,11 +86,7 @@ def tokenizer_mismatch(architecture: Architecture) -> str | None:
 
 def tokenizer_files(context_length: int) -> dict[str, str]:
     """vocab.json and merges.txt (the hub's format), and what CLIPTokenizer/CLIPTokenizerFast load directly."""
-    from transformers import CLIPTokenizer
-
     bpe = openai_bpe()
-    # tokenizer.json comes from transformers' own class, so its pipeline is the one transformers expects.
-    tokenizer = CLIPTokenizer(vocab=bpe.vocab, merges=bpe.merges, model_max_length=context_length, **SPECIAL_TOKENS)
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": context_length,
@@ -79,9 +98,44 @@ def tokenizer_files(context_length: int) -> dict[str, str]:
     return {
         VOCAB_FILE: _json(bpe.vocab, indent=None),
         MERGES_FILE: "\n".join([MERGES_HEADER, *(" ".join(pair) for pair in bpe.merges)]) + "\n",
-        TOKENIZER_JSON: tokenizer.backend_tokenizer.to_str(pretty=True) + "\n",
+        TOKENIZER_JSON: json.dumps(tokenizer_json(bpe), ensure_ascii=False) + "\n",
         TOKENIZER_CONFIG: _json(config),
         SPECIAL_TOKENS_MAP: _json(SPECIAL_TOKENS),
+    }
+
+
+def tokenizer_json(bpe: BPETable) -> dict:
+    """The `tokenizers` pipeline that transformers' CLIPTokenizer builds for this table, which it would write
+    as tokenizer.json (a test compares the two), built here without the cost of importing transformers."""
+    special = [
+        {"id": bpe.vocab[token], "content": token, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": True}
+        for token in (START_OF_TEXT, END_OF_TEXT)
+    ]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": special,
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": " "}, {"type": "Lowercase"},
+        ]},
+        # clip.simple_tokenizer's word pattern
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": WORD_PATTERN}, "behavior": "Removed", "invert": True},
+            byte_level,
+        ]},
+        "post_processor": {
+            "type": "RobertaProcessing", "sep": [END_OF_TEXT, bpe.vocab[END_OF_TEXT]],
+            "cls": [START_OF_TEXT, bpe.vocab[START_OF_TEXT]], "trim_offsets": False, "add_prefix_space": False,
+        },
+        "decoder": {**byte_level, "add_prefix_space": True},
+        "model": {
+            "type": "BPE", "dropout": None, "unk_token": END_OF_TEXT, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "</w>", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+            "vocab": bpe.vocab, "merges": [list(pair) for pair in bpe.merges],
+        },
     }
 
 

@@ -17,15 +17,14 @@ import json
 import mmap
 import os
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
-from roundtrip.dtypes import Cast, raw_bytes
-from roundtrip.pipeline import write_behind
+from roundtrip.dtypes import SCRATCH_BYTES, Cast, cast_in_pieces
+from roundtrip.output_file import OutputFile
 
 MAX_HEADER_BYTES = 100 * 2**20  # the official library's limit
 HEADER_ALIGNMENT = 8
@@ -45,11 +44,10 @@ class SafetensorsError(ValueError):
 
 @dataclass(frozen=True)
 class Written:
-    """What a tensor written to disk must read back as."""
+    """What a tensor written to disk must read back as. Its bytes were compared as each block was written."""
 
     dtype: torch.dtype
     shape: tuple[int, ...]
-    crc32: int
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Callable[[], None]]:
@@ -62,24 +60,11 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Callable[
     return tensors, metadata, lambda: mapped.madvise(mmap.MADV_DONTNEED)
 
 
-def checksums(path: Path) -> dict[str, Written]:
-    """Dtype, shape and CRC-32 of every tensor in a file, read in pieces (no whole-file mapping)."""
-    found = {}
+def layout(path: Path) -> dict[str, Written]:
+    """Name, dtype and shape of every tensor in a file, from its header alone, checked as `read` checks it."""
     with open(path, "rb") as handle:
-        entries, _, data_start = _read_header(handle)
-        for name, (dtype, shape, begin, end) in entries.items():
-            found[name] = Written(dtype, tuple(shape), _crc_of_range(handle, data_start + begin, end - begin))
-    return found
-
-
-def _crc_of_range(handle, start: int, length: int, chunk: int = 64 * 2**20) -> int:
-    crc, done = 0, 0
-    while done < length:
-        piece = os.pread(handle.fileno(), min(chunk, length - done), start + done)
-        if not piece:
-            raise SafetensorsError("file ended while reading a tensor")
-        crc, done = zlib.crc32(piece, crc), done + len(piece)
-    return crc
+        entries, _, _ = _read_header(handle)
+    return {name: Written(dtype, tuple(shape)) for name, (dtype, shape, _, _) in entries.items()}
 
 
 def _read_header(handle) -> tuple[dict, dict[str, str], int]:
@@ -177,7 +162,7 @@ def write(
     cast: Cast = Cast(),
     advance: Callable[[int], None] = lambda _: None,
 ) -> dict[str, Written]:
-    """Stream tensors into one safetensors file, casting one at a time; return what must read back."""
+    """Stream tensors into one safetensors file, casting while writing; return what must read back."""
     dtypes = {name: cast.dtype(name, tensor) for name, tensor in tensors.items()}
     # Larger elements first, as the official library does, so every tensor starts aligned.
     order = sorted(tensors, key=lambda name: (-dtypes[name].itemsize, name))
@@ -190,24 +175,12 @@ def write(
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
-    written = {}
-
-    def prepared():
+    scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
+    with OutputFile(path) as output:
+        output.write(struct.pack("<Q", len(encoded)))
+        output.write(encoded)
         for name in order:
-            raw = raw_bytes(cast(name, tensors[name]))
-            written[name] = Written(dtypes[name], tuple(tensors[name].shape), zlib.crc32(raw))
-            yield raw
-
-    def write_one(raw: memoryview) -> None:
-        handle.write(raw)
-        advance(len(raw))
-
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
-        write_behind(write_one, prepared())
-        handle.flush()
-        os.fsync(handle.fileno())
-    return written
-
-
+            for piece in cast_in_pieces(tensors[name], dtypes[name], scratch):
+                output.write(piece)
+            advance(header[name]["data_offsets"][1] - header[name]["data_offsets"][0])
+    return {name: Written(dtypes[name], tuple(tensors[name].shape)) for name in order}

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import ast
 import io
+import math
 import mmap
 import pickle
 import re
 import struct
 import zipfile
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,8 +35,8 @@ from typing import Callable, Mapping
 
 import torch
 
-from roundtrip.dtypes import Cast, raw_bytes
-from roundtrip.pipeline import write_behind
+from roundtrip.dtypes import SCRATCH_BYTES, Cast, cast_in_pieces
+from roundtrip.output_file import OutputFile
 
 STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
@@ -353,50 +353,39 @@ PADDING_FIELD = b"FB"  # the zip extra-field id torch uses for that padding
 
 
 def write_state_dict(
-    file,
+    path: Path,
     tensors: Mapping[str, torch.Tensor],
     cast: Cast,
-    after_each: Callable[[int], None] = lambda _: None,
-) -> dict[str, tuple[torch.dtype, tuple[int, ...], int]]:
-    """Write `tensors` to `file` (a path or binary file) as torch.save would: a zip with data.pkl and one
-    data/<n> record per tensor, one tensor at a time. Returns each tensor's (dtype, shape, CRC-32).
-
-    `cast(key, tensor)` gives the tensor to write; it is called once per tensor, while writing.
-    """
+    advance: Callable[[int], None] = lambda _: None,
+) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Write `tensors` to `path` as torch.save would: a zip with data.pkl and one data/<n> record per
+    tensor, cast while writing, one tensor at a time. Returns each tensor's (dtype, shape)."""
     top = "archive"
-    keys = list(tensors)
-    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
-        specs = {key: (cast.dtype(key, tensors[key]), tuple(tensors[key].shape)) for key in keys}
+    specs = {key: (cast.dtype(key, tensor), tuple(tensor.shape)) for key, tensor in tensors.items()}
+    scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
+    # OutputFile cannot seek, so zipfile puts each record's CRC in a data descriptor after it.
+    with OutputFile(path) as output, zipfile.ZipFile(output, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{top}/data.pkl", _pickle_state_dict(specs))
         archive.writestr(f"{top}/byteorder", b"little")
-        written = {}
-
-        def prepared():
-            for number, key in enumerate(keys):
-                tensor = cast(key, tensors[key])
-                raw = raw_bytes(tensor)
-                written[key] = (tensor.dtype, tuple(tensor.shape), zlib.crc32(raw))
-                yield f"{top}/data/{number}", raw
-
-        def write_one(record: tuple[str, memoryview]) -> None:
-            name, raw = record
-            _write_aligned(archive, name, raw)
-            after_each(len(raw))
-
-        write_behind(write_one, prepared())
+        for number, (key, (dtype, shape)) in enumerate(specs.items()):
+            size = math.prod(shape) * dtype.itemsize
+            with _open_aligned(archive, f"{top}/data/{number}", size) as record:
+                for piece in cast_in_pieces(tensors[key], dtype, scratch):
+                    record.write(piece)
+            advance(size)
         archive.writestr(f"{top}/version", b"3\n")
-    return written
+    return specs
 
 
-def _write_aligned(archive: zipfile.ZipFile, name: str, raw: memoryview) -> None:
+def _open_aligned(archive: zipfile.ZipFile, name: str, size: int):
+    """A new record whose data starts on a RECORD_ALIGNMENT boundary, as torch requires."""
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_STORED
-    info.file_size = len(raw)
+    info.file_size = size
     header_end = archive.fp.tell() + 30 + len(name.encode()) + 4  # local header, name, padding field header
     padding = -header_end % RECORD_ALIGNMENT
     info.extra = PADDING_FIELD + struct.pack("<H", padding) + b"Z" * padding
-    with archive.open(info, "w") as record:
-        record.write(raw)
+    return archive.open(info, "w")
 
 
 def _pickle_state_dict(specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]) -> bytes:

@@ -43,3 +43,20 @@ texts = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs", "Cn")), max_size=200),
     st.builds(lambda words, gap: gap.join(words), _words, st.sampled_from([" ", "  ", "\t", "\n", " \u00a0 "])),
 )
+
+
+@st.composite
+def hf_configs(draw) -> tuple[Architecture, dict]:
+    """An architecture and config.json as folders in the wild have it: this tool's full config for it, with
+    any fields (or a whole tower) left out, and towers sometimes under the legacy `*_config_dict` keys."""
+    architecture = draw(architectures())
+    config = architecture.hf_config()
+    if draw(st.booleans()):
+        del config["projection_dim"]
+    for tower in ("text_config", "vision_config"):
+        fields = config.pop(tower)
+        kept = {key: value for key, value in fields.items() if draw(st.booleans())}
+        where = draw(st.sampled_from([tower, f"{tower}_dict", None]))
+        if where:
+            config[where] = kept
+    return architecture, config

@@ -253,3 +253,21 @@ def test_usage_errors_exit_2(args):
     assert run_cli(*args).exit_code == 2
 
 
+
+
+# Run in a fresh interpreter: the test session itself has imported transformers and clip long ago.
+_IMPORTS_AFTER_CONVERTING = """
+import sys
+from roundtrip.cli import main
+main.main(sys.argv[1:], standalone_mode=False)
+print(",".join(sorted({name.split(".")[0] for name in sys.modules} & {"transformers", "clip", "torchvision"})))
+"""
+
+
+def test_no_verify_converts_both_ways_without_importing_transformers_or_clip(tmp_path, demo_state_dict_file):
+    for args in (["to-hf", demo_state_dict_file, tmp_path / "hf"], ["to-openai", tmp_path / "hf", tmp_path / "back.pt"]):
+        done = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER_CONVERTING, *map(str, args), "--no-verify"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "", f"{args[0]} --no-verify imported {done.stdout.splitlines()[-1]}"
+    assert_identical(torch.load(tmp_path / "back.pt", weights_only=True), torch.load(demo_state_dict_file, weights_only=True))

@@ -8,10 +8,12 @@ clip.tokenize pads with 0 and transformers with the pad token (49407).
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import given, settings
 
+from roundtrip import hf_extras
 from roundtrip.examples import DEMO
 
 from conftest import HF_FOLDER_FILES, convert_random_checkpoint, import_clip, listing
@@ -97,6 +99,24 @@ def auto_tokenizer(demo_hf_folder):
 @pytest.fixture(scope="module")
 def corpus_reference(corpus) -> list[list[int]]:
     return clip_reference(corpus)
+
+
+def test_bpe_table_is_the_one_clip_simple_tokenizer_builds():
+    reference = import_clip().simple_tokenizer.SimpleTokenizer()
+    table = hf_extras.openai_bpe()
+    assert table.vocab == reference.encoder
+    assert table.merges == sorted(reference.bpe_ranks, key=reference.bpe_ranks.get)
+
+
+def test_tokenizer_json_is_the_pipeline_transformers_builds_for_openais_table(demo_hf_folder):
+    """to-hf writes tokenizer.json without importing transformers; this pins it to what transformers' own
+    CLIPTokenizer builds from the same vocabulary and merges."""
+    from transformers import CLIPTokenizer
+
+    bpe = hf_extras.openai_bpe()
+    built = CLIPTokenizer(vocab=bpe.vocab, merges=bpe.merges, **hf_extras.SPECIAL_TOKENS)
+    written = json.loads((demo_hf_folder / hf_extras.TOKENIZER_JSON).read_text(encoding="utf-8"))
+    assert written == json.loads(built.backend_tokenizer.to_str())
 
 
 @pytest.mark.parametrize("loader", LOADERS)
