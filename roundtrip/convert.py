@@ -95,7 +95,7 @@ def convert_to_hf(
         written = writers.write_hf_folder(
             staging, architecture.hf_config(), hf_weights,
             {"format": "pt", METADATA_KEY: provenance.to_json()}, cast, max_shard_bytes, progress,
-            after_each=checkpoint.release,
+            after_each=checkpoint.release, read_back=verify_logits,
         )
         summary.files = list(written)
         writers.confirm_hf_folder(staging, written, dest)
@@ -103,7 +103,7 @@ def convert_to_hf(
         processing, summary.notes = processing_job.result()
         writers.write_text_files(staging, processing)
         if verify_logits:
-            # Verification ran on the tensors in memory, which the files were just proven to hold.
+            # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
             summary.max_logit_difference = verification_job.result()
             verify.require_agreement(dest, summary.max_logit_difference)
         # Last, because the card reports the verification figure.
@@ -187,11 +187,12 @@ def convert_to_openai(
             verification_job = background.submit(lambda: verify.max_logit_difference(
                 cast.all(openai_weights), folder.config, architecture))  # cast in the background
         report(f"Writing {len(output)} tensors")
-        expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release)
+        expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release,
+                                             read_back=verify_logits)
         written = readers.read_openai_checkpoint(staging)
         writers.confirm_tensors(written.tensors, expected, dest)
         if verify_logits:
-            # Verification ran on the tensors in memory, which the file was just proven to hold.
+            # Verification ran on the tensors in memory; the file's bytes were read back from disk as written.
             summary.max_logit_difference = verification_job.result()
             verify.require_agreement(dest, summary.max_logit_difference)
     return summary

@@ -1,17 +1,18 @@
-"""One large output file, written in aligned blocks that bypass the page cache, each read back as written.
+"""One large output file, written in aligned blocks that bypass the page cache, optionally read back.
 
 Why not plain buffered writes: a conversion writes gigabytes once and never reads them
 again. Through the page cache every written byte first needs a fresh page of memory,
 which on a virtual machine costs about 2 s per GB the first time it is touched, and
-fsync must flush it all at the end anyway. With O_DIRECT the bytes go from two reused
-buffers straight to the disk: memory stays flat however large the model, and the
-second thread writes one block while the caller fills the other. Where a filesystem
-refuses O_DIRECT (tmpfs, some network filesystems) the same code writes through the
-page cache.
+fsync must flush it all at the end anyway. With O_DIRECT the bytes go from a few reused
+buffers straight to the disk: memory stays flat however large the model, and two
+writer threads keep the disk busy while the caller fills the next block. Where a
+filesystem refuses O_DIRECT (some network filesystems, older tmpfs) the same code
+writes through the page cache.
 
-After each block is written, the second thread reads it back from the file and
-compares it byte for byte (memcmp) with what was sent, so a finished file is one
-whose every byte was seen on disk.
+With `read_back`, a writer thread reads each block back from the file after writing
+it and compares it byte for byte (memcmp) with what was sent. That doubles the disk
+traffic, so the converter asks for it when it verifies (the logit check takes longer
+than the reading) and not under --no-verify.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 BLOCK_BYTES = 16 * 2**20
+BLOCKS = 3  # one being filled, two on their way to disk
+WRITERS = 2  # two transfers in flight keep the disk busier than one
 ALIGNMENT = 4096  # O_DIRECT needs offsets, lengths and addresses aligned to the device's block size
 _memcmp = ctypes.CDLL(None).memcmp
 _memcmp.restype = ctypes.c_int
@@ -45,7 +48,10 @@ class _Buffer:
 
     def close(self) -> None:
         del self._exported  # the mapping cannot close while ctypes holds a view of it
-        self.memory.close()
+        try:
+            self.memory.close()
+        except BufferError:  # a failed transfer's traceback still holds a view; unmapped when it goes
+            pass
 
 
 class OutputFile:
@@ -54,15 +60,17 @@ class OutputFile:
     Not seekable, on purpose: zipfile then writes data descriptors instead of seeking back.
     """
 
-    def __init__(self, path: Path, block_bytes: int = BLOCK_BYTES):
+    def __init__(self, path: Path, read_back: bool = True, block_bytes: int | None = None):
+        block_bytes = block_bytes or BLOCK_BYTES
+        self.read_back = read_back
         self._fd, self.direct = _open(path)
-        self._blocks = [_Buffer(block_bytes), _Buffer(block_bytes)]
-        self._check = _Buffer(block_bytes)
+        self._blocks = [_Buffer(block_bytes) for _ in range(BLOCKS)]
+        self._checks = [_Buffer(block_bytes) for _ in range(BLOCKS if read_back else 0)]  # to read each back into
         self._current = 0  # index of the block being filled
         self._filled = 0  # bytes in it
         self._offset = 0  # where it goes in the file
-        self._pending: Future | None = None  # the other block, being written
-        self._writer = ThreadPoolExecutor(max_workers=1)
+        self._pending: list[Future | None] = [None] * BLOCKS  # each block's write and read-back
+        self._writer = ThreadPoolExecutor(max_workers=WRITERS)
         self.closed = False
 
     def writable(self) -> bool:
@@ -98,7 +106,7 @@ class OutputFile:
         try:
             length = self.tell()
             self._hand_over_block()
-            self._wait()
+            self._wait_all()
             os.ftruncate(self._fd, length)  # O_DIRECT wrote the last block padded to ALIGNMENT
             os.fsync(self._fd)
         finally:
@@ -120,47 +128,54 @@ class OutputFile:
             self.abort()
 
     def _hand_over_block(self) -> None:
-        self._wait()  # the other block is free again once its write is done
         if self._filled:
-            self._pending = self._writer.submit(self._write_block, self._blocks[self._current], self._filled,
-                                                self._offset)
+            self._pending[self._current] = self._writer.submit(
+                self._write_block, self._current, self._filled, self._offset)
         self._offset += self._filled
         self._filled = 0
-        self._current ^= 1
+        self._current = (self._current + 1) % BLOCKS
+        self._wait(self._current)  # the next block is free again once its write is done
 
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
+    def _wait(self, index: int) -> None:
+        if self._pending[index] is not None:
+            pending, self._pending[index] = self._pending[index], None
             pending.result()  # raises the writer thread's error here
 
-    def _write_block(self, block: _Buffer, length: int, offset: int) -> None:
+    def _wait_all(self) -> None:
+        for index in range(BLOCKS):
+            self._wait(index)
+
+    def _write_block(self, index: int, length: int, offset: int) -> None:
         try:
-            self._transfer_block(block, length, offset)
+            self._transfer_block(index, length, offset)
         except OSError as error:
             if not (self.direct and error.errno == errno.EINVAL):
                 raise
             # The filesystem took O_DIRECT at open but not these transfers: go through the page cache.
             fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
             self.direct = False
-            self._transfer_block(block, length, offset)
-        if _memcmp(block.address, self._check.address, length):
-            raise ReadBackError(errno.EIO, f"bytes {offset}-{offset + length} read back differently")
+            self._transfer_block(index, length, offset)
 
-    def _transfer_block(self, block: _Buffer, length: int, offset: int) -> None:
+    def _transfer_block(self, index: int, length: int, offset: int) -> None:
+        block = self._blocks[index]
         padded = -(-length // ALIGNMENT) * ALIGNMENT if self.direct else length
         block.memory[length:padded] = bytes(padded - length)
         _transfer(os.pwrite, self._fd, memoryview(block.memory)[:padded], offset)
-        _transfer(_pread_into, self._fd, memoryview(self._check.memory)[:padded], offset)
+        if self.read_back:
+            check = self._checks[index]
+            _transfer(_pread_into, self._fd, memoryview(check.memory)[:padded], offset)
+            if _memcmp(block.address, check.address, length):
+                raise ReadBackError(errno.EIO, f"bytes {offset}-{offset + length} read back differently")
 
     def _release(self) -> None:
         try:
-            self._wait()
+            self._wait_all()
         except OSError:
             pass  # already reported by the write that failed
         finally:
             self._writer.shutdown(wait=True)
             os.close(self._fd)
-            for buffer in (*self._blocks, self._check):
+            for buffer in (*self._blocks, *self._checks):
                 buffer.close()
 
 

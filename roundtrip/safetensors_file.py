@@ -161,8 +161,10 @@ def write(
     metadata: Mapping[str, str],
     cast: Cast = Cast(),
     advance: Callable[[int], None] = lambda _: None,
+    read_back: bool = True,
 ) -> dict[str, Written]:
-    """Stream tensors into one safetensors file, casting while writing; return what must read back."""
+    """Stream tensors into one safetensors file, casting while writing; return what must read back.
+    With `read_back`, every block of the file is read back from disk and compared as it is written."""
     dtypes = {name: cast.dtype(name, tensor) for name, tensor in tensors.items()}
     # Larger elements first, as the official library does, so every tensor starts aligned.
     order = sorted(tensors, key=lambda name: (-dtypes[name].itemsize, name))
@@ -176,7 +178,7 @@ def write(
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
     scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
-    with OutputFile(path) as output:
+    with OutputFile(path, read_back) as output:
         output.write(struct.pack("<Q", len(encoded)))
         output.write(encoded)
         for name in order:

@@ -357,14 +357,16 @@ def write_state_dict(
     tensors: Mapping[str, torch.Tensor],
     cast: Cast,
     advance: Callable[[int], None] = lambda _: None,
+    read_back: bool = True,
 ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """Write `tensors` to `path` as torch.save would: a zip with data.pkl and one data/<n> record per
-    tensor, cast while writing, one tensor at a time. Returns each tensor's (dtype, shape)."""
+    tensor, cast while writing, one tensor at a time. Returns each tensor's (dtype, shape).
+    With `read_back`, every block of the file is read back from disk and compared as it is written."""
     top = "archive"
     specs = {key: (cast.dtype(key, tensor), tuple(tensor.shape)) for key, tensor in tensors.items()}
     scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
     # OutputFile cannot seek, so zipfile puts each record's CRC in a data descriptor after it.
-    with OutputFile(path) as output, zipfile.ZipFile(output, "w", compression=zipfile.ZIP_STORED) as archive:
+    with OutputFile(path, read_back) as output, zipfile.ZipFile(output, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{top}/data.pkl", _pickle_state_dict(specs))
         archive.writestr(f"{top}/byteorder", b"little")
         for number, (key, (dtype, shape)) in enumerate(specs.items()):

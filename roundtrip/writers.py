@@ -156,8 +156,9 @@ def write_hf_folder(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: Progress = lambda done, total: None,
     after_each: Callable[[], None] = lambda: None,
+    read_back: bool = True,
 ) -> dict[str, dict[str, Written]]:
-    """Write config.json and model.safetensors (or shards plus an index).
+    """Write config.json and model.safetensors (or shards plus an index), reading each block back if asked.
 
     Returns, per weight file name, what each of its tensors must read back as.
     """
@@ -170,7 +171,8 @@ def write_hf_folder(
     else:
         names = [f"model-{n:05d}-of-{len(shards):05d}.safetensors" for n in range(1, len(shards) + 1)]
     written = {
-        name: safetensors_file.write(folder / name, {key: tensors[key] for key in shard}, metadata, cast, advance)
+        name: safetensors_file.write(
+            folder / name, {key: tensors[key] for key in shard}, metadata, cast, advance, read_back)
         for name, shard in zip(names, shards)
     }
     if len(shards) > 1:
@@ -236,11 +238,13 @@ def confirm_hf_folder(folder: Path, expected: dict[str, dict[str, Written]], des
 def write_openai_file(
     path: Path, state_dict: Mapping[str, torch.Tensor], cast: Cast = Cast(),
     progress: Progress = lambda done, total: None, after_each: Callable[[], None] = lambda: None,
+    read_back: bool = True,
 ) -> dict[str, Written]:
     """A state dict in torch.save's format, which `clip.load(path, jit=False)` reads, written one
-    tensor at a time; returns what each tensor must read back as."""
+    tensor at a time, reading each block back if asked; returns what each tensor must read back as."""
     total = sum(t.numel() * cast.dtype(key, t).itemsize for key, t in state_dict.items())
-    records = torch_zip.write_state_dict(path, state_dict, cast, _byte_counter(total, progress, after_each))
+    advance = _byte_counter(total, progress, after_each)
+    records = torch_zip.write_state_dict(path, state_dict, cast, advance, read_back)
     return {key: Written(*record) for key, record in records.items()}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import strategies as st
 
 from roundtrip.config import HEAD_WIDTH, Architecture
@@ -60,3 +62,9 @@ def hf_configs(draw) -> tuple[Architecture, dict]:
         if where:
             config[where] = kept
     return architecture, config
+
+# What an output file is written in: chunks of any size, including empty ones and ones larger than a block.
+byte_chunks = st.lists(st.one_of(
+    st.binary(max_size=100),
+    st.builds(lambda size, seed: random.Random(seed).randbytes(size), st.integers(0, 40_000), seeds),
+), max_size=12)

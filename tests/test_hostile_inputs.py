@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from roundtrip import safetensors_file
+from roundtrip import output_file, safetensors_file
 from roundtrip.torch_zip import read_torchscript_state_dict
 
 from conftest import assert_nothing_left, assert_refused, listing, run_cli
@@ -275,6 +275,44 @@ def test_a_fault_while_writing_the_third_shard_leaves_nothing(tmp_path, demo_sta
                                                                error, message):
     _fail_on_third_shard(monkeypatch, error)
     result = run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--max-shard-size", "5MB")
+    assert_refused(result, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fail_in_the_writer_thread(monkeypatch, fault: str) -> None:
+    """A full disk at the third block write, or a block that reads back differently, both in the
+    thread that writes blocks out, mid-file."""
+    real_pwrite, real_read, writes = os.pwrite, output_file._pread_into, []
+
+    def pwrite(fd, data, offset):
+        writes.append(offset)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    def corrupting_read(fd, view, offset):
+        count = real_read(fd, view, offset)
+        view[count // 2] ^= 1
+        return count
+
+    if fault == "full disk":
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    else:
+        monkeypatch.setattr(output_file, "_pread_into", corrupting_read)
+    monkeypatch.setattr(output_file, "BLOCK_BYTES", 64 * 1024)  # many blocks, even for the demo model
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("full disk", "could not be written: No space left on device"),
+    ("read back differently", "could not be written: bytes 0-65536 read back differently"),
+])
+@pytest.mark.parametrize("direction", ["to-hf", "to-openai"])
+def test_a_fault_in_the_writer_thread_is_one_line_and_leaves_nothing(tmp_path, demo_state_dict_file,
+                                                                    demo_hf_folder, monkeypatch, direction,
+                                                                    fault, message):
+    source = demo_state_dict_file if direction == "to-hf" else demo_hf_folder
+    _fail_in_the_writer_thread(monkeypatch, fault)
+    result = run_cli(direction, source, tmp_path / "out")
     assert_refused(result, message)
     assert list(tmp_path.iterdir()) == []
 
