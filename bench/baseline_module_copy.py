@@ -25,7 +25,7 @@ import sys
 import torch
 
 from roundtrip.config import Architecture
-from roundtrip.verify import PROMPTS, TOLERANCE, import_clip
+from roundtrip.verify import PROMPTS, TOLERANCE
 
 IMAGES = 2
 
@@ -80,7 +80,8 @@ def copy_vision_tower(hf_model, openai_model) -> None:
 
 @torch.no_grad()
 def compare_logits(hf_model, openai_model, architecture: Architecture) -> float:
-    clip = import_clip()
+    import clip
+
     tokens = clip.tokenize(list(PROMPTS), context_length=architecture.context_length)
     size = architecture.image_resolution
     images = torch.randn(IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -91,9 +92,9 @@ def compare_logits(hf_model, openai_model, architecture: Architecture) -> float:
 
 @torch.no_grad()
 def convert(source: str, dest: str) -> float:
+    import clip
     from transformers import CLIPConfig, CLIPModel
 
-    clip = import_clip()
     openai_model, _ = clip.load(source, device="cpu", jit=False)
     openai_model = openai_model.float().eval()
     architecture = Architecture.from_openai_state_dict(openai_model.state_dict())

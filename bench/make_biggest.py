@@ -35,7 +35,7 @@ import torch
 
 from roundtrip.config import Architecture
 from roundtrip.examples import DEMO
-from roundtrip.verify import import_clip
+from roundtrip.verify import openai_code
 
 BIGG = Architecture(embed_dim=1280, image_resolution=224, vision_layers=48, vision_width=1664, vision_patch_size=14,
                     context_length=77, vocab_size=49408, transformer_width=1280, transformer_heads=20,
@@ -49,7 +49,7 @@ ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, skipped fields, name 
 def layout(architecture: Architecture) -> dict[str, torch.Size]:
     """Key names and shapes of OpenAI's state dict, from a model that holds no data."""
     with torch.device("meta"):
-        model = import_clip().model.CLIP(**architecture.clip_kwargs())
+        model = openai_code("model").CLIP(**architecture.clip_kwargs())
     return {key: tensor.shape for key, tensor in model.state_dict().items()}
 
 

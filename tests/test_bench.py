@@ -1,0 +1,37 @@
+"""The benchmark's helpers still run and measure what they claim (`make bench` itself is not part of the suite)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+from roundtrip import safetensors_file
+from roundtrip.examples import DEMO
+
+from conftest import assert_identical, run_cli
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_baseline_module_copy_writes_the_weights_clipconv_writes(tmp_path, demo_state_dict_file):
+    done = subprocess.run([sys.executable, BENCH / "baseline_module_copy.py", demo_state_dict_file, tmp_path / "base"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "ours", "--no-verify").exit_code == 0
+    baseline, _, _ = safetensors_file.read(tmp_path / "base" / "model.safetensors")
+    ours, _, _ = safetensors_file.read(tmp_path / "ours" / "model.safetensors")
+    assert_identical(ours, baseline)
+
+
+def test_biggest_checkpoint_layout_is_openais_state_dict(demo_state_dict):
+    layout = _bench_module("make_biggest").layout(DEMO)
+    assert layout == {key: tensor.shape for key, tensor in demo_state_dict.items()}
