@@ -7,7 +7,7 @@ and `clipconv --help` should not wait for torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -39,29 +39,61 @@ def raw_bytes(tensor: "torch.Tensor") -> memoryview:
     return memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def cast_in_pieces(tensor, dtype: "torch.dtype", scratch: "torch.Tensor") -> Iterator[memoryview]:
-    """The bytes of `tensor` in `dtype`, in C order, as pieces no larger than `scratch` (a reused uint8
-    tensor) unless no cast is needed: a cast never allocates fresh memory the size of a tensor, which on a
-    virtual machine costs more than the cast itself. `tensor` may also be a `mapping.Deferred`.
-    Each piece is valid until the next one is asked for."""
+class Sink(Protocol):
+    """Where cast bytes go: free space to cast into (`reserve`, then `commit` what was filled), or `write`."""
+
+    def reserve(self) -> memoryview: ...
+
+    def commit(self, count: int) -> None: ...
+
+    def write(self, data) -> int: ...
+
+
+def scratch_space() -> memoryview:
+    """Room to cast one piece of a tensor in, for a ScratchSink; made once per file and reused."""
+    return memoryview(bytearray(SCRATCH_BYTES))
+
+
+class ScratchSink:
+    """A Sink for a destination that only takes `write` (a zip record), casting into reused scratch space."""
+
+    def __init__(self, write: Callable[[memoryview], object], scratch: memoryview):
+        self.write = write
+        self._scratch = scratch
+
+    def reserve(self) -> memoryview:
+        return self._scratch
+
+    def commit(self, count: int) -> None:
+        self.write(self._scratch[:count])
+
+
+def cast_into(sink: Sink, tensor, dtype: "torch.dtype") -> None:
+    """Put the bytes of `tensor` in `dtype`, in C order, into `sink`, casting rows straight into its free
+    space: a cast never allocates fresh memory the size of a tensor, which on a virtual machine costs
+    more than the cast itself. `tensor` may also be a `mapping.Deferred`."""
     import torch
 
     if not isinstance(tensor, torch.Tensor):  # computed on demand: small (one fused q/k/v)
-        yield raw_bytes(tensor.to(dtype))
-        return
+        tensor = tensor.to(dtype)
     if tensor.dtype == dtype and tensor.is_contiguous():
-        yield raw_bytes(tensor)  # a view of the input's memory map: nothing to copy
+        sink.write(raw_bytes(tensor))  # a view of the input's memory map: nothing to cast
         return
     rows = tensor.reshape(1, 1) if tensor.dim() == 0 else tensor.unsqueeze(1) if tensor.dim() == 1 else tensor
     rows = rows.flatten(1)  # a view: OpenAI's 4-D conv weight is contiguous, its 2-D transposes need no flattening
     row_bytes = rows.shape[1] * dtype.itemsize
-    step = max(1, scratch.numel() // max(row_bytes, 1))
-    for start in range(0, rows.shape[0], step):
-        part = rows[start : start + step]
-        size = part.numel() * dtype.itemsize
-        space = scratch[:size] if size <= scratch.numel() else torch.empty(size, dtype=torch.uint8)
-        space.view(dtype).view(part.shape).copy_(part)
-        yield memoryview(space.numpy())
+    start = 0
+    while start < rows.shape[0] and row_bytes:
+        space = sink.reserve()
+        count = min(rows.shape[0] - start, len(space) // row_bytes)
+        if count == 0:  # the free space ends inside the next row: cast that row alone
+            sink.write(raw_bytes(rows[start : start + 1].to(dtype)))
+            start += 1
+            continue
+        torch.frombuffer(space, dtype=dtype, count=count * rows.shape[1]).view(count, -1).copy_(
+            rows[start : start + count])
+        sink.commit(count * row_bytes)
+        start += count
 
 
 @dataclass(frozen=True)

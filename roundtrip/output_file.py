@@ -55,7 +55,8 @@ class _Buffer:
 
 
 class OutputFile:
-    """A write-only, append-only binary file: `write`, `tell`, and `close` (which pads, truncates and fsyncs).
+    """A write-only, append-only binary file: `write` (or `reserve` and `commit`, to fill a block in place),
+    `tell`, and `close` (which pads, truncates and fsyncs).
 
     Not seekable, on purpose: zipfile then writes data descriptors instead of seeking back.
     """
@@ -84,6 +85,16 @@ class OutputFile:
 
     def flush(self) -> None:
         """Nothing to do: blocks go to disk when full, the rest in `close`."""
+
+    def reserve(self) -> memoryview:
+        """The free space of the current block, to fill in place and then `commit`."""
+        return memoryview(self._blocks[self._current].memory)[self._filled :]
+
+    def commit(self, count: int) -> None:
+        """`count` bytes at the start of the reserved space now hold data."""
+        self._filled += count
+        if self._filled == len(self._blocks[self._current].memory):
+            self._hand_over_block()
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")

@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from roundtrip.dtypes import SCRATCH_BYTES, Cast, cast_in_pieces
+from roundtrip.dtypes import Cast, cast_into
 from roundtrip.output_file import OutputFile
 
 MAX_HEADER_BYTES = 100 * 2**20  # the official library's limit
@@ -177,12 +177,10 @@ def write(
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
-    scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
     with OutputFile(path, read_back) as output:
         output.write(struct.pack("<Q", len(encoded)))
         output.write(encoded)
         for name in order:
-            for piece in cast_in_pieces(tensors[name], dtypes[name], scratch):
-                output.write(piece)
+            cast_into(output, tensors[name], dtypes[name])
             advance(header[name]["data_offsets"][1] - header[name]["data_offsets"][0])
     return {name: Written(dtypes[name], tuple(tensors[name].shape)) for name in order}

@@ -35,7 +35,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from roundtrip.dtypes import SCRATCH_BYTES, Cast, cast_in_pieces
+from roundtrip.dtypes import Cast, ScratchSink, cast_into, scratch_space
 from roundtrip.output_file import OutputFile
 
 STORAGE_DTYPES = {
@@ -364,7 +364,7 @@ def write_state_dict(
     With `read_back`, every block of the file is read back from disk and compared as it is written."""
     top = "archive"
     specs = {key: (cast.dtype(key, tensor), tuple(tensor.shape)) for key, tensor in tensors.items()}
-    scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
+    scratch = scratch_space()
     # OutputFile cannot seek, so zipfile puts each record's CRC in a data descriptor after it.
     with OutputFile(path, read_back) as output, zipfile.ZipFile(output, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{top}/data.pkl", _pickle_state_dict(specs))
@@ -372,8 +372,7 @@ def write_state_dict(
         for number, (key, (dtype, shape)) in enumerate(specs.items()):
             size = math.prod(shape) * dtype.itemsize
             with _open_aligned(archive, f"{top}/data/{number}", size) as record:
-                for piece in cast_in_pieces(tensors[key], dtype, scratch):
-                    record.write(piece)
+                cast_into(ScratchSink(record.write, scratch), tensors[key], dtype)
             advance(size)
         archive.writestr(f"{top}/version", b"3\n")
     return specs

@@ -68,3 +68,21 @@ byte_chunks = st.lists(st.one_of(
     st.binary(max_size=100),
     st.builds(lambda size, seed: random.Random(seed).randbytes(size), st.integers(0, 40_000), seeds),
 ), max_size=12)
+
+
+@st.composite
+def _cast_case(draw):
+    """A tensor as the mapping hands it to a writer (any rank up to 4, sometimes a transposed view) and a
+    dtype to write it in."""
+    import torch
+
+    shape = draw(st.lists(st.integers(0, 9), max_size=4))
+    source = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.int64]))
+    tensor = torch.randn(shape, generator=torch.Generator().manual_seed(draw(seeds))).to(source)
+    if len(shape) == 2 and draw(st.booleans()):
+        tensor = tensor.t()  # OpenAI's projections, as HF stores them
+    target = source if source == torch.int64 else draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    return tensor, target
+
+
+cast_cases = _cast_case()
