@@ -12,9 +12,10 @@ models and compare their logits, then `save_pretrained(DEST)`.
 Three defects of the original are not reproduced, because they would make it
 either wrong or unable to run here: the config is inferred from the tensor
 shapes (the original hard-codes ViT-B/32), the non-existent
-`visual_model.layer_norm` line is left out, and the logits are compared on real
-`clip.tokenize` prompts (the original's `torch.arange(0, 77)` has no end-of-text
-token, so transformers >= 4.32 pools the text at the wrong position).
+`visual_model.layer_norm` line is left out, and the text is a real `clip.tokenize`
+prompt (the original's `torch.arange(0, 77)` has no end-of-text token, so
+transformers >= 4.32 pools it at the wrong position). The forward pass has the
+original's size: one image and one text of 77 tokens.
 SOURCE must be a `torch.save` state dict or an OpenAI TorchScript archive.
 """
 
@@ -27,7 +28,8 @@ import torch
 from roundtrip.config import Architecture
 from roundtrip.verify import PROMPTS, TOLERANCE
 
-IMAGES = 2
+IMAGES = 1  # as the original: torch.randn(1, 3, 224, 224)
+TEXTS = PROMPTS[:1]  # one text of 77 tokens, as the original's arange(0, 77)
 
 
 def copy_linear(hf_linear, openai_linear) -> None:
@@ -82,7 +84,7 @@ def copy_vision_tower(hf_model, openai_model) -> None:
 def compare_logits(hf_model, openai_model, architecture: Architecture) -> float:
     import clip
 
-    tokens = clip.tokenize(list(PROMPTS), context_length=architecture.context_length)
+    tokens = clip.tokenize(list(TEXTS), context_length=architecture.context_length)
     size = architecture.image_resolution
     images = torch.randn(IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0))
     hf_logits = hf_model(input_ids=tokens, pixel_values=images).logits_per_image

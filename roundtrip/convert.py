@@ -84,13 +84,14 @@ def convert_to_hf(
         )
     summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
     with writers.staged(dest, is_folder=True) as staging, _background() as background:
-        # Compute-bound side jobs run in the background thread, in this order, while this thread writes.
-        processing_job = background.submit(hf_extras.processing_files, architecture)
-        source_hash_job = background.submit(readers.sha256_of, source)
+        # Compute-bound side jobs run in background threads while this thread writes (I/O-bound);
+        # the logit check first, as it takes longest.
         if verify_logits:
             report("Verifying logits against OpenAI's model code, alongside writing")
-            verification_job = background.submit(lambda: verify.max_logit_difference(
-                cast.all(checkpoint.tensors), architecture.hf_config(), architecture))  # cast in the background
+            verification_job = background.submit(
+                verify.max_logit_difference, checkpoint.tensors, architecture.hf_config(), architecture, cast)
+        processing_job = background.submit(hf_extras.processing_files, architecture)
+        source_hash_job = background.submit(readers.sha256_of, source)
         report(f"Writing {len(hf_weights)} tensors")
         written = writers.write_hf_folder(
             staging, architecture.hf_config(), hf_weights,
@@ -102,13 +103,14 @@ def convert_to_hf(
         report("Writing tokenizer and image processor files")
         processing, summary.notes = processing_job.result()
         writers.write_text_files(staging, processing)
+        source_sha256 = source_hash_job.result()
         if verify_logits:
             # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
             summary.max_logit_difference = verification_job.result()
             verify.require_agreement(dest, summary.max_logit_difference)
         # Last, because the card reports the verification figure.
         card = hf_extras.model_card(hf_extras.CardFacts(
-            source_name=source.name, source_sha256=source_hash_job.result(), source_format=checkpoint.format,
+            source_name=source.name, source_sha256=source_sha256, source_format=checkpoint.format,
             source_dtypes=source_dtype_counts, written_dtypes=summary.dtypes, tool=provenance.tool,
             architecture=architecture, max_logit_difference=summary.max_logit_difference, notes=summary.notes,
         ))
@@ -119,10 +121,9 @@ def convert_to_hf(
 
 @contextlib.contextmanager
 def _background() -> Iterator[ThreadPoolExecutor]:
-    """One worker thread for the compute-bound side jobs (tokenizer files, source checksum, logit check)
-    that run while the main thread writes (I/O-bound). One, not two: those jobs import transformers,
-    and a first import of it from two threads at once fails."""
-    pool = ThreadPoolExecutor(max_workers=1)
+    """Threads for the compute-bound side jobs that run while the main thread writes (I/O-bound): the
+    logit check in one, the tokenizer files and the source checksum in the other."""
+    pool = ThreadPoolExecutor(max_workers=2)
     try:
         yield pool
     finally:
@@ -184,8 +185,8 @@ def convert_to_openai(
     with writers.staged(dest, is_folder=False) as staging, _background() as background:
         if verify_logits:
             report("Verifying logits against transformers, alongside writing")
-            verification_job = background.submit(lambda: verify.max_logit_difference(
-                cast.all(openai_weights), folder.config, architecture))  # cast in the background
+            verification_job = background.submit(
+                verify.max_logit_difference, openai_weights, folder.config, architecture, cast)
         report(f"Writing {len(output)} tensors")
         expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release,
                                              read_back=verify_logits)

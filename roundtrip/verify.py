@@ -7,8 +7,10 @@ fp16 and would alone move logits by ~5e-3 for an fp32 checkpoint.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +19,7 @@ from typing import Mapping
 import torch
 
 from roundtrip.config import Architecture
+from roundtrip.dtypes import Cast
 from roundtrip.errors import VerificationError
 
 TOLERANCE = 1e-3
@@ -129,17 +132,27 @@ def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Ten
     return model.eval()(input_ids=tokens, pixel_values=images).logits_per_image
 
 
-def max_logit_difference(openai_weights: Mapping, hf_config: dict, architecture: Architecture) -> float:
-    """Logits of OpenAI's model and of transformers on the same weights, which both share in memory.
+def max_logit_difference(openai_weights: Mapping, hf_config: dict, architecture: Architecture,
+                         written_as: Cast = Cast()) -> float:
+    """Logits of OpenAI's model and of transformers on the same weights (in the dtypes `written_as` gives
+    them), which both share in memory.
 
     The HF tensors are views of the OpenAI ones (q/k/v are slices of in_proj, the projections
-    transposed views), so the model is held in float32 once, not twice.
+    transposed views), so the model is held in float32 once, not twice. transformers is imported
+    in a second thread meanwhile: its import is seconds of Python, the OpenAI model's forward pass
+    is arithmetic that leaves the interpreter free.
     """
     from roundtrip import mapping
 
-    weights = _float32(openai_weights)
-    images, tokens = probe_images(architecture), probe_tokens(architecture)
-    reference = openai_logits(weights, architecture, images, tokens)
+    images, tokens = probe_images(architecture), probe_tokens(architecture)  # imports done before the thread's
+    with ThreadPoolExecutor(max_workers=1) as importer:
+        # OpenAI's model, built on the meta device, needs torch._dynamo; transformers imports it first thing.
+        dynamo = importer.submit(importlib.import_module, "torch._dynamo")
+        transformers = importer.submit(importlib.import_module, "transformers.models.clip.modeling_clip")
+        weights = _float32(written_as.all(openai_weights))
+        dynamo.result()
+        reference = openai_logits(weights, architecture, images, tokens)
+        transformers.result()
     converted = hf_logits(mapping.to_hf(weights), hf_config, images, tokens)
     return (reference - converted).abs().max().item()
 
