@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import torch
-
 from roundtrip import __version__, dtypes, hf_extras, mapping, readers, verify, writers
 from roundtrip.config import Architecture, ConfigError, openai_incompatibilities, resolved_hf_config
 from roundtrip.errors import InputError
@@ -22,6 +20,7 @@ from roundtrip.mapping import MappingError
 from roundtrip.ops import OperationError
 from roundtrip.provenance import METADATA_KEY, Provenance
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
+from roundtrip.strided import Strided
 
 Report = Callable[[str], None]
 
@@ -78,7 +77,7 @@ def convert_to_hf(
             tool=f"clipconv {__version__}",
             source_name=source.name,
             source_format=checkpoint.format,
-            source_dtypes={key: dtypes.dtype_name(t.dtype) for key, t in checkpoint.tensors.items()},
+            source_dtypes={key: dtypes.dtype_of(t).name for key, t in checkpoint.tensors.items()},
             archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
             key_order=key_order,
         )
@@ -130,10 +129,10 @@ def _background() -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _describe_attribute(source: Path, key: str, tensor: torch.Tensor) -> dict:
+def _describe_attribute(source: Path, key: str, tensor: Strided) -> dict:
     if tensor.numel() != 1 or tensor.is_floating_point():
         raise InputError(source, f"{key} should be a single integer, found shape {tuple(tensor.shape)} {tensor.dtype}")
-    return {"dtype": dtypes.dtype_name(tensor.dtype), "shape": list(tensor.shape), "value": int(tensor.item())}
+    return {"dtype": tensor.dtype.name, "shape": list(tensor.shape), "value": int(tensor.item())}
 
 
 def _in_recorded_order(state_dict: dict, provenance: Provenance | None) -> dict:
@@ -142,11 +141,13 @@ def _in_recorded_order(state_dict: dict, provenance: Provenance | None) -> dict:
     return {**ordered, **state_dict}  # keys the record does not know keep their place after it
 
 
-def _restore_attributes(provenance: Provenance | None) -> dict[str, torch.Tensor]:
+def _restore_attributes(provenance: Provenance | None) -> dict[str, Strided]:
+    import numpy
+
     if provenance is None:
         return {}
     return {
-        key: torch.full(spec["shape"], spec["value"], dtype=dtypes.from_name(spec["dtype"]))
+        key: Strided.of_numpy(numpy.full(spec["shape"], spec["value"], dtype=dtypes.from_name(spec["dtype"]).numpy))
         for key, spec in provenance.archive_attributes.items()
     }
 
@@ -168,7 +169,7 @@ def convert_to_openai(
     folder = readers.read_hf_folder(source)
     notes = _tokenizer_warnings(source)
     with _as_input_error(source):
-        openai_weights = mapping.to_openai(folder.tensors, deferred=True)  # fused when written
+        openai_weights = mapping.to_openai(folder.tensors)  # q/k/v fused as they are written
         architecture = Architecture.from_openai_state_dict(openai_weights)
     try:
         problems = openai_incompatibilities(resolved_hf_config(folder.config), architecture)

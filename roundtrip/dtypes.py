@@ -1,7 +1,9 @@
-"""Dtype choices and casts. Only floating-point tensors are ever cast.
+"""Element types, dtype choices, and casts. Only floating-point tensors are ever cast.
 
-torch is imported inside the functions: the CLI reads the choices at start-up,
-and `clipconv --help` should not wait for torch.
+Element types are this module's own `DType`s, named as torch names them, so
+that reading, mapping and writing need no tensor library: numpy casts while
+writing, and torch is imported only for bfloat16 (which numpy lacks) and for
+the logit check.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 if TYPE_CHECKING:
+    import numpy
     import torch
 
 FLOAT_CHOICES = ("float32", "float16", "bfloat16")
@@ -18,22 +21,55 @@ TO_OPENAI_CHOICES = ("restore", "keep", *FLOAT_CHOICES)  # default restore what 
 SCRATCH_BYTES = 8 * 2**20  # room for one piece of a tensor being cast while written
 
 
-def dtype_name(dtype: "torch.dtype") -> str:
-    return str(dtype).removeprefix("torch.")
+@dataclass(frozen=True)
+class DType:
+    """A tensor element type, by torch's name, with what each file format and numpy call it."""
+
+    name: str  # as torch names it: "float32"
+    itemsize: int
+    is_floating_point: bool
+    safetensors: str  # the safetensors header's name: "F32"
+    storage: str  # the storage class torch.save pickles: torch.FloatStorage
+    numpy: str | None  # numpy's name; None where numpy has no such type
+
+    def torch(self) -> "torch.dtype":
+        import torch
+
+        return getattr(torch, self.name)
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-def from_name(name: str) -> "torch.dtype":
-    import torch
+DTYPES = {dtype.name: dtype for dtype in (
+    DType("float64", 8, True, "F64", "DoubleStorage", "float64"),
+    DType("float32", 4, True, "F32", "FloatStorage", "float32"),
+    DType("float16", 2, True, "F16", "HalfStorage", "float16"),
+    DType("bfloat16", 2, True, "BF16", "BFloat16Storage", None),
+    DType("int64", 8, False, "I64", "LongStorage", "int64"),
+    DType("int32", 4, False, "I32", "IntStorage", "int32"),
+    DType("int16", 2, False, "I16", "ShortStorage", "int16"),
+    DType("int8", 1, False, "I8", "CharStorage", "int8"),
+    DType("uint8", 1, False, "U8", "ByteStorage", "uint8"),
+    DType("bool", 1, False, "BOOL", "BoolStorage", "bool"),
+)}
 
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
+
+def from_name(name: str) -> DType:
+    if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}")
-    return dtype
+    return DTYPES[name]
+
+
+def dtype_of(tensor) -> DType:
+    """The DType of a `Strided` view, a joined tensor or a torch tensor."""
+    dtype = tensor.dtype
+    return dtype if isinstance(dtype, DType) else DTYPES[str(dtype).removeprefix("torch.")]
 
 
 def raw_bytes(tensor: "torch.Tensor") -> memoryview:
-    """A tensor's raw bytes, little-endian as safetensors and torch.save store them on every host this tool
-    supports; copied only when the tensor is not contiguous (a transposed projection)."""
+    """A torch tensor's raw bytes, little-endian as safetensors and torch.save store them on every host this
+    tool supports; copied only when the tensor is not contiguous (a transposed projection)."""
     import torch
 
     return memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
@@ -68,32 +104,68 @@ class ScratchSink:
         self.write(self._scratch[:count])
 
 
-def cast_into(sink: Sink, tensor, dtype: "torch.dtype") -> None:
+def cast_into(sink: Sink, tensor, dtype: DType) -> None:
     """Put the bytes of `tensor` in `dtype`, in C order, into `sink`, casting rows straight into its free
     space: a cast never allocates fresh memory the size of a tensor, which on a virtual machine costs
-    more than the cast itself. `tensor` may also be a `mapping.Deferred`."""
-    import torch
+    more than the cast itself. `tensor` is a `Strided` view, a `Joined` one, or a torch tensor.
 
-    if not isinstance(tensor, torch.Tensor):  # computed on demand: small (one fused q/k/v)
-        tensor = tensor.to(dtype)
-    if tensor.dtype == dtype and tensor.is_contiguous():
-        sink.write(raw_bytes(tensor))  # a view of the input's memory map: nothing to cast
+    numpy casts wherever it knows both types; it keeps every bit of a NaN's payload (torch sets the
+    quiet bit), so a float16 -> float32 -> float16 round trip is bit-exact even for NaNs.
+    """
+    from roundtrip.strided import Joined, Strided
+
+    if tensor.numel() == 0:
         return
-    rows = tensor.reshape(1, 1) if tensor.dim() == 0 else tensor.unsqueeze(1) if tensor.dim() == 1 else tensor
-    rows = rows.flatten(1)  # a view: OpenAI's 4-D conv weight is contiguous, its 2-D transposes need no flattening
+    if isinstance(tensor, Joined):
+        for part in tensor.parts:  # joined along the first axis: C order is one part after the other
+            cast_into(sink, part, dtype)
+        return
+    if isinstance(tensor, Strided):
+        if tensor.dtype == dtype and tensor.is_contiguous():
+            sink.write(tensor.raw())  # a view of the input's memory map: nothing to cast
+            return
+        if tensor.dtype.numpy and dtype.numpy:
+            _cast_rows(sink, _rows(tensor.numpy()), dtype, _numpy_copy)
+            return
+        tensor = tensor.torch()
+    _cast_rows(sink, _rows(tensor), dtype, _torch_copy)
+
+
+def _rows(array):
+    """A 2-D view whose rows are consecutive runs of elements in C order (numpy array or torch tensor)."""
+    if array.ndim == 0:
+        return array.reshape(1, 1)
+    return array.reshape(array.shape[0], -1)  # a view: 4-D conv weights are contiguous, transposes 2-D
+
+
+def _cast_rows(sink: Sink, rows, dtype: DType, copy: Callable) -> None:
     row_bytes = rows.shape[1] * dtype.itemsize
     start = 0
     while start < rows.shape[0] and row_bytes:
         space = sink.reserve()
         count = min(rows.shape[0] - start, len(space) // row_bytes)
         if count == 0:  # the free space ends inside the next row: cast that row alone
-            sink.write(raw_bytes(rows[start : start + 1].to(dtype)))
+            row = bytearray(row_bytes)
+            copy(memoryview(row), rows[start : start + 1], dtype)
+            sink.write(row)
             start += 1
             continue
-        torch.frombuffer(space, dtype=dtype, count=count * rows.shape[1]).view(count, -1).copy_(
-            rows[start : start + count])
+        copy(space[: count * row_bytes], rows[start : start + count], dtype)
         sink.commit(count * row_bytes)
         start += count
+
+
+def _numpy_copy(space: memoryview, rows: "numpy.ndarray", dtype: DType) -> None:
+    import numpy
+
+    destination = numpy.frombuffer(space, dtype=dtype.numpy).reshape(rows.shape)
+    numpy.copyto(destination, rows, casting="unsafe")
+
+
+def _torch_copy(space: memoryview, rows: "torch.Tensor", dtype: DType) -> None:
+    import torch
+
+    torch.frombuffer(space, dtype=dtype.torch()).view(rows.shape).copy_(rows)
 
 
 @dataclass(frozen=True)
@@ -113,23 +185,23 @@ class Cast:
             raise ValueError(f"dtype must be one of {', '.join(FLOAT_CHOICES)} or keep, not {choice!r}")
         return cls(floats_to=choice)
 
-    def dtype(self, key: str, tensor: "torch.Tensor") -> "torch.dtype":
+    def dtype(self, key: str, tensor) -> DType:
         if key in self.recorded:
             return from_name(self.recorded[key])
         if self.floats_to and tensor.is_floating_point():
             return from_name(self.floats_to)
-        return tensor.dtype
+        return dtype_of(tensor)
 
-    def __call__(self, key: str, tensor: "torch.Tensor") -> "torch.Tensor":
-        return tensor.to(self.dtype(key, tensor))
+    def all(self, state_dict: Mapping) -> dict[str, "torch.Tensor"]:
+        """Every tensor as a torch tensor in the dtype it is written in (for the logit check)."""
+        from roundtrip.strided import as_torch
 
-    def all(self, state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
-        return {key: self(key, tensor) for key, tensor in state_dict.items()}
+        return {key: as_torch(tensor).to(self.dtype(key, tensor).torch()) for key, tensor in state_dict.items()}
 
     def summary(self, state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, int]:
         """How many tensors of each dtype this cast writes, e.g. {"float16": 120, "float32": 78}."""
         counts: dict[str, int] = {}
         for key, tensor in state_dict.items():
-            name = dtype_name(self.dtype(key, tensor))
+            name = self.dtype(key, tensor).name
             counts[name] = counts.get(name, 0) + 1
         return dict(sorted(counts.items()))

@@ -9,14 +9,12 @@ anything else raises `MappingError` naming the keys.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Mapping
 
-import torch
 
 from roundtrip.ops import Operation, OperationError
 from roundtrip.schema import (
@@ -157,46 +155,16 @@ def _steps_from_groups(groups, conversions) -> list[Step]:
     return steps
 
 
-class Deferred:
-    """A tensor that an allocating operation (fusing q/k/v) computes only when it is cast or written,
-    so that a converter streaming tensor by tensor never holds a whole model's worth of them."""
-
-    def __init__(self, compute, shape: torch.Size, dtype: torch.dtype):
-        self.compute, self.shape, self.dtype = compute, shape, dtype
-
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def is_floating_point(self) -> bool:
-        return self.dtype.is_floating_point
-
-    def to(self, dtype: torch.dtype) -> torch.Tensor:
-        return self.compute().to(dtype)
-
-
-def apply(
-    state_dict: Mapping, conversions: tuple[Conversion, ...], ignored: Iterable[str] = (), deferred: bool = False
-) -> dict:
+def apply(state_dict: Mapping, conversions: tuple[Conversion, ...], ignored: Iterable[str] = ()) -> dict:
     converted = {}
     for step in plan(state_dict.keys(), conversions, ignored):
         inputs = [state_dict[key] for key in step.sources]
         try:
-            if deferred and step.conversion.op.allocates:
-                outputs = _deferred_outputs(step.conversion.op, inputs)
-            else:
-                outputs = step.conversion.op(inputs)
+            outputs = step.conversion.op(inputs)
         except OperationError as error:
             raise MappingError(f"{describe_keys(step.sources)}: {error}") from None
         converted.update(zip(step.targets, outputs))
     return converted
-
-
-def _deferred_outputs(op: Operation, inputs: list) -> list[Deferred]:
-    shapes = op([torch.empty(t.shape, dtype=t.dtype, device="meta") for t in inputs])  # checks, allocates nothing
-    return [
-        Deferred(lambda index=index: op(inputs)[index], shape.shape, shape.dtype)
-        for index, shape in enumerate(shapes)
-    ]
 
 
 def reject_resnet(keys: Iterable[str]) -> None:
@@ -213,12 +181,12 @@ def to_hf(openai_state_dict: Mapping) -> dict:
     return apply(openai_state_dict, TO_HF, ignored=OPENAI_ARCHIVE_ATTRIBUTES)
 
 
-def to_openai(hf_state_dict: Mapping, deferred: bool = False) -> dict:
+def to_openai(hf_state_dict: Mapping) -> dict:
     """HF `CLIPModel` state dict -> OpenAI `clip.model.CLIP` state dict (same tensors, same dtypes).
 
-    With `deferred`, fused q/k/v tensors are `Deferred`: computed when cast or written.
+    Fused q/k/v of `Strided` views are `Joined` (written part by part, never computed).
     """
-    return apply(hf_state_dict, TO_OPENAI, ignored=HF_IGNORED_KEYS, deferred=deferred)
+    return apply(hf_state_dict, TO_OPENAI, ignored=HF_IGNORED_KEYS)
 
 
 def block_indices(openai_keys: Iterable[str]) -> dict[str, set[int]]:

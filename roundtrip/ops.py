@@ -3,7 +3,9 @@
 An operation takes the tensors matched by a rule's source patterns (in order)
 and returns the tensors for its target patterns (in order). Operations only
 move bytes: no arithmetic, so every conversion is bit-exact by construction.
-Results may be views of the inputs; writers make them contiguous.
+Inputs are `strided.Strided` views or torch tensors (both offer the methods used
+here); results are views of the inputs, or, for Concatenate on views, a `Joined`
+list of parts that writers write one after the other.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
+from roundtrip.dtypes import dtype_of
+from roundtrip.strided import Joined, Strided, as_torch
 
 
 class OperationError(ValueError):
@@ -24,13 +27,12 @@ class Identity:
 
     arity_in: int = 1
     arity_out: int = 1
-    allocates = False  # outputs are the inputs or views of them
 
     @property
     def inverse(self) -> "Identity":
         return self
 
-    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def __call__(self, tensors: Sequence) -> list:
         return [tensors[0]]
 
 
@@ -40,13 +42,12 @@ class Transpose:
 
     arity_in: int = 1
     arity_out: int = 1
-    allocates = False
 
     @property
     def inverse(self) -> "Transpose":
         return self
 
-    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def __call__(self, tensors: Sequence) -> list:
         (matrix,) = tensors
         if matrix.dim() != 2:
             raise OperationError(f"expected a matrix to transpose, got shape {tuple(matrix.shape)}")
@@ -59,7 +60,6 @@ class Chunk:
 
     parts: int
     dim: int = 0
-    allocates = False
 
     @property
     def arity_in(self) -> int:
@@ -73,7 +73,7 @@ class Chunk:
     def inverse(self) -> "Concatenate":
         return Concatenate(parts=self.parts, dim=self.dim)
 
-    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def __call__(self, tensors: Sequence) -> list:
         (whole,) = tensors
         if whole.dim() <= self.dim or whole.shape[self.dim] % self.parts:
             raise OperationError(
@@ -88,7 +88,6 @@ class Concatenate:
 
     parts: int
     dim: int = 0
-    allocates = True  # a new tensor the size of all parts
 
     @property
     def arity_in(self) -> int:
@@ -102,16 +101,20 @@ class Concatenate:
     def inverse(self) -> Chunk:
         return Chunk(parts=self.parts, dim=self.dim)
 
-    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def __call__(self, tensors: Sequence) -> list:
         first = tensors[0]
         for other in tensors[1:]:
             # Equal pieces, or Chunk would not give them back.
-            if other.shape != first.shape or other.dtype != first.dtype:
+            if tuple(other.shape) != tuple(first.shape) or dtype_of(other) != dtype_of(first):
                 raise OperationError(
                     "cannot fuse tensors of different shapes or dtypes: "
-                    + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in tensors)
+                    + ", ".join(f"{tuple(t.shape)} {dtype_of(t)}" for t in tensors)
                 )
-        return [torch.cat(list(tensors), dim=self.dim)]
+        if self.dim == 0 and all(isinstance(tensor, Strided) for tensor in tensors):
+            return [Joined(tuple(tensors))]  # written part after part: nothing is computed
+        import torch  # torch tensors (the logit check, tests) are really concatenated
+
+        return [torch.cat([as_torch(tensor) for tensor in tensors], dim=self.dim)]
 
 
 Operation = Identity | Transpose | Chunk | Concatenate

@@ -13,18 +13,19 @@ import hashlib
 import json
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from roundtrip import safetensors_file, torch_zip
+from roundtrip.dtypes import dtype_of, raw_bytes
 from roundtrip.errors import InputError
 from roundtrip.hf_extras import MERGES_FILE, MERGES_HEADER, TOKENIZER_JSON, VOCAB_FILE, BPETable
 from roundtrip.provenance import METADATA_KEY, Provenance
+from roundtrip.strided import Strided
 from roundtrip.torch_zip import ArchiveError
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
@@ -41,7 +42,7 @@ HASH_CHUNK_BYTES = 1 << 20
 
 @dataclass
 class OpenAICheckpoint:
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, Strided]
     format: str  # "torchscript" or "state_dict"
     release: Callable[[], None] = lambda: None  # give memory-mapped pages back; they reload on use
 
@@ -49,7 +50,7 @@ class OpenAICheckpoint:
 @dataclass
 class HFFolder:
     config: dict
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, Strided]
     provenance: Provenance | None
     releases: list[Callable[[], None]]  # give memory-mapped pages back; they reload on use
 
@@ -97,6 +98,8 @@ def _require_file(path: Path) -> None:
 
 def _load_pickle(path: Path):
     """torch.load, only ever with weights_only=True (legacy pickles and pytorch_model.bin)."""
+    import torch
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": we report below
@@ -122,17 +125,28 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _unwrap_state_dict(path: Path, loaded) -> dict[str, torch.Tensor]:
+def _unwrap_state_dict(path: Path, loaded) -> dict[str, Strided]:
     if isinstance(loaded, dict) and isinstance(loaded.get(TRAINING_WRAPPER_KEY), dict):
         loaded = loaded[TRAINING_WRAPPER_KEY]
     if not isinstance(loaded, dict) or not loaded:
         raise InputError(path, f"holds a {type(loaded).__name__}, expected a state dict of tensors")
     if all(isinstance(key, str) and key.startswith(DATA_PARALLEL_PREFIX) for key in loaded):
         loaded = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in loaded.items()}
-    not_tensors = [str(key) for key, value in loaded.items() if not isinstance(value, torch.Tensor)]
+    views = {key: _as_view(value) for key, value in loaded.items()}
+    not_tensors = [str(key) for key, view in views.items() if view is None]
     if not_tensors:
         raise InputError(path, f"entries that are not tensors: {', '.join(sorted(not_tensors)[:5])}")
-    return loaded
+    return views
+
+
+def _as_view(value) -> Strided | None:
+    """A tensor as a view of its bytes, or None for anything else."""
+    if isinstance(value, Strided):
+        return value
+    torch = sys.modules.get("torch")  # only legacy files, read by torch.load, give torch tensors
+    if torch is not None and isinstance(value, torch.Tensor):
+        return Strided.of_buffer(raw_bytes(value), dtype_of(value), tuple(value.shape))
+    return None
 
 
 def read_hf_folder(folder: Path) -> HFFolder:
@@ -165,7 +179,7 @@ def _check_against_index(file: Path, found: set[str], weight_map: dict[str, str]
         raise InputError(file, f"holds tensor {unlisted[0]} but {where}")
 
 
-def _read_weight_file(file: Path) -> tuple[dict[str, torch.Tensor], str | None, Callable[[], None]]:
+def _read_weight_file(file: Path) -> tuple[dict[str, Strided], str | None, Callable[[], None]]:
     if file.suffix == ".bin":
         content, _, release = _read_torch_file(file)
         return _unwrap_state_dict(file, content), None, release
@@ -226,7 +240,7 @@ def _shards_of(index_path: Path, weight_map: dict[str, str]) -> list[Path]:
     return shards
 
 
-def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], str | None, Callable[[], None]]:
+def _read_safetensors(file: Path) -> tuple[dict[str, Strided], str | None, Callable[[], None]]:
     try:
         tensors, metadata, release = safetensors_file.read(file)
     except safetensors_file.SafetensorsError as error:

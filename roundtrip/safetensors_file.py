@@ -21,21 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-import torch
-
-from roundtrip.dtypes import Cast, cast_into
+from roundtrip.dtypes import DTYPES as ELEMENT_TYPES
+from roundtrip.dtypes import Cast, DType, cast_into
 from roundtrip.output_file import OutputFile
+from roundtrip.strided import Strided
 
 MAX_HEADER_BYTES = 100 * 2**20  # the official library's limit
 HEADER_ALIGNMENT = 8
 METADATA = "__metadata__"
 
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-NAMES = {dtype: name for name, dtype in DTYPES.items()}
+DTYPES = {dtype.safetensors: dtype for dtype in ELEMENT_TYPES.values()}  # "F32" -> float32, ...
 
 
 class SafetensorsError(ValueError):
@@ -46,11 +41,11 @@ class SafetensorsError(ValueError):
 class Written:
     """What a tensor written to disk must read back as. Its bytes were compared as each block was written."""
 
-    dtype: torch.dtype
+    dtype: DType
     shape: tuple[int, ...]
 
 
-def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Callable[[], None]]:
+def read(path: Path) -> tuple[dict[str, Strided], dict[str, str], Callable[[], None]]:
     """All tensors of a safetensors file (memory-mapped), its metadata, and a function that hands
     the mapped pages back to the kernel (they are read again if used again)."""
     with open(path, "rb") as handle:
@@ -109,7 +104,7 @@ def _metadata(metadata) -> dict[str, str]:
     return metadata
 
 
-def _entry(name: str, spec) -> tuple[torch.dtype, list[int], int, int]:
+def _entry(name: str, spec) -> tuple[DType, list[int], int, int]:
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
         raise SafetensorsError(f"tensor {name!r}: entry needs exactly dtype, shape and data_offsets")
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
@@ -148,16 +143,15 @@ def _check_layout(entries: dict, data_length: int) -> None:
         raise SafetensorsError(f"tensors cover {position} bytes of data but the file holds {data_length}")
 
 
-def _view(mapped: mmap.mmap, data_start: int, dtype: torch.dtype, shape: list[int], begin: int, end: int):
+def _view(mapped: mmap.mmap, data_start: int, dtype: DType, shape: list[int], begin: int, end: int) -> Strided:
     if begin == end:
-        return torch.empty(shape, dtype=dtype)
-    count = (end - begin) // dtype.itemsize
-    return torch.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin).view(shape)
+        return Strided.of_buffer(bytearray(), dtype, tuple(shape))
+    return Strided.of_buffer(mapped, dtype, tuple(shape), start=data_start + begin)
 
 
 def write(
     path: Path,
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping,
     metadata: Mapping[str, str],
     cast: Cast = Cast(),
     advance: Callable[[int], None] = lambda _: None,
@@ -172,7 +166,7 @@ def write(
     offset = 0
     for name in order:
         size = tensors[name].numel() * dtypes[name].itemsize
-        header[name] = {"dtype": NAMES[dtypes[name]], "shape": list(tensors[name].shape),
+        header[name] = {"dtype": dtypes[name].safetensors, "shape": list(tensors[name].shape),
                         "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")

@@ -12,7 +12,8 @@ instead:
    in `code/` by parsing them with `ast` (never compiling or running them), and
    walks the module tree the way `nn.Module.state_dict()` does.
 
-Tensors are views of one private memory map of the file; `release()` hands its
+Tensors are `Strided` views of one private memory map of the file (no tensor
+library is imported to read it); `release()` hands its
 pages back to the kernel (they are read again if used again), so a converter
 that streams tensor by tensor keeps its memory flat however large the file.
 """
@@ -33,16 +34,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping
 
-import torch
-
-from roundtrip.dtypes import Cast, ScratchSink, cast_into, scratch_space
+from roundtrip.dtypes import DTYPES, Cast, DType, ScratchSink, cast_into, scratch_space
 from roundtrip.output_file import OutputFile
+from roundtrip.strided import Strided, contiguous_strides
 
-STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
-}
+STORAGE_DTYPES = {dtype.storage: dtype for dtype in DTYPES.values()}  # torch.FloatStorage -> float32, ...
 # torch.jit._pickle helpers that TorchScript's pickler emits for typed lists; all they do is return a list.
 LIST_BUILDERS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
 MAX_CODE_BYTES = 16 * 2**20  # a declaration file larger than this is not a real model's
@@ -77,7 +73,7 @@ def _script_class(qualified_name: str) -> type:
 
 @dataclass(frozen=True)
 class _StorageType:
-    dtype: torch.dtype
+    dtype: DType
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ class Contents:
     release: Callable[[], None]  # hand the file's mapped pages back to the kernel
 
 
-def read_torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_torchscript_state_dict(path: Path) -> dict[str, Strided]:
     """The state dict `torch.jit.load(path).state_dict()` would give, without running the archive."""
     return read(path).content
 
@@ -144,7 +140,7 @@ class _ArchiveReader:
     def __init__(self, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], mapped: mmap.mmap,
                  torchscript: bool):
         self.archive, self.members, self.mapped, self.torchscript = archive, members, mapped, torchscript
-        self.storages: dict[str, torch.Tensor] = {}
+        self.storages: dict[str, Strided] = {}
         self.declarations: dict[str, Declaration] = {}
 
     # -- data.pkl ----------------------------------------------------------------------------------------
@@ -161,7 +157,7 @@ class _ArchiveReader:
             raise ArchiveError(f"data.pkl holds a {type(root).__name__}, not a TorchScript module")
         return root
 
-    def storage(self, persistent_id) -> torch.Tensor:
+    def storage(self, persistent_id) -> Strided:
         if not (isinstance(persistent_id, tuple) and len(persistent_id) == 5 and persistent_id[0] == "storage"):
             raise ArchiveError(f"unexpected persistent id {persistent_id!r:.80}")
         _, storage_type, key, _location, numel = persistent_id
@@ -176,7 +172,7 @@ class _ArchiveReader:
             raise ArchiveError(f"storage record data/{key} is referenced with two different types or sizes")
         return storage
 
-    def _read_record(self, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+    def _read_record(self, key: str, dtype: DType, numel: int) -> Strided:
         info = self.members.get(f"data/{key}")
         if info is None:
             raise ArchiveError(f"storage record data/{key} is missing")
@@ -186,10 +182,10 @@ class _ArchiveReader:
                 f"storage record data/{key} holds {info.file_size} bytes, its tensors need {expected}"
             )
         if numel == 0:
-            return torch.empty(0, dtype=dtype)
+            return Strided.of_buffer(bytearray(), dtype, (0,))
         if info.compress_type != zipfile.ZIP_STORED:
-            return torch.frombuffer(bytearray(self.archive.read(info)), dtype=dtype)
-        return torch.frombuffer(self.mapped, dtype=dtype, count=numel, offset=self._data_offset(info))
+            return Strided.of_buffer(bytearray(self.archive.read(info)), dtype, (numel,))
+        return Strided.of_buffer(self.mapped, dtype, (numel,), start=self._data_offset(info))
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
         header = self.mapped[info.header_offset: info.header_offset + ZIP_LOCAL_HEADER.size]
@@ -225,8 +221,8 @@ class _ArchiveReader:
 
     # -- module tree -------------------------------------------------------------------------------------
 
-    def state_dict(self, root: ScriptObject) -> dict[str, torch.Tensor]:
-        tensors: dict[str, torch.Tensor] = {}
+    def state_dict(self, root: ScriptObject) -> dict[str, Strided]:
+        tensors: dict[str, Strided] = {}
         self._collect(root, "", tensors, depth=0)
         return tensors
 
@@ -240,7 +236,7 @@ class _ArchiveReader:
             value = module.state.get(name)
             if value is None:
                 continue  # declared but unset, e.g. a Linear without bias
-            if not isinstance(value, torch.Tensor):
+            if not isinstance(value, Strided):
                 raise ArchiveError(f"{prefix}{name} is declared a parameter or buffer but holds {type(value).__name__}")
             tensors[prefix + name] = value
         for name, value in module.state.items():
@@ -314,7 +310,7 @@ def _ordered_dict(*args) -> OrderedDict:
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
-    if not isinstance(data, torch.Tensor) or backward_hooks:
+    if not isinstance(data, Strided) or backward_hooks:
         raise ArchiveError("a parameter without tensor data, or with backward hooks")
     return data
 
@@ -325,7 +321,7 @@ def _restore_type_tag(value, _type_name):
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
     """Like torch._utils._rebuild_tensor_v2, after checking the view stays inside its storage."""
-    if not isinstance(storage, torch.Tensor):
+    if not isinstance(storage, Strided):
         raise ArchiveError("a tensor refers to something that is not a storage")
     if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)):
         raise ArchiveError("a tensor has malformed size or stride")
@@ -354,11 +350,11 @@ PADDING_FIELD = b"FB"  # the zip extra-field id torch uses for that padding
 
 def write_state_dict(
     path: Path,
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping,
     cast: Cast,
     advance: Callable[[int], None] = lambda _: None,
     read_back: bool = True,
-) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+) -> dict[str, tuple[DType, tuple[int, ...]]]:
     """Write `tensors` to `path` as torch.save would: a zip with data.pkl and one data/<n> record per
     tensor, cast while writing, one tensor at a time. Returns each tensor's (dtype, shape).
     With `read_back`, every block of the file is read back from disk and compared as it is written."""
@@ -389,23 +385,37 @@ def _open_aligned(archive: zipfile.ZipFile, name: str, size: int):
     return archive.open(info, "w")
 
 
-def _pickle_state_dict(specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]) -> bytes:
+def _pickle_state_dict(specs: Mapping[str, tuple[DType, tuple[int, ...]]]) -> bytes:
     """data.pkl as torch.save writes it for a dict of tensors, each in its own storage data/<n>."""
-    storage_types = {dtype: getattr(torch, name) for name, dtype in STORAGE_DTYPES.items()}
-    state = OrderedDict()
-    for number, (key, (dtype, shape)) in enumerate(specs.items()):
-        numel = 1
-        for extent in shape:
-            numel *= extent
-        state[key] = _TensorReduce(_StorageRef(storage_types[dtype], str(number), numel), shape)
+    state = OrderedDict(
+        (key, _TensorReduce(_StorageRef(_STORAGE_CLASSES[dtype.name], str(number), math.prod(shape)), shape))
+        for number, (key, (dtype, shape)) in enumerate(specs.items())
+    )
     buffer = io.BytesIO()
     _StatePickler(buffer, protocol=2).dump(state)
     return buffer.getvalue()
 
 
 @dataclass(frozen=True)
+class _TorchGlobal:
+    """A name in torch that data.pkl refers to (a storage class, the tensor rebuilder), pickled as that name
+    without importing torch."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args):  # pickle's reduce protocol requires a callable; this one only stands for a name
+        raise TypeError(f"{self.module}.{self.name} is a stand-in for pickling")
+
+
+# One object per name: pickle writes a name once and refers back to it by object identity.
+_REBUILD_TENSOR = _TorchGlobal("torch._utils", "_rebuild_tensor_v2")
+_STORAGE_CLASSES = {name: _TorchGlobal("torch", dtype.storage) for name, dtype in DTYPES.items()}
+
+
+@dataclass(frozen=True)
 class _StorageRef:
-    storage_type: type
+    storage_type: _TorchGlobal
     key: str
     numel: int
 
@@ -416,14 +426,22 @@ class _TensorReduce:
     shape: tuple[int, ...]
 
     def __reduce__(self):
-        stride, step = [], 1
-        for extent in reversed(self.shape):
-            stride.insert(0, step)
-            step *= extent
-        return torch._utils._rebuild_tensor_v2, (self.storage, 0, self.shape, tuple(stride), False, OrderedDict())
+        stride = contiguous_strides(self.shape)
+        return _REBUILD_TENSOR, (self.storage, 0, self.shape, stride, False, OrderedDict())
 
 
-class _StatePickler(pickle.Pickler):
+class _StatePickler(pickle._Pickler):
+    """Python's own pickler (the C one cannot be taught this), writing `_TorchGlobal`s as the GLOBAL opcode
+    that pickling torch's real objects writes: pickle would otherwise import torch to check the names."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_torch_global(self, obj: _TorchGlobal) -> None:
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
+        self.memoize(obj)
+
+    dispatch[_TorchGlobal] = save_torch_global
+
     def persistent_id(self, obj):
         if isinstance(obj, _StorageRef):
             return ("storage", obj.storage_type, obj.key, "cpu", obj.numel)

@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from roundtrip.config import Architecture
 from roundtrip.dtypes import Cast
 from roundtrip.errors import VerificationError
+
+if TYPE_CHECKING:
+    import torch
 
 TOLERANCE = 1e-3
 PROMPTS = (
@@ -56,6 +57,8 @@ def openai_code(name: str) -> ModuleType:
 
 def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
     """`clip.tokenize(texts, context_length, truncate=True)`, with OpenAI's own BPE tokenizer."""
+    import torch
+
     tokenizer = _openai_tokenizer()
     start, end = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
     tokens = torch.zeros(len(texts), context_length, dtype=torch.long)
@@ -73,6 +76,8 @@ def _openai_tokenizer():
 
 def probe_tokens(architecture: Architecture) -> torch.Tensor:
     """Real `clip.tokenize` output, or the same structure for a vocabulary of another size."""
+    import torch
+
     if architecture.vocab_size == OPENAI_VOCAB_SIZE:
         return tokenize(list(PROMPTS), architecture.context_length)
     # start token, body, end token (the largest id, as in OpenAI's vocabulary), zero padding
@@ -87,6 +92,8 @@ def probe_tokens(architecture: Architecture) -> torch.Tensor:
 
 
 def probe_images(architecture: Architecture) -> torch.Tensor:
+    import torch
+
     size = architecture.image_resolution
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(PROBE_IMAGES, 3, size, size, generator=generator)
@@ -96,11 +103,14 @@ def probe_images(architecture: Architecture) -> torch.Tensor:
 
 
 def _float32(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    import torch
+
     return {key: t.float() if t.is_floating_point() else t for key, t in state_dict.items()}
 
 
-@torch.no_grad()
 def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
+    import torch
+
     with torch.device("meta"):
         model = openai_code("model").CLIP(**architecture.clip_kwargs())  # no random init, no memory for weights
     model.load_state_dict(_float32(openai_weights), strict=True, assign=True)  # use the tensors, don't copy
@@ -108,12 +118,13 @@ def openai_logits(openai_weights: Mapping, architecture: Architecture, images, t
     mask = model.build_attention_mask()
     for block in model.transformer.resblocks:
         block.attn_mask = mask
-    logits_per_image, _ = model.eval()(images, tokens)
+    with torch.no_grad():
+        logits_per_image, _ = model.eval()(images, tokens)
     return logits_per_image
 
 
-@torch.no_grad()
 def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Tensor:
+    import torch
     from transformers import CLIPConfig, CLIPModel
     from transformers.utils import logging
 
@@ -129,7 +140,8 @@ def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Ten
     problems = {name: keys for name, keys in info.items() if keys and name != "error_msgs"}
     if problems or info.get("error_msgs"):
         raise ValueError(f"transformers did not load every weight: {problems or info['error_msgs']}")
-    return model.eval()(input_ids=tokens, pixel_values=images).logits_per_image
+    with torch.no_grad():
+        return model.eval()(input_ids=tokens, pixel_values=images).logits_per_image
 
 
 def max_logit_difference(openai_weights: Mapping, hf_config: dict, architecture: Architecture,

@@ -18,10 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-import torch
-
 from roundtrip import safetensors_file, torch_zip
-from roundtrip.dtypes import Cast
+from roundtrip.dtypes import Cast, dtype_of
 from roundtrip.errors import OutputError
 from roundtrip.readers import HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX
 from roundtrip.safetensors_file import Written
@@ -150,7 +148,7 @@ def _remove(path: Path) -> None:
 def write_hf_folder(
     folder: Path,
     config: dict,
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping,
     metadata: dict[str, str],
     cast: Cast = Cast(),
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
@@ -236,7 +234,7 @@ def confirm_hf_folder(folder: Path, expected: dict[str, dict[str, Written]], des
 
 
 def write_openai_file(
-    path: Path, state_dict: Mapping[str, torch.Tensor], cast: Cast = Cast(),
+    path: Path, state_dict: Mapping, cast: Cast = Cast(),
     progress: Progress = lambda done, total: None, after_each: Callable[[], None] = lambda: None,
     read_back: bool = True,
 ) -> dict[str, Written]:
@@ -248,10 +246,10 @@ def write_openai_file(
     return {key: Written(*record) for key, record in records.items()}
 
 
-def confirm_tensors(found: Mapping[str, torch.Tensor], expected: dict[str, Written], dest: Path) -> None:
+def confirm_tensors(found: Mapping, expected: dict[str, Written], dest: Path) -> None:
     """The tensors a written file's index gives, re-read from disk, are the ones written, in order, with
     their dtypes and shapes (their bytes were compared block by block while writing)."""
-    actual = {key: Written(tensor.dtype, tuple(tensor.shape)) for key, tensor in found.items()}
+    actual = {key: Written(dtype_of(tensor), tuple(tensor.shape)) for key, tensor in found.items()}
     if list(actual.items()) != list(expected.items()):
         different = sorted(key for key in set(actual) | set(expected) if actual.get(key) != expected.get(key))
         what = ", ".join(different[:5]) or "their order"

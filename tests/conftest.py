@@ -13,7 +13,9 @@ import torch
 from click.testing import CliRunner
 
 from roundtrip.cli import main as clipconv
+from roundtrip.dtypes import dtype_of, raw_bytes
 from roundtrip.examples import DEMO, random_openai_model, random_openai_state_dict, save_torchscript_archive
+from roundtrip.strided import Strided, as_torch
 
 # Hubs are unreachable here: transformers must load everything from local folders.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -159,16 +161,26 @@ def read_json(path: Path) -> dict:
 
 
 def assert_identical(actual: dict, expected: dict) -> None:
-    """Same keys, dtypes, shapes and bits (so NaN payloads and -0.0 count too)."""
+    """Same keys, dtypes, shapes and bits (so NaN payloads and -0.0 count too). Either side may hold torch
+    tensors or clipconv's views of file bytes."""
     assert sorted(actual) == sorted(expected)
-    for key, tensor in expected.items():
-        assert actual[key].dtype == tensor.dtype, key
-        assert actual[key].shape == tensor.shape, key
-        assert torch.equal(_bits(actual[key]), _bits(tensor)), key
+    for key in expected:
+        found, wanted = as_torch(actual[key]), as_torch(expected[key])
+        assert found.dtype == wanted.dtype, key
+        assert found.shape == wanted.shape, key
+        assert torch.equal(_bits(found), _bits(wanted)), key
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
+
+
+def as_views(state_dict: dict) -> dict:
+    """Torch tensors as the readers hand out tensors: views of bytes (here, copies of the tensors' bytes)."""
+    return {key: Strided.of_buffer(bytearray(raw_bytes(tensor)), dtype_of(tensor), tuple(tensor.shape))
+            for key, tensor in state_dict.items()}
+
+
 def assert_refused(result, *fragments: str) -> None:
     """Exit code 1, no traceback, and one error line that says what is wrong (never: disable weights_only)."""
     assert result.exit_code == 1, result.output

@@ -7,6 +7,7 @@ import random
 from hypothesis import strategies as st
 
 from roundtrip.config import HEAD_WIDTH, Architecture
+from roundtrip.dtypes import DTYPES
 
 PATCH_SIZES = (8, 14, 16, 32)
 OPENAI_VOCAB_SIZE = 49408
@@ -72,8 +73,8 @@ byte_chunks = st.lists(st.one_of(
 
 @st.composite
 def _cast_case(draw):
-    """A tensor as the mapping hands it to a writer (any rank up to 4, sometimes a transposed view) and a
-    dtype to write it in."""
+    """A tensor as the mapping hands it to a writer (any rank up to 4, sometimes a transposed view) and the
+    DType to write it in."""
     import torch
 
     shape = draw(st.lists(st.integers(0, 9), max_size=4))
@@ -82,7 +83,14 @@ def _cast_case(draw):
     if len(shape) == 2 and draw(st.booleans()):
         tensor = tensor.t()  # OpenAI's projections, as HF stores them
     target = source if source == torch.int64 else draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
-    return tensor, target
+    return tensor, DTYPES[str(target).removeprefix("torch.")]
 
 
 cast_cases = _cast_case()
+
+# What a state dict file declares: key -> (dtype name, shape), any dtype torch.save writes, shapes of rank 0-3.
+tensor_specs = st.dictionaries(
+    st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=12),
+    st.tuples(st.sampled_from(sorted(DTYPES)), st.lists(st.integers(0, 5), max_size=3).map(tuple)),
+    min_size=1, max_size=8,
+)

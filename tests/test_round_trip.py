@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from roundtrip import mapping
 from roundtrip.config import Architecture
 from roundtrip.examples import random_openai_state_dict
+from roundtrip.strided import Joined, as_torch
 
-from conftest import assert_identical, random_hf_model
+from conftest import as_views, assert_identical, random_hf_model
 from strategies import architectures, openai_dtypes, seeds
 
 MODEL_BUILDING = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -47,9 +48,9 @@ def test_special_float_bits_survive(demo_state_dict):
     assert_identical(mapping.to_openai(mapping.to_hf(weird)), weird)
 
 
-def test_deferred_fusion_gives_the_same_tensors(demo_state_dict):
-    hf_weights = mapping.to_hf(demo_state_dict)
-    deferred = mapping.to_openai(hf_weights, deferred=True)
-    assert any(isinstance(value, mapping.Deferred) for value in deferred.values())
-    materialized = {key: value.to(value.dtype) for key, value in deferred.items()}
-    assert_identical(materialized, mapping.to_openai(hf_weights))
+def test_views_of_bytes_map_to_the_same_tensors_as_torch_tensors(demo_state_dict):
+    hf_views = mapping.to_hf(as_views(demo_state_dict))
+    assert_identical({key: as_torch(view) for key, view in hf_views.items()}, mapping.to_hf(demo_state_dict))
+    openai_views = mapping.to_openai(hf_views)
+    assert any(isinstance(value, Joined) for value in openai_views.values())  # q/k/v listed, not computed
+    assert_identical({key: as_torch(view) for key, view in openai_views.items()}, demo_state_dict)
