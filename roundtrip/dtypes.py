@@ -8,6 +8,8 @@ the logit check.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
@@ -19,6 +21,7 @@ FLOAT_CHOICES = ("float32", "float16", "bfloat16")
 TO_HF_CHOICES = (*FLOAT_CHOICES, "keep")  # default float32, the hub convention
 TO_OPENAI_CHOICES = ("restore", "keep", *FLOAT_CHOICES)  # default restore what to-hf recorded
 SCRATCH_BYTES = 8 * 2**20  # room for one piece of a tensor being cast while written
+PARALLEL_CAST_ELEMENTS = 2**18  # pieces at least this large are cast on two cores
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,23 @@ def _cast_rows(sink: Sink, rows, dtype: DType, copy: Callable) -> None:
 
 
 def _numpy_copy(space: memoryview, rows: "numpy.ndarray", dtype: DType) -> None:
+    """numpy casts on one core; large pieces are split between this thread and a helper (numpy lets go
+    of the interpreter while it casts), as torch would use both cores."""
     import numpy
 
     destination = numpy.frombuffer(space, dtype=dtype.numpy).reshape(rows.shape)
-    numpy.copyto(destination, rows, casting="unsafe")
+    if rows.size < PARALLEL_CAST_ELEMENTS:
+        numpy.copyto(destination, rows, casting="unsafe")
+        return
+    half = rows.shape[0] // 2
+    helper = _cast_helper().submit(numpy.copyto, destination[half:], rows[half:], casting="unsafe")
+    numpy.copyto(destination[:half], rows[:half], casting="unsafe")
+    helper.result()
+
+
+@functools.lru_cache(maxsize=1)
+def _cast_helper() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="cast")
 
 
 def _torch_copy(space: memoryview, rows: "torch.Tensor", dtype: DType) -> None:

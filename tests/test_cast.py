@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roundtrip.dtypes import DTYPES, ScratchSink, cast_into, dtype_of, raw_bytes
+from roundtrip.dtypes import DTYPES, PARALLEL_CAST_ELEMENTS, ScratchSink, cast_into, dtype_of, raw_bytes
 from roundtrip.strided import Joined, Strided
 
 from strategies import cast_cases
@@ -76,3 +76,12 @@ def test_numpy_keeps_every_nan_payload_through_a_float16_round_trip():
     cast_into(widened, every_half, DTYPES["float32"])
     cast_into(narrowed, Strided.of_buffer(widened.received, DTYPES["float32"], (65536,)), DTYPES["float16"])
     assert narrowed.received == every_half.raw()
+
+
+def test_pieces_large_enough_to_cast_on_two_cores_give_the_same_bytes():
+    rows = PARALLEL_CAST_ELEMENTS // 512 + 7
+    tensor = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(1)).half()
+    for source in (tensor, tensor.t()):
+        sink = _FixedSpace(2**23)
+        cast_into(sink, _as_view(source), DTYPES["float32"])
+        assert bytes(sink.received) == bytes(raw_bytes(source.float()))
