@@ -30,8 +30,24 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(strides)
 
 
+class _TensorShaped:
+    """What writers and the config ask of any tensor: its rank, size and kind, from `shape` and `dtype`."""
+
+    shape: tuple[int, ...]
+    dtype: DType
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+
 @dataclass(frozen=True)
-class Strided:
+class Strided(_TensorShaped):
     """Elements of `dtype` in `buffer`: element [i, j, ...] is at byte `start + (i*strides[0] + j*strides[1] +
     ...) * dtype.itemsize`. The subset of torch.Tensor's interface that reading, mapping and writing use."""
 
@@ -48,21 +64,7 @@ class Strided:
 
     @classmethod
     def of_numpy(cls, array: "numpy.ndarray") -> "Strided":
-        array = array.reshape(array.shape)  # a 0-d array stays an array
         return cls.of_buffer(bytearray(array.tobytes()), DTYPES[array.dtype.name], array.shape)
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def is_floating_point(self) -> bool:
-        return self.dtype.is_floating_point
 
     def is_contiguous(self) -> bool:
         # As torch decides it: extents of 1 may have any stride.
@@ -120,7 +122,7 @@ class Strided:
 
 
 @dataclass(frozen=True)
-class Joined:
+class Joined(_TensorShaped):
     """Tensors of one shape and dtype joined along the first axis (q, k and v fused into in_proj), not
     computed: a writer writes the parts one after the other, which is their concatenation's C order."""
 
@@ -134,15 +136,6 @@ class Joined:
     @property
     def dtype(self) -> DType:
         return dtype_of(self.parts[0])
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def is_floating_point(self) -> bool:
-        return self.dtype.is_floating_point
 
 
 def as_torch(tensor) -> "torch.Tensor":

@@ -103,8 +103,6 @@ def probe_images(architecture: Architecture) -> torch.Tensor:
 
 
 def _float32(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    import torch
-
     return {key: t.float() if t.is_floating_point() else t for key, t in state_dict.items()}
 
 
