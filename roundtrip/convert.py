@@ -88,7 +88,8 @@ def convert_to_hf(
         if verify_logits:
             report("Verifying logits against OpenAI's model code, alongside writing")
             verification_job = background.submit(
-                verify.max_logit_difference, checkpoint.tensors, architecture.hf_config(), architecture, cast)
+                verify.max_logit_difference, checkpoint.tensors, architecture.hf_config(), architecture, cast,
+                checkpoint.release)
         processing_job = background.submit(hf_extras.processing_files, architecture)
         source_hash_job = background.submit(readers.sha256_of, source)
         report(f"Writing {len(hf_weights)} tensors")
@@ -187,7 +188,7 @@ def convert_to_openai(
         if verify_logits:
             report("Verifying logits against transformers, alongside writing")
             verification_job = background.submit(
-                verify.max_logit_difference, openai_weights, folder.config, architecture, cast)
+                verify.max_logit_difference, openai_weights, folder.config, architecture, cast, folder.release)
         report(f"Writing {len(output)} tensors")
         expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release,
                                              read_back=verify_logits)

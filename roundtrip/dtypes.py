@@ -208,11 +208,11 @@ class Cast:
             return from_name(self.floats_to)
         return dtype_of(tensor)
 
-    def all(self, state_dict: Mapping) -> dict[str, "torch.Tensor"]:
-        """Every tensor as a torch tensor in the dtype it is written in (for the logit check)."""
+    def as_written(self, key: str, tensor) -> "torch.Tensor":
+        """The tensor as a torch tensor in the dtype it is written in (for the logit check)."""
         from roundtrip.strided import as_torch
 
-        return {key: as_torch(tensor).to(self.dtype(key, tensor).torch()) for key, tensor in state_dict.items()}
+        return as_torch(tensor).to(self.dtype(key, tensor).torch())
 
     def summary(self, state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, int]:
         """How many tensors of each dtype this cast writes, e.g. {"float16": 120, "float32": 78}."""

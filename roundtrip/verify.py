@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from roundtrip.config import Architecture
 from roundtrip.dtypes import Cast
@@ -103,7 +103,11 @@ def probe_images(architecture: Architecture) -> torch.Tensor:
 
 
 def _float32(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {key: t.float() if t.is_floating_point() else t for key, t in state_dict.items()}
+    return {key: _in_float32(tensor) for key, tensor in state_dict.items()}
+
+
+def _in_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() else tensor
 
 
 def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
@@ -143,12 +147,13 @@ def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Ten
 
 
 def max_logit_difference(openai_weights: Mapping, hf_config: dict, architecture: Architecture,
-                         written_as: Cast = Cast()) -> float:
+                         written_as: Cast = Cast(), release_input: Callable[[], None] = lambda: None) -> float:
     """Logits of OpenAI's model and of transformers on the same weights (in the dtypes `written_as` gives
     them), which both share in memory.
 
     The HF tensors are views of the OpenAI ones (q/k/v are slices of in_proj, the projections
-    transposed views), so the model is held in float32 once, not twice. transformers is imported
+    transposed views), so the model is held in float32 once, not twice; `release_input` is called
+    once that float32 copy is made, so the input's mapped pages need not stay in memory too. transformers is imported
     in a second thread meanwhile: its import is seconds of Python, the OpenAI model's forward pass
     is arithmetic that leaves the interpreter free.
     """
@@ -159,7 +164,9 @@ def max_logit_difference(openai_weights: Mapping, hf_config: dict, architecture:
         # OpenAI's model, built on the meta device, needs torch._dynamo; transformers imports it first thing.
         dynamo = importer.submit(importlib.import_module, "torch._dynamo")
         transformers = importer.submit(importlib.import_module, "transformers.models.clip.modeling_clip")
-        weights = _float32(written_as.all(openai_weights))
+        # One tensor at a time, so that a cast to the written dtype is let go of once it is in float32.
+        weights = {key: _in_float32(written_as.as_written(key, tensor)) for key, tensor in openai_weights.items()}
+        release_input()
         dynamo.result()
         reference = openai_logits(weights, architecture, images, tokens)
         transformers.result()
