@@ -144,7 +144,7 @@ def _rows(array):
 def _cast_rows(sink: Sink, rows, dtype: DType, copy: Callable) -> None:
     row_bytes = rows.shape[1] * dtype.itemsize
     start = 0
-    while start < rows.shape[0] and row_bytes:
+    while start < rows.shape[0]:
         space = sink.reserve()
         count = min(rows.shape[0] - start, len(space) // row_bytes)
         if count == 0:  # the free space ends inside the next row: cast that row alone

@@ -100,13 +100,11 @@ class OutputFile:
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
-            block = self._blocks[self._current].memory
-            count = min(len(view) - done, len(block) - self._filled)
-            block[self._filled : self._filled + count] = view[done : done + count]
-            self._filled += count
+            space = self.reserve()
+            count = min(len(view) - done, len(space))
+            space[:count] = view[done : done + count]
+            self.commit(count)
             done += count
-            if self._filled == len(block):
-                self._hand_over_block()
         return done
 
     def close(self) -> None:
