@@ -39,7 +39,7 @@ class SafetensorsError(ValueError):
 
 @dataclass(frozen=True)
 class Written:
-    """What a tensor written to disk must read back as. Its bytes were compared as each block was written."""
+    """What a tensor written to disk must read back as: its name's dtype and shape in the file's index."""
 
     dtype: DType
     shape: tuple[int, ...]

@@ -227,7 +227,7 @@ def _split_into_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[l
 
 def confirm_hf_folder(folder: Path, expected: dict[str, dict[str, Written]], dest: Path) -> None:
     """Every weight file's header, re-read from disk, lists exactly the tensors written, in their dtypes and
-    shapes (their bytes were compared block by block while writing)."""
+    shapes (with `read_back`, their bytes were also compared block by block while writing)."""
     for name, tensors in expected.items():
         if safetensors_file.layout(folder / name) != tensors:
             raise OutputError(dest, f"{name} does not read back as written")
@@ -248,7 +248,7 @@ def write_openai_file(
 
 def confirm_tensors(found: Mapping, expected: dict[str, Written], dest: Path) -> None:
     """The tensors a written file's index gives, re-read from disk, are the ones written, in order, with
-    their dtypes and shapes (their bytes were compared block by block while writing)."""
+    their dtypes and shapes (with `read_back`, their bytes were also compared block by block while writing)."""
     actual = {key: Written(dtype_of(tensor), tuple(tensor.shape)) for key, tensor in found.items()}
     if list(actual.items()) != list(expected.items()):
         different = sorted(key for key in set(actual) | set(expected) if actual.get(key) != expected.get(key))
