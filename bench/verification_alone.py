@@ -37,7 +37,8 @@ def main(path: str) -> None:
     architecture = Architecture.from_openai_state_dict(weights)
     for name in STAGES:
         setattr(verify, name, timed(name, getattr(verify, name)))
-    difference = verify.max_logit_difference(weights, architecture.hf_config(), architecture, Cast.from_choice("float32"))
+    weights = Cast.from_choice("float32").in_memory(weights)  # as convert does before verifying
+    difference = verify.max_logit_difference(weights, architecture.hf_config(), architecture)
     print(f"total          {time.perf_counter() - START:6.2f} s; max |logit difference| {difference:.2e}")
 
 

@@ -82,14 +82,16 @@ def convert_to_hf(
             key_order=key_order,
         )
     summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
+    if verify_logits:
+        openai_weights = _cast_once(checkpoint.tensors, cast, checkpoint.release)
+        hf_weights = mapping.to_hf(openai_weights)  # the same views, of the cast copies
     with writers.staged(dest, is_folder=True) as staging, _background() as background:
         # Compute-bound side jobs run in background threads while this thread writes (I/O-bound);
         # the logit check first, as it takes longest.
         if verify_logits:
             report("Verifying logits against OpenAI's model code, alongside writing")
             verification_job = background.submit(
-                verify.max_logit_difference, checkpoint.tensors, architecture.hf_config(), architecture, cast,
-                checkpoint.release)
+                verify.max_logit_difference, openai_weights, architecture.hf_config(), architecture)
         processing_job = background.submit(hf_extras.processing_files, architecture)
         source_hash_job = background.submit(readers.sha256_of, source)
         report(f"Writing {len(hf_weights)} tensors")
@@ -117,6 +119,14 @@ def convert_to_hf(
         writers.write_text_files(staging, card)
         summary.extra_files = [*processing, *card]
     return summary
+
+
+def _cast_once(weights: dict, cast: dtypes.Cast, release_input: Callable[[], None]) -> dict:
+    """The writer and the logit check both need the weights in their written dtypes: cast them once, up
+    front, while torch and transformers are imported, handing the input's pages back as they are cast
+    (a view that needed no cast reads its pages again when used)."""
+    verify.start_imports()
+    return cast.in_memory(weights, after_each=release_input)
 
 
 @contextlib.contextmanager
@@ -182,13 +192,15 @@ def convert_to_openai(
         cast = dtypes.Cast(recorded=folder.provenance.source_dtypes if folder.provenance else {})
     else:
         cast = dtypes.Cast.from_choice(dtype)
+    if verify_logits:
+        openai_weights = _cast_once(openai_weights, cast, folder.release)
     output = _in_recorded_order({**openai_weights, **_restore_attributes(folder.provenance)}, folder.provenance)
     summary = Summary(dest, len(output), cast.summary(output), [dest.name], architecture, notes=notes)
     with writers.staged(dest, is_folder=False) as staging, _background() as background:
         if verify_logits:
             report("Verifying logits against transformers, alongside writing")
             verification_job = background.submit(
-                verify.max_logit_difference, openai_weights, folder.config, architecture, cast, folder.release)
+                verify.max_logit_difference, openai_weights, folder.config, architecture)
         report(f"Writing {len(output)} tensors")
         expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release,
                                              read_back=verify_logits)

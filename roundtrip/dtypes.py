@@ -173,6 +173,37 @@ def _numpy_copy(space: memoryview, rows: "numpy.ndarray", dtype: DType) -> None:
     helper.result()
 
 
+def _cast_copy(tensor, dtype: DType):
+    import numpy
+
+    from roundtrip.strided import Strided
+
+    if dtype_of(tensor) == dtype:
+        return tensor
+    memory = numpy.empty(tensor.numel() * dtype.itemsize, dtype=numpy.uint8)  # every byte is cast into
+    cast_into(_FillSink(memoryview(memory)), tensor, dtype)
+    return Strided.of_buffer(memory, dtype, tuple(tensor.shape))
+
+
+class _FillSink:
+    """A Sink that fills one buffer from its start."""
+
+    def __init__(self, buffer: memoryview):
+        self._buffer, self._filled = buffer, 0
+
+    def reserve(self) -> memoryview:
+        return self._buffer[self._filled :]
+
+    def commit(self, count: int) -> None:
+        self._filled += count
+
+    def write(self, data) -> int:
+        count = memoryview(data).nbytes
+        self._buffer[self._filled : self._filled + count] = memoryview(data).cast("B")
+        self._filled += count
+        return count
+
+
 @functools.lru_cache(maxsize=1)
 def _cast_helper() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="cast")
@@ -208,11 +239,16 @@ class Cast:
             return from_name(self.floats_to)
         return dtype_of(tensor)
 
-    def as_written(self, key: str, tensor) -> "torch.Tensor":
-        """The tensor as a torch tensor in the dtype it is written in (for the logit check)."""
-        from roundtrip.strided import as_torch
-
-        return as_torch(tensor).to(self.dtype(key, tensor).torch())
+    def in_memory(self, tensors: Mapping, after_each: Callable[[], None] = lambda: None) -> dict:
+        """Every tensor in the dtype it is written in, each cast once into memory of its own (a tensor
+        already in that dtype stays the view it is), calling `after_each` after each. For when the writer
+        and the logit check both need the written values: casting while writing holds less memory, but
+        would cast everything twice."""
+        cast = {}
+        for key, tensor in tensors.items():
+            cast[key] = _cast_copy(tensor, self.dtype(key, tensor))
+            after_each()
+        return cast
 
     def summary(self, state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, int]:
         """How many tensors of each dtype this cast writes, e.g. {"float16": 120, "float32": 78}."""

@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from roundtrip.config import Architecture
-from roundtrip.dtypes import Cast
 from roundtrip.errors import VerificationError
 
 if TYPE_CHECKING:
@@ -146,30 +145,43 @@ def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Ten
         return model.eval()(input_ids=tokens, pixel_values=images).logits_per_image
 
 
-def max_logit_difference(openai_weights: Mapping, hf_config: dict, architecture: Architecture,
-                         written_as: Cast = Cast(), release_input: Callable[[], None] = lambda: None) -> float:
-    """Logits of OpenAI's model and of transformers on the same weights (in the dtypes `written_as` gives
-    them), which both share in memory.
+@lru_cache(maxsize=1)
+def start_imports() -> Future:
+    """Import torch and transformers' CLIP model in a thread of their own, from now on (once).
+
+    Seconds of Python that need nothing from the checkpoint: started before the weights are cast and
+    written, they run meanwhile, and later beside OpenAI's forward pass (arithmetic that leaves the
+    interpreter free). Whoever imports a module this thread is importing waits for it, not twice.
+    """
+    importer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import")
+    imports = importer.submit(_import_frameworks)
+    importer.shutdown(wait=False)  # the thread ends once the imports are done
+    return imports
+
+
+def _import_frameworks() -> None:
+    importlib.import_module("torch")
+    # Building OpenAI's model on the meta device needs torch._dynamo; transformers imports it as well.
+    importlib.import_module("torch._dynamo")
+    importlib.import_module("transformers.models.clip.modeling_clip")
+
+
+def max_logit_difference(weights: Mapping, hf_config: dict, architecture: Architecture) -> float:
+    """Logits of OpenAI's model and of transformers on the same `weights` (OpenAI's names, in the dtypes
+    they are written in), which both share in memory.
 
     The HF tensors are views of the OpenAI ones (q/k/v are slices of in_proj, the projections
-    transposed views), so the model is held in float32 once, not twice; `release_input` is called
-    once that float32 copy is made, so the input's mapped pages need not stay in memory too. transformers is imported
-    in a second thread meanwhile: its import is seconds of Python, the OpenAI model's forward pass
-    is arithmetic that leaves the interpreter free.
+    transposed views), so the model is held in float32 once, not twice: weights already in float32
+    are not copied at all.
     """
     from roundtrip import mapping
+    from roundtrip.strided import as_torch
 
-    images, tokens = probe_images(architecture), probe_tokens(architecture)  # imports done before the thread's
-    with ThreadPoolExecutor(max_workers=1) as importer:
-        # OpenAI's model, built on the meta device, needs torch._dynamo; transformers imports it first thing.
-        dynamo = importer.submit(importlib.import_module, "torch._dynamo")
-        transformers = importer.submit(importlib.import_module, "transformers.models.clip.modeling_clip")
-        # One tensor at a time, so that a cast to the written dtype is let go of once it is in float32.
-        weights = {key: _in_float32(written_as.as_written(key, tensor)) for key, tensor in openai_weights.items()}
-        release_input()
-        dynamo.result()
-        reference = openai_logits(weights, architecture, images, tokens)
-        transformers.result()
+    imports = start_imports()
+    images, tokens = probe_images(architecture), probe_tokens(architecture)  # waits for torch
+    weights = {key: _in_float32(as_torch(tensor)) for key, tensor in weights.items()}  # one tensor at a time
+    reference = openai_logits(weights, architecture, images, tokens)
+    imports.result()
     converted = hf_logits(mapping.to_hf(weights), hf_config, images, tokens)
     return (reference - converted).abs().max().item()
 

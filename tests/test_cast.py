@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roundtrip.dtypes import DTYPES, PARALLEL_CAST_ELEMENTS, ScratchSink, cast_into, dtype_of, raw_bytes
+from roundtrip.dtypes import DTYPES, PARALLEL_CAST_ELEMENTS, Cast, ScratchSink, cast_into, dtype_of, raw_bytes
 from roundtrip.strided import Joined, Strided
 
 from strategies import cast_cases
@@ -85,3 +85,23 @@ def test_pieces_large_enough_to_cast_on_two_cores_give_the_same_bytes():
         sink = _FixedSpace(2**23)
         cast_into(sink, _as_view(source), DTYPES["float32"])
         assert bytes(sink.received) == bytes(raw_bytes(source.float()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(cast_cases, st.booleans())
+def test_casting_into_memory_gives_the_bytes_of_torchs_cast(case, view):
+    tensor, dtype = case
+    source = _as_view(tensor) if view else tensor
+    (cast,) = Cast(recorded={"w": dtype.name}).in_memory({"w": source}).values()
+    assert dtype_of(cast) == dtype and tuple(cast.shape) == tuple(tensor.shape)
+    if dtype_of(source) == dtype:
+        assert cast is source  # nothing to cast: the view itself, no copy
+    else:
+        assert bytes(cast.raw()) == bytes(raw_bytes(tensor.to(dtype.torch())))
+
+
+def test_casting_into_memory_releases_the_input_after_each_tensor():
+    tensors = {name: _as_view(torch.ones(2, 3, dtype=torch.float16)) for name in "abc"}
+    released = []
+    Cast.from_choice("float32").in_memory(tensors, after_each=lambda: released.append(True))
+    assert len(released) == len(tensors)
