@@ -26,10 +26,10 @@ import sys
 import torch
 
 from roundtrip.config import Architecture
-from roundtrip.verify import PROMPTS, TOLERANCE
+from roundtrip.verify import PROBE_TEXTS, TOLERANCE
 
 IMAGES = 1  # as the original: torch.randn(1, 3, 224, 224)
-TEXTS = PROMPTS[:1]  # one text of 77 tokens, as the original's arange(0, 77)
+TEXTS = list(PROBE_TEXTS)[:1]  # one text of 77 tokens, as the original's arange(0, 77)
 
 
 def copy_linear(hf_linear, openai_linear) -> None:
