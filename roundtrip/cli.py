@@ -182,6 +182,25 @@ def _tune_process() -> None:
     # A thread back from C waits at most 0.5 ms for the interpreter, not 5 ms, behind a thread running
     # Python: a forward pass beside an import is hundreds of such returns.
     sys.setswitchinterval(0.0005)
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """glibc hands freed memory back to the kernel eagerly: blocks from 128 KB up are unmapped when
+    freed, and a heap shrinks as soon as its top is free. A forward pass frees and allocates such
+    blocks at every step, so it faults its memory in again and again: keeping freed memory for reuse
+    cut page faults from ~380k to ~260k and system time by ~0.5 s for L/14, at the same peak
+    (`/usr/bin/time -f "%R %S %M" clipconv to-hf ...`). Other C libraries: nothing to do."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's <malloc.h>
+    mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest: blocks up to 32 MB come from the heaps
+    mallopt(m_trim_threshold, 2**31 - 1)  # never shrink a heap
+    mallopt(m_top_pad, 64 * 2**20)  # and grow it in steps of 64 MB
 
 
 def _fail(ctx: click.Context, message: str) -> None:
