@@ -14,7 +14,7 @@ from pathlib import Path
 
 START = time.perf_counter()
 
-from roundtrip import readers, verify  # noqa: E402 - timed from before the imports
+from roundtrip import cli, readers, verify  # noqa: E402 - timed from before the imports
 from roundtrip.config import Architecture  # noqa: E402
 from roundtrip.dtypes import Cast  # noqa: E402
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES  # noqa: E402
@@ -32,6 +32,7 @@ def timed(name: str, stage):
 
 
 def main(path: str) -> None:
+    cli.tune_process()  # as clipconv runs
     checkpoint = readers.read_openai_checkpoint(Path(path))
     weights = {key: tensor for key, tensor in checkpoint.tensors.items() if key not in OPENAI_ARCHIVE_ATTRIBUTES}
     architecture = Architecture.from_openai_state_dict(weights)

@@ -156,7 +156,7 @@ def _run(ctx: click.Context, run, kind: str) -> None:
         progress.close()
         click.echo(f"{message} ...", err=True)
 
-    _tune_process()
+    tune_process()
     try:
         summary = run(report, progress)
     except ClipconvError as error:
@@ -173,7 +173,7 @@ def _run(ctx: click.Context, run, kind: str) -> None:
     _print_summary(summary, kind)
 
 
-def _tune_process() -> None:
+def tune_process() -> None:
     """Settings for this whole process, which computes in C (numpy, torch) beside threads that import
     Python modules by the thousand; set here, as they are the program's to choose, not the library's."""
     # torch's idle OpenMP workers sleep instead of spinning on a core the other threads need; read when
@@ -182,6 +182,9 @@ def _tune_process() -> None:
     # A thread back from C waits at most 0.5 ms for the interpreter, not 5 ms, behind a thread running
     # Python: a forward pass beside an import is hundreds of such returns.
     sys.setswitchinterval(0.0005)
+    # Importing torch and transformers allocates ~670k objects; at the default thresholds the collector
+    # walks them over and over (0.5 s of a 3.5 s import here). Cycles are still collected, just rarely.
+    gc.set_threshold(100_000, 50, 100)
     _keep_freed_memory()
 
 
