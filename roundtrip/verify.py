@@ -108,7 +108,8 @@ def openai_logits(openai_weights: Mapping, architecture: Architecture, images, t
     return logits_per_image
 
 
-def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Tensor:
+def hf_model(hf_weights: Mapping, hf_config: dict):
+    """transformers' CLIPModel holding `hf_weights`, loaded as from_pretrained loads a folder."""
     import torch
     from transformers import CLIPConfig, CLIPModel
     from transformers.utils import logging
@@ -125,8 +126,14 @@ def hf_logits(hf_weights: Mapping, hf_config: dict, images, tokens) -> torch.Ten
     problems = {name: keys for name, keys in info.items() if keys and name != "error_msgs"}
     if problems or info.get("error_msgs"):
         raise ValueError(f"transformers did not load every weight: {problems or info['error_msgs']}")
+    return model.eval()
+
+
+def hf_logits(model, images, tokens) -> torch.Tensor:
+    import torch
+
     with torch.no_grad():
-        return model.eval()(input_ids=tokens, pixel_values=images).logits_per_image
+        return model(input_ids=tokens, pixel_values=images).logits_per_image
 
 
 @lru_cache(maxsize=1)
@@ -164,10 +171,17 @@ def max_logit_difference(weights: Mapping, hf_config: dict, architecture: Archit
     imports = start_imports()
     images, tokens = probe_images(architecture), probe_tokens(architecture)  # waits for torch
     weights = {key: _in_float32(as_torch(tensor)) for key, tensor in weights.items()}  # one tensor at a time
-    reference = openai_logits(weights, architecture, images, tokens)
-    imports.result()
-    converted = hf_logits(mapping.to_hf(weights), hf_config, images, tokens)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-model") as loader:
+        # transformers' model is loaded as soon as transformers is imported, beside OpenAI's forward pass
+        converted_model = loader.submit(_once_imported, imports, hf_model, mapping.to_hf(weights), hf_config)
+        reference = openai_logits(weights, architecture, images, tokens)
+        converted = hf_logits(converted_model.result(), images, tokens)
     return (reference - converted).abs().max().item()
+
+
+def _once_imported(imports: Future, function, *arguments):
+    imports.result()
+    return function(*arguments)
 
 
 def require_agreement(dest, difference: float) -> None:
