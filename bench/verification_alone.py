@@ -19,7 +19,7 @@ from roundtrip.config import Architecture  # noqa: E402
 from roundtrip.dtypes import Cast  # noqa: E402
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES  # noqa: E402
 
-STAGES = ("probe_images", "probe_tokens", "openai_logits", "hf_logits")
+STAGES = ("probe_images", "probe_tokens", "openai_logits", "hf_model", "hf_logits")
 
 
 def timed(name: str, stage):
@@ -38,7 +38,8 @@ def main(path: str) -> None:
     architecture = Architecture.from_openai_state_dict(weights)
     for name in STAGES:
         setattr(verify, name, timed(name, getattr(verify, name)))
-    weights = Cast.from_choice("float32").in_memory(weights)  # as convert does before verifying
+    verify.start_imports()  # as convert does: the imports run while the weights are cast once
+    weights = Cast.from_choice("float32").in_memory(weights, after_each=checkpoint.release)
     difference = verify.max_logit_difference(weights, architecture.hf_config(), architecture)
     print(f"total          {time.perf_counter() - START:6.2f} s; max |logit difference| {difference:.2e}")
 
