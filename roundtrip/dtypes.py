@@ -165,9 +165,10 @@ def _numpy_copy(space: memoryview, rows: "numpy.ndarray", dtype: DType) -> None:
     if rows.size < PARALLEL_CAST_ELEMENTS:
         _numpy_copy_here(space, rows, dtype)
         return
-    half = rows.shape[0] // 2 * rows.shape[1] * dtype.itemsize  # in bytes: whole rows
-    helper = _cast_helper().submit(_numpy_copy_here, space[half:], rows[rows.shape[0] // 2 :], dtype)
-    _numpy_copy_here(space[:half], rows[: rows.shape[0] // 2], dtype)
+    middle = rows.shape[0] // 2
+    split = middle * rows.shape[1] * dtype.itemsize  # where the second half's rows start, in bytes
+    helper = _cast_helper().submit(_numpy_copy_here, space[split:], rows[middle:], dtype)
+    _numpy_copy_here(space[:split], rows[:middle], dtype)
     helper.result()
 
 
