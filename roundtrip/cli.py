@@ -179,6 +179,10 @@ def tune_process() -> None:
     # torch's idle OpenMP workers sleep instead of spinning on a core the other threads need; read when
     # torch loads, which is later, in the logit check.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # numpy asks for transparent huge pages for arrays from 4 MB. On a virtual machine that hands free
+    # memory back to its host, a fresh huge page is a host fault: 1.6 GB of arrays took 3.4 s to fill
+    # with them, 0.8 s without. Read when numpy loads, which is later, once the input is read.
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     # A thread back from C waits at most 0.5 ms for the interpreter, not 5 ms, behind a thread running
     # Python: a forward pass beside an import is hundreds of such returns.
     sys.setswitchinterval(0.0005)
