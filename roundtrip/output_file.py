@@ -102,7 +102,7 @@ class OutputFile:
         while done < len(view):
             space = self.reserve()
             count = min(len(view) - done, len(space))
-            space[:count] = view[done : done + count]
+            _copy(space[:count], view[done : done + count])
             self.commit(count)
             done += count
         return done
@@ -199,6 +199,14 @@ def _open(path: Path) -> tuple[int, bool]:
             if error.errno != errno.EINVAL:
                 raise
     return os.open(path, flags, 0o666), False
+
+
+def _copy(destination: memoryview, source: memoryview) -> None:
+    """destination[:] = source, letting go of the interpreter meanwhile (a memoryview copy holds it): the
+    blocks of a model are gigabytes, copied while other threads run Python."""
+    import numpy
+
+    numpy.copyto(numpy.frombuffer(destination, numpy.uint8), numpy.frombuffer(source, numpy.uint8))
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:

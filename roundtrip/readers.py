@@ -37,7 +37,7 @@ HF_SAFETENSORS = "model.safetensors"
 HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
 HF_PICKLE = "pytorch_model.bin"
 HF_PICKLE_INDEX = "pytorch_model.bin.index.json"
-HASH_CHUNK_BYTES = 1 << 20
+HASH_CHUNK_BYTES = 16 * 2**20  # each chunk is one wait for the interpreter, which other threads hold
 
 
 @dataclass
@@ -261,11 +261,12 @@ def _provenance(file: Path, found: set) -> Provenance | None:
 
 
 def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (checkpoints are GBs)."""
+    """Hex SHA-256 of a file, read in chunks (checkpoints are GBs) into one reused buffer."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
+    chunk = memoryview(bytearray(HASH_CHUNK_BYTES))
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(chunk):
+            digest.update(chunk[:count])
     return digest.hexdigest()
 
 
