@@ -232,5 +232,20 @@ def _print_summary(summary, kind: str) -> None:
         click.echo(f"  note          {note}")
 
 
+def run() -> None:
+    """The installed `clipconv` command: `main`, and once it has succeeded, an exit that skips tearing
+    the interpreter down. Everything is written, fsynced and reported by then; what is left is torch's
+    and transformers' thousands of modules and their libraries' destructors (L/14 to-hf took 6.7 s
+    against 7.1 s, medians of 6 alternating runs). A failure exits the usual way."""
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+    sys.stdout.flush()  # click.echo flushes; anything printed otherwise may not have been
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    main()
+    run()

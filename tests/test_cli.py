@@ -50,6 +50,17 @@ def test_help_lists_both_commands_with_examples():
         assert "Examples:" in text and f"clipconv {command} " in text
 
 
+def test_installed_command_reports_and_exits_as_main_does(tmp_path, demo_state_dict_file):
+    clipconv = Path(sys.executable).parent / "clipconv"
+    done = subprocess.run([clipconv, "to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"Wrote {tmp_path / 'hf'} " in done.stdout
+    failed = subprocess.run([clipconv, "to-hf", tmp_path / "missing.pt", tmp_path / "other"],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stderr.splitlines()[-1].startswith("clipconv: error: "), failed.stderr
+
+
 def test_torchscript_archive_converts_and_comes_back_bit_exact(tmp_path, demo_archive):
     original = torch.jit.load(str(demo_archive)).state_dict()
     result = run_cli("to-hf", demo_archive, tmp_path / "hf")
