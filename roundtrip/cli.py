@@ -180,8 +180,8 @@ def tune_process() -> None:
     # torch loads, which is later, in the logit check.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # numpy asks for transparent huge pages for arrays from 4 MB. On a virtual machine that hands free
-    # memory back to its host, a fresh huge page is a host fault: 1.6 GB of arrays took 3.4 s to fill
-    # with them, 0.8 s without. Read when numpy loads, which is later, once the input is read.
+    # memory back to its host, a fresh huge page is a host fault: 1.6 GB of arrays took 2.2-3.4 s to
+    # fill with them, 1.0-1.1 s without (bench/huge_pages.py). Read when numpy loads, once the input is.
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     # A thread back from C waits at most 0.5 ms for the interpreter, not 5 ms, behind a thread running
     # Python: a forward pass beside an import is hundreds of such returns.
