@@ -7,6 +7,7 @@ fp16 and would alone move logits by ~5e-3 for an fp32 checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import sys
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from roundtrip.config import Architecture
 from roundtrip.errors import VerificationError
+from roundtrip.schema import OPENAI_SHAPE_SOURCES
 
 if TYPE_CHECKING:
     import torch
@@ -93,12 +95,27 @@ def _in_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.is_floating_point() else tensor
 
 
+def through_last_pooled(tokens: torch.Tensor) -> torch.Tensor:
+    """The columns of `tokens` up to the last position a text tower pools at (end-of-text, the largest id).
+
+    Attention in the text towers is causal: no position sees one after it, so the columns left out
+    change no output, while the text towers' work shrinks to the length of the longest probe text.
+    """
+    return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
+
+
 def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
+    """OpenAI's CLIP on `openai_weights`, for `tokens` of the full context or of fewer columns (then built
+    for that many, with the first rows of the text positions: clip.model adds all rows it has)."""
     import torch
 
+    columns = tokens.shape[-1]
+    positions, axis = OPENAI_SHAPE_SOURCES["context_length"]
+    weights = {**openai_weights, positions: openai_weights[positions].narrow(axis, 0, columns)}
+    kwargs = dataclasses.replace(architecture, context_length=columns).clip_kwargs()
     with torch.device("meta"):
-        model = openai_code("model").CLIP(**architecture.clip_kwargs())  # no random init, no memory for weights
-    model.load_state_dict(_float32(openai_weights), strict=True, assign=True)  # use the tensors, don't copy
+        model = openai_code("model").CLIP(**kwargs)  # no random init, no memory for weights
+    model.load_state_dict(_float32(weights), strict=True, assign=True)  # use the tensors, don't copy
     # The causal mask is a plain attribute made in __init__, so it was made on the meta device too.
     mask = model.build_attention_mask()
     for block in model.transformer.resblocks:
@@ -169,7 +186,7 @@ def max_logit_difference(weights: Mapping, hf_config: dict, architecture: Archit
     from roundtrip.strided import as_torch
 
     imports = start_imports()
-    images, tokens = probe_images(architecture), probe_tokens(architecture)  # waits for torch
+    images, tokens = probe_images(architecture), through_last_pooled(probe_tokens(architecture))  # waits for torch
     weights = {key: _in_float32(as_torch(tensor)) for key, tensor in weights.items()}  # one tensor at a time
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-model") as loader:
         # transformers' model is loaded as soon as transformers is imported, beside OpenAI's forward pass
