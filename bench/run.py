@@ -46,6 +46,7 @@ Command = Callable[[Path], list]  # DEST -> argv
 class Measurement:
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float  # user + system
 
 
 def cache_dir() -> Path:
@@ -80,17 +81,17 @@ def rss_floor_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MB
 
 
-def measure(argv: list, log: Path) -> Measurement:
-    """Run `argv` as a child and return its wall time and its own peak RSS."""
+def measure(argv: list, log: Path, **popen_options) -> Measurement:
+    """Run `argv` as a child and return its wall time, its own peak RSS and its CPU time."""
     with log.open("w") as output:
         start = time.perf_counter()
-        child = subprocess.Popen([str(arg) for arg in argv], stdout=output, stderr=subprocess.STDOUT)
+        child = subprocess.Popen([str(arg) for arg in argv], stdout=output, stderr=subprocess.STDOUT, **popen_options)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen from waiting again
     if child.returncode:
         sys.exit(f"bench: {' '.join(map(str, argv))} failed with exit code {child.returncode}:\n{log.read_text()}")
-    return Measurement(seconds, usage.ru_maxrss / MB)
+    return Measurement(seconds, usage.ru_maxrss / MB, usage.ru_utime + usage.ru_stime)
 
 
 def remove(path: Path) -> None:
