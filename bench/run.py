@@ -113,7 +113,7 @@ def benchmark(commands: dict[str, Command], rounds: int, workdir: Path) -> dict[
             remove(dest)
             results[name].append(result)
             print(f"  round {round_number + 1}/{rounds}  {name:<32} {result.seconds:7.1f} s "
-                  f"{result.peak_rss_mb:7.0f} MB", file=sys.stderr, flush=True)
+                  f"{result.peak_rss_mb:7.0f} MB {result.cpu_seconds:7.1f} CPU s", file=sys.stderr, flush=True)
     return results
 
 
@@ -134,13 +134,14 @@ def at_most_if_floor(text: str, mb: float, floor: float) -> str:
 def table(model: str, results: dict[str, list[Measurement]], floor: float) -> list[str]:
     seconds = {name: statistics.median(m.seconds for m in runs) for name, runs in results.items()}
     rss = {name: statistics.median(m.peak_rss_mb for m in runs) for name, runs in results.items()}
+    cpu = {name: statistics.median(m.cpu_seconds for m in runs) for name, runs in results.items()}
     rows = []
     for name in results:
         share = rss[name] / rss[BASELINE]
         rss_text = at_most_if_floor(f"{rss[name]:.0f}", rss[name], floor)
         share_text = at_most_if_floor(f"{share:.0%}" if share >= 0.1 else f"{share:.1%}", rss[name], floor)
-        rows.append(f"| {MODELS[model]} | {name} | {seconds[name]:.1f} | {rss_text} | "
-                    f"{seconds[BASELINE] / seconds[name]:.1f}x | {share_text} |")
+        rows.append(f"| {MODELS[model]} | {name} | {seconds[name]:.1f} | {cpu[name]:.1f} | {rss_text} | "
+                    f"{seconds[BASELINE] / seconds[name]:.2f}x | {share_text} |")
     return rows
 
 
@@ -171,10 +172,11 @@ def main(argv: list[str]) -> None:
     floor = rss_floor_mb()
     print(f"\nCommand: bench/run.py --models {','.join(arguments.models)} --rounds {arguments.rounds}")
     print(f"Machine: {machine()}")
-    print(f"Medians of {arguments.rounds} alternating runs; speed-up = baseline time / variant time; "
-          f"RSS share = variant peak RSS / baseline peak RSS.\n")
-    print("| checkpoint | variant | median wall s | median peak RSS MB | speed-up vs baseline | RSS share of baseline |")
-    print("|---|---|---|---|---|---|")
+    print(f"Medians of {arguments.rounds} alternating runs; speed-up = baseline time / variant time (from the"
+          f" unrounded medians); CPU = user + system; RSS share = variant peak RSS / baseline peak RSS.\n")
+    print("| checkpoint | variant | median wall s | median CPU s | median peak RSS MB | speed-up vs baseline "
+          "| RSS share of baseline |")
+    print("|---|---|---|---|---|---|---|")
     for model, model_results in results.items():
         print("\n".join(table(model, model_results, floor)))
 
