@@ -105,3 +105,20 @@ def test_casting_into_memory_releases_the_input_after_each_tensor():
     released = []
     Cast.from_choice("float32").in_memory(tensors, after_each=lambda: released.append(True))
     assert len(released) == len(tensors)
+
+
+def test_casting_into_memory_keeps_every_nan_payload_through_a_float16_round_trip():
+    # When verifying, the file is written from this copy: every NaN payload must survive, as when casting
+    # while writing (torch's cast would set the quiet bit).
+    every_half = Strided.of_buffer(bytearray(torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16)
+                                             .numpy().tobytes()), DTYPES["float16"], (2**16,))
+    (widened,) = Cast.from_choice("float32").in_memory({"w": every_half}).values()
+    narrowed = _FixedSpace(2**20)
+    cast_into(narrowed, widened, DTYPES["float16"])
+    assert bytes(narrowed.received) == bytes(every_half.raw())
+
+
+def test_casting_joined_parts_into_memory_gives_the_bytes_of_torchs_cast():
+    parts = [torch.randn(3, 4, generator=torch.Generator().manual_seed(n)) for n in range(3)]
+    (cast,) = Cast.from_choice("float16").in_memory({"w": Joined(tuple(map(_as_view, parts)))}).values()
+    assert bytes(cast.raw()) == bytes(raw_bytes(torch.cat(parts).half()))
