@@ -1,11 +1,11 @@
 """Time one clipconv command from two checkouts (or two environments), alternating, and print medians.
 
-Usage: .venv/bin/python bench/compare_checkouts.py PAIRS SIDE SIDE -- CLIPCONV ARGUMENTS
+Usage: .venv/bin/python bench/compare_checkouts.py PAIRS SIDE SIDE -- COMMAND SOURCE DEST [OPTIONS]
   SIDE is NAME=CHECKOUT or NAME=CHECKOUT:VAR=VALUE,... (environment variables for that side)
   e.g. git worktree add /tmp/before HEAD~1, then
        .venv/bin/python bench/compare_checkouts.py 8 before=/tmp/before after=. -- \\
            to-hf ~/.cache/clipconv-bench/ViT-L-14.pt OUT
-  OUT is deleted before every run.
+  DEST is deleted before every run; SOURCE and DEST may be relative to where this is started.
 
 Each run is a fresh `python -c` started in an empty folder: `python -c` and `python -m`
 put the working directory first on sys.path, so run from a checkout they import that
@@ -36,7 +36,7 @@ class Side:
     environment: dict[str, str]
 
     @classmethod
-    def parse(cls, text: str) -> "Side":
+    def parse(cls, text: str) -> Side:
         name, _, rest = text.partition("=")
         checkout, _, variables = rest.partition(":")
         environment = dict(pair.split("=", 1) for pair in variables.split(",") if pair)
@@ -62,8 +62,12 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     split = argv.index("--")
     pairs, sides, arguments = int(argv[0]), [Side.parse(text) for text in argv[1:split]], argv[split + 1 :]
-    output = Path(arguments[-1]).resolve()
-    arguments = [*arguments[:-1], str(output)]
+    if len(arguments) < 3:
+        raise SystemExit(__doc__)
+    # Runs start in an empty folder: SOURCE and DEST, relative to here, must still name the same files.
+    command, source, output, *options = arguments
+    output = Path(output).resolve()
+    arguments = [command, str(Path(source).resolve()), str(output), *options]
     results: dict[str, list[Measurement]] = {side.name: [] for side in sides}
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(pairs):
@@ -76,8 +80,8 @@ def main(argv: list[str]) -> None:
     shutil.rmtree(output, ignore_errors=True)
     for name, runs in results.items():
         walls = sorted(round(run.seconds, 2) for run in runs)
-        print(f"{name:<12} median {statistics.median(walls):.2f} s, CPU {statistics.median(r.cpu_seconds for r in runs):.2f} s;"
-              f" all: {walls}")
+        cpu = statistics.median(run.cpu_seconds for run in runs)
+        print(f"{name:<12} median {statistics.median(walls):.2f} s, CPU {cpu:.2f} s; all: {walls}")
 
 
 if __name__ == "__main__":
