@@ -122,8 +122,10 @@ def test_probe_tokens_are_clip_tokenize(context_length):
 
 
 @pytest.mark.parametrize("case", TOKEN_CASES)
-def test_logits_through_the_last_pooled_position_equal_the_full_contexts(pooling_models, case):
-    # Causal attention: the columns after the last end-of-text must change no logit of either model.
+@pytest.mark.parametrize("config", ["legacy eos 2 (written by to-hf)", "eos 49407 (transformers default)"])
+def test_logits_through_the_last_pooled_position_equal_the_full_contexts(pooling_models, case, config):
+    # Causal attention: the columns after the last end-of-text must change no logit of either model, under
+    # either pooling config (to-openai checks a folder's own config, which may pool at the first 49407).
     openai_model, hf_models = pooling_models
     tokens = TOKEN_CASES[case]()
     shortened = verify.through_last_pooled(tokens)
@@ -132,7 +134,7 @@ def test_logits_through_the_last_pooled_position_equal_the_full_contexts(pooling
     weights = openai_model.state_dict()
     full = verify.openai_logits(weights, DEMO, images, tokens)
     assert (verify.openai_logits(weights, DEMO, images, shortened) - full).abs().max() <= 1e-5
-    hf_model = hf_models["legacy eos 2 (written by to-hf)"]
+    hf_model = hf_models[config]
     with torch.no_grad():
         hf_full, hf_shortened = (hf_model(input_ids=t, pixel_values=images).logits_per_image for t in (tokens, shortened))
     assert (hf_shortened - hf_full).abs().max() <= 1e-5
