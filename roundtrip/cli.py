@@ -13,8 +13,9 @@ import click
 
 from roundtrip import __version__
 from roundtrip.dtypes import TO_HF_CHOICES, TO_OPENAI_CHOICES
+from roundtrip.facts import HF_SHARD_PATTERN
 
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 TO_HF_EXAMPLES = """
 \b
@@ -41,6 +42,8 @@ class ByteSize(click.ParamType):
             return value
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
         unit = match.group(2).upper() if match else None
+        if match and not unit:
+            self.fail(f"{value!r} needs a unit, like {value}MB, {value}GB or {value}B for bytes", param, ctx)
         if not match or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
             self.fail(f"{value!r} is not a size like 5GB, 500MB or 2GiB", param, ctx)
         return int(float(match.group(1)) * SIZE_UNITS[unit])
@@ -48,7 +51,7 @@ class ByteSize(click.ParamType):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clipconv")
-@click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
+@click.option("--debug", is_flag=True, help="Show a traceback when something fails (also after the command).")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """Convert CLIP checkpoints between OpenAI's format and Hugging Face transformers, exactly.
@@ -65,22 +68,25 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _common_options(function):
-    function = click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (only once the new one is complete).")(function)
-    function = click.option("--no-verify", is_flag=True, help="Skip the logit comparison and the read-back of the written bytes "
-                            "(faster: no model is built, torch is not even imported).")(function)
+    function = click.option("--overwrite", is_flag=True, help="Replace DEST if it exists and holds only what a "
+                            "conversion writes (only once the new one is complete).")(function)
+    function = click.option("--no-verify", is_flag=True, help="Skip the logit comparison and the read-back of the "
+                            "written bytes (faster: no model is built, torch is not even imported).")(function)
+    function = click.option("--debug", is_flag=True, help="Show a traceback when something fails.")(function)
     return function
 
 
 @main.command("to-hf", epilog=TO_HF_EXAMPLES)
 @click.argument("source", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())  # as typed: a trailing separator means a folder
 @click.option("--dtype", type=click.Choice(TO_HF_CHOICES), default="float32",
               show_default=True, help="Dtype of the written weights; 'keep' writes each tensor in its source dtype.")
 @click.option("--max-shard-size", type=ByteSize(), default="5GB", show_default=True,
               help="Split model.safetensors into shards (with an index) above this size.")
 @_common_options
 @click.pass_context
-def to_hf_command(ctx, source: Path, dest: Path, dtype: str, max_shard_size: int, overwrite: bool, no_verify: bool):
+def to_hf_command(ctx, source: Path, dest: str, dtype: str, max_shard_size: int, overwrite: bool, no_verify: bool,
+                  debug: bool):
     """Convert an OpenAI CLIP checkpoint SOURCE into a Hugging Face CLIPModel folder DEST.
 
     SOURCE is one of OpenAI's released TorchScript archives, or a torch.save state
@@ -90,6 +96,9 @@ def to_hf_command(ctx, source: Path, dest: Path, dtype: str, max_shard_size: int
     to-openai can restore OpenAI's fp16/fp32 mix exactly. DEST also gets OpenAI's
     tokenizer, a preprocessor_config.json reproducing clip's image transform and a
     model card (README.md), so CLIPProcessor and pipeline() load it directly.
+
+    DEST must not exist, or with --overwrite be a folder holding only what to-hf
+    writes; it is never SOURCE's folder or one that holds it.
     """
     from roundtrip.convert import convert_to_hf
 
@@ -97,19 +106,19 @@ def to_hf_command(ctx, source: Path, dest: Path, dtype: str, max_shard_size: int
         return convert_to_hf(source, dest, dtype=dtype, verify_logits=not no_verify, overwrite=overwrite,
                              max_shard_bytes=max_shard_size, report=report, progress=progress)
 
-    _run(ctx, run, "Hugging Face CLIPModel folder")
+    _run(ctx, run, "Hugging Face CLIPModel folder", debug)
 
 
 @main.command("to-openai", epilog=TO_OPENAI_EXAMPLES)
 @click.argument("source", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())  # as typed: a trailing separator means a folder
 @click.option("--dtype", type=click.Choice(TO_OPENAI_CHOICES), default="restore",
               show_default=True,
               help="'restore' gives each tensor the dtype recorded by to-hf (else keeps the folder's); "
                    "'keep' keeps the folder's dtypes.")
 @_common_options
 @click.pass_context
-def to_openai_command(ctx, source: Path, dest: Path, dtype: str, overwrite: bool, no_verify: bool):
+def to_openai_command(ctx, source: Path, dest: str, dtype: str, overwrite: bool, no_verify: bool, debug: bool):
     """Convert a Hugging Face CLIPModel folder SOURCE into an OpenAI state-dict file DEST.
 
     SOURCE holds config.json and model.safetensors, a sharded
@@ -117,6 +126,9 @@ def to_openai_command(ctx, source: Path, dest: Path, dtype: str, overwrite: bool
     in_proj and the projections transposed back. Models whose config OpenAI's
     code cannot reproduce (gelu instead of quick_gelu, other LayerNorm eps, head
     width other than 64, ...) are refused with every difference listed.
+
+    DEST names a file (not a folder): it must not exist, or with --overwrite be a
+    file, and is never inside SOURCE.
     """
     from roundtrip.convert import convert_to_openai
 
@@ -124,7 +136,7 @@ def to_openai_command(ctx, source: Path, dest: Path, dtype: str, overwrite: bool
         return convert_to_openai(source, dest, dtype=dtype, verify_logits=not no_verify, overwrite=overwrite,
                                  report=report, progress=progress)
 
-    _run(ctx, run, "OpenAI CLIP state dict")
+    _run(ctx, run, "OpenAI CLIP state dict", debug)
 
 
 class _WriteProgress:
@@ -147,9 +159,10 @@ class _WriteProgress:
             self.bar = None
 
 
-def _run(ctx: click.Context, run, kind: str) -> None:
+def _run(ctx: click.Context, run, kind: str, debug: bool) -> None:
     from roundtrip.errors import ClipconvError
 
+    ctx.obj["debug"] = ctx.obj.get("debug") or debug  # --debug before or after the command
     progress = _WriteProgress()
 
     def report(message: str) -> None:
@@ -160,7 +173,7 @@ def _run(ctx: click.Context, run, kind: str) -> None:
     try:
         summary = run(report, progress)
     except ClipconvError as error:
-        _fail(ctx, str(error))
+        _fail(ctx, error.message(_option_spelling))
     except OSError as error:
         _fail(ctx, f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
     except Exception as error:  # noqa: BLE001 - a bug: still one line unless --debug
@@ -210,6 +223,10 @@ def _keep_freed_memory() -> None:
     mallopt(m_top_pad, 64 * 2**20)  # and grow it in steps of 64 MB
 
 
+def _option_spelling(parameter: str) -> str:
+    return "--" + parameter.replace("_", "-")
+
+
 def _fail(ctx: click.Context, message: str) -> None:
     if ctx.obj.get("debug"):
         traceback.print_exc()
@@ -220,7 +237,7 @@ def _fail(ctx: click.Context, message: str) -> None:
 def _print_summary(summary, kind: str) -> None:
     dtypes = ", ".join(f"{name}: {count}" for name, count in summary.dtypes.items())
     click.echo(f"Wrote {summary.dest} ({kind})")
-    click.echo(f"  tensors       {summary.tensors} ({dtypes}) in {', '.join(summary.files)}")
+    click.echo(f"  tensors       {summary.tensors} ({dtypes}) in {_files(summary.files)}")
     if summary.extra_files:
         click.echo(f"  also          {', '.join(summary.extra_files)}")
     click.echo(f"  architecture  {summary.architecture.describe()}")
@@ -230,6 +247,15 @@ def _print_summary(summary, kind: str) -> None:
         click.echo(f"  verification  max |logit difference| = {summary.max_logit_difference:.2e} (tolerance 1e-3)")
     for note in summary.notes:
         click.echo(f"  note          {note}")
+
+
+def _files(names: list[str]) -> str:
+    """File names for the summary, shards as a range: a 5 GB model split at 50 MB has a hundred."""
+    shards = [name for name in names if HF_SHARD_PATTERN.fullmatch(name)]
+    if len(shards) < 3:
+        return ", ".join(names)
+    others = [name for name in names if name not in shards]
+    return f"{shards[0]} ... {shards[-1]} ({len(shards)} shards), " + ", ".join(others)
 
 
 def run() -> None:

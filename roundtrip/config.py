@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from roundtrip.mapping import MappingError, block_indices, reject_resnet
+from roundtrip.mapping import check_keys
 from roundtrip.schema import OPENAI_SHAPE_SOURCES
 
 HEAD_WIDTH = 64  # clip.model.build_model: heads = width // 64, for both towers
@@ -76,25 +76,24 @@ class Architecture:
 
     @classmethod
     def from_openai_state_dict(cls, state_dict: Mapping) -> "Architecture":
-        reject_resnet(state_dict.keys())
+        layers = check_keys(state_dict.keys(), "openai")
         dims = {name: _dim(state_dict, key, axis) for name, (key, axis) in OPENAI_SHAPE_SOURCES.items()}
-        grid = math.isqrt(dims["vision_positions"] - 1)
-        if grid * grid + 1 != dims["vision_positions"]:
+        grid = math.isqrt(max(dims["vision_positions"] - 1, 0))
+        if grid < 1 or grid * grid + 1 != dims["vision_positions"]:
             raise ConfigError(
                 f"vision position embedding has {dims['vision_positions']} rows, not a square grid plus a class token"
             )
-        layers = block_indices(state_dict.keys())
         architecture = cls(
             embed_dim=dims["embed_dim"],
             image_resolution=grid * dims["vision_patch_size"],
-            vision_layers=_layer_count(layers, "vision"),
+            vision_layers=layers["vision"],
             vision_width=dims["vision_width"],
             vision_patch_size=dims["vision_patch_size"],
             context_length=dims["context_length"],
             vocab_size=dims["vocab_size"],
             transformer_width=dims["transformer_width"],
             transformer_heads=dims["transformer_width"] // HEAD_WIDTH,
-            transformer_layers=_layer_count(layers, "text"),
+            transformer_layers=layers["text"],
         )
         architecture.check_hf_compatible()
         return architecture
@@ -142,19 +141,10 @@ class Architecture:
 
 
 def _dim(state_dict: Mapping, key: str, axis: int) -> int:
-    if key not in state_dict:
-        raise MappingError(f"missing key {key}")
     shape = tuple(state_dict[key].shape)
     if len(shape) <= (axis if axis >= 0 else -axis - 1):
         raise ConfigError(f"{key} has shape {shape}, expected at least {abs(axis) + (axis >= 0)} dimension(s)")
     return shape[axis]
-
-
-def _layer_count(layers: dict[str, set[int]], tower: str) -> int:
-    found = layers.get(tower, set())
-    if found != set(range(len(found))) or not found:
-        raise ConfigError(f"{tower} tower blocks are not numbered 0..n-1: found {sorted(found)}")
-    return len(found)
 
 
 def resolved_hf_config(config: Mapping) -> dict:

@@ -8,21 +8,24 @@ into place.
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from roundtrip import __version__, dtypes, hf_extras, mapping, readers, verify, writers
+from roundtrip import __version__, destination, dtypes, hf_extras, mapping, readers, verify, writers
 from roundtrip.config import Architecture, ConfigError, openai_incompatibilities, resolved_hf_config
-from roundtrip.errors import InputError
-from roundtrip.mapping import MappingError
+from roundtrip.errors import InputError, VerificationError, first_line
+from roundtrip.facts import HF_CONFIG, HF_SAFETENSORS_INDEX
+from roundtrip.mapping import MappingError, OtherLayout
 from roundtrip.ops import OperationError
 from roundtrip.provenance import METADATA_KEY, Provenance
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
 from roundtrip.strided import Strided
 
 Report = Callable[[str], None]
+
+CONVERTED_BY = {"openai": "convert it with to-hf", "hf": "convert its folder with to-openai"}  # per key layout
 
 
 @dataclass
@@ -46,13 +49,25 @@ def _as_input_error(path: Path) -> Iterator[None]:
     """Report mapping and config problems of a source as one-line errors naming it."""
     try:
         yield
+    except OtherLayout as error:
+        hint = f"; {CONVERTED_BY[error.found]}" if error.found else ""
+        raise InputError(path, f"{error}{hint}") from None
     except (MappingError, ConfigError, OperationError) as error:
         raise InputError(path, str(error)) from None
 
 
+def _logit_difference(verification: Future, source: Path) -> float:
+    """The logit check's result; any failure to build or run a reference model is one line naming the source."""
+    try:
+        return verification.result()
+    except Exception as error:  # noqa: BLE001 - a model that cannot be built is a fact about this source
+        raise VerificationError(source, f"the logit check could not run the models on it "
+                                        f"({type(error).__name__}: {first_line(error)})") from None
+
+
 def convert_to_hf(
-    source: Path,
-    dest: Path,
+    source: Path | str,
+    dest: Path | str,
     *,
     dtype: str = "float32",
     verify_logits: bool = True,
@@ -62,8 +77,8 @@ def convert_to_hf(
     progress: writers.Progress = lambda done, total: None,
 ) -> Summary:
     """OpenAI checkpoint file -> HF CLIPModel folder."""
-    source, dest = Path(source), Path(dest)
-    writers.check_destination(dest, source, overwrite)
+    source = Path(source)
+    placed = destination.check_destination(dest, [source], writers.HF_FOLDER, overwrite)
     report(f"Reading {source}")
     checkpoint = readers.read_openai_checkpoint(source)
     key_order = list(checkpoint.tensors)
@@ -81,11 +96,11 @@ def convert_to_hf(
             archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
             key_order=key_order,
         )
-    summary = Summary(dest, len(hf_weights), cast.summary(hf_weights), [], architecture)
+    summary = Summary(Path(dest), len(hf_weights), cast.summary(hf_weights), [], architecture)
     if verify_logits:
         openai_weights = _cast_once(checkpoint.tensors, cast, checkpoint.release)
         hf_weights = mapping.to_hf(openai_weights)  # the same views, of the cast copies
-    with writers.staged(dest, is_folder=True) as staging, _background() as background:
+    with destination.staged(placed, is_folder=True) as staging, _background() as background:
         # Compute-bound side jobs run in background threads while this thread writes (I/O-bound);
         # the logit check first, as it takes longest.
         if verify_logits:
@@ -100,7 +115,7 @@ def convert_to_hf(
             {"format": "pt", METADATA_KEY: provenance.to_json()}, cast, max_shard_bytes, progress,
             after_each=checkpoint.release, read_back=verify_logits,
         )
-        summary.files = list(written)
+        summary.files = [*written, *([HF_SAFETENSORS_INDEX] if len(written) > 1 else [])]
         writers.confirm_hf_folder(staging, written, dest)
         report("Writing tokenizer and image processor files")
         processing, summary.notes = processing_job.result()
@@ -108,7 +123,7 @@ def convert_to_hf(
         source_sha256 = source_hash_job.result()
         if verify_logits:
             # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
-            summary.max_logit_difference = verification_job.result()
+            summary.max_logit_difference = _logit_difference(verification_job, source)
             verify.require_agreement(dest, summary.max_logit_difference)
         # Last, because the card reports the verification figure.
         card = hf_extras.model_card(hf_extras.CardFacts(
@@ -164,8 +179,8 @@ def _restore_attributes(provenance: Provenance | None) -> dict[str, Strided]:
 
 
 def convert_to_openai(
-    source: Path,
-    dest: Path,
+    source: Path | str,
+    dest: Path | str,
     *,
     dtype: str = "restore",
     verify_logits: bool = True,
@@ -174,18 +189,19 @@ def convert_to_openai(
     progress: writers.Progress = lambda done, total: None,
 ) -> Summary:
     """HF CLIPModel folder -> OpenAI state-dict file that clip.load accepts."""
-    source, dest = Path(source), Path(dest)
-    writers.check_destination(dest, source, overwrite)
+    source = Path(source)
+    placed = destination.check_destination(dest, [source], destination.ONE_FILE, overwrite)
     report(f"Reading {source}")
     folder = readers.read_hf_folder(source)
     notes = _tokenizer_warnings(source)
     with _as_input_error(source):
+        mapping.check_keys(folder.tensors, "hf")  # names missing keys as the folder names them
         openai_weights = mapping.to_openai(folder.tensors)  # q/k/v fused as they are written
         architecture = Architecture.from_openai_state_dict(openai_weights)
     try:
         problems = openai_incompatibilities(resolved_hf_config(folder.config), architecture)
     except ConfigError as error:
-        raise InputError(source / readers.HF_CONFIG, f"is not a valid CLIP config ({error})") from None
+        raise InputError(source / HF_CONFIG, f"is not a valid CLIP config ({error})") from None
     if problems:
         raise InputError(source, "OpenAI's CLIP code cannot represent this model: " + "; ".join(problems))
     if dtype == "restore":
@@ -195,8 +211,8 @@ def convert_to_openai(
     if verify_logits:
         openai_weights = _cast_once(openai_weights, cast, folder.release)
     output = _in_recorded_order({**openai_weights, **_restore_attributes(folder.provenance)}, folder.provenance)
-    summary = Summary(dest, len(output), cast.summary(output), [dest.name], architecture, notes=notes)
-    with writers.staged(dest, is_folder=False) as staging, _background() as background:
+    summary = Summary(Path(dest), len(output), cast.summary(output), [placed.name], architecture, notes=notes)
+    with destination.staged(placed, is_folder=False) as staging, _background() as background:
         if verify_logits:
             report("Verifying logits against transformers, alongside writing")
             verification_job = background.submit(
@@ -208,7 +224,7 @@ def convert_to_openai(
         writers.confirm_tensors(written.tensors, expected, dest)
         if verify_logits:
             # Verification ran on the tensors in memory; the file's bytes were read back from disk as written.
-            summary.max_logit_difference = verification_job.result()
+            summary.max_logit_difference = _logit_difference(verification_job, source)
             verify.require_agreement(dest, summary.max_logit_difference)
     return summary
 

@@ -17,15 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roundtrip.config import Architecture
-from roundtrip.verify import OPENAI_MEAN, OPENAI_STD, TOLERANCE
-
-VOCAB_FILE = "vocab.json"
-MERGES_FILE = "merges.txt"
-TOKENIZER_JSON = "tokenizer.json"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
-MODEL_CARD = "README.md"
+from roundtrip.facts import (
+    MERGES_FILE, MERGES_HEADER, MODEL_CARD, OPENAI_MEAN, OPENAI_STD, PREPROCESSOR_CONFIG, SPECIAL_TOKENS_MAP,
+    TOKENIZER_CONFIG, TOKENIZER_JSON, TOLERANCE, VOCAB_FILE,
+)
 
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -37,7 +32,6 @@ WORD_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{
                 r"[^\s\p{L}\p{N}]+")
 BPE_TABLE = "bpe_simple_vocab_16e6.txt.gz"  # inside the clip package
 BPE_MERGES = 49152 - 256 - 2  # how many of its merges clip.simple_tokenizer uses
-MERGES_HEADER = "#version: 0.2"  # first line of the hub's merges.txt; readers of the format skip it
 MIN_CONTEXT_LENGTH = 2  # room for the start and end tokens
 PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what clip's Resize(n_px, BICUBIC) uses on PIL images
 RESCALE_FACTOR = 1 / 255  # ToTensor: uint8 -> [0, 1]

@@ -4,25 +4,29 @@ Pure state-dict functions: no files, no dtype changes. `to_hf` applies each
 rule's operation; `to_openai` swaps each rule's sides and applies the declared
 inverse. Every source key must match exactly one rule, every rule's group of
 source keys must be complete, and every target key is produced exactly once;
-anything else raises `MappingError` naming the keys.
+anything else raises `MappingError` naming the keys. `check_keys` says, before
+any of that, whether a set of keys is a complete checkpoint of a layout, and
+if it is not, what it is instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Mapping
 
-
 from roundtrip.ops import Operation, OperationError
 from roundtrip.schema import (
-    HF_IGNORED_KEYS,
-    OPENAI_ARCHIVE_ATTRIBUTES,
-    OPENAI_RESNET_PREFIXES,
+    BLOCK_FIELD,
+    LAYOUTS,
+    OPTIONAL_KEYS,
+    PLACEHOLDER_VALUES,
     PLACEHOLDERS,
     RULES,
+    UNSUPPORTED_VARIANTS,
     Rule,
 )
 
@@ -37,10 +41,23 @@ class UnsupportedArchitecture(MappingError):
     """A real CLIP checkpoint that the target framework cannot represent."""
 
 
-def describe_keys(keys: Iterable[str], limit: int = 8) -> str:
+class OtherLayout(MappingError):
+    """Keys of which none belongs to the layout asked for; `found` is the layout they belong to, if any."""
+
+    def __init__(self, message: str, found: str | None):
+        super().__init__(message)
+        self.found = found
+
+
+class IncompleteCheckpoint(MappingError):
+    """A checkpoint without some of the tensors its architecture needs."""
+
+
+def describe_keys(keys: Iterable[str], limit: int = 8, total: int | None = None) -> str:
     keys = sorted(keys)
+    total = len(keys) if total is None else total
     shown = ", ".join(keys[:limit])
-    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+    return shown + (f" (and {total - min(limit, len(keys))} more)" if total > min(limit, len(keys)) else "")
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,11 @@ class Pattern:
 
     def format(self, fields: Mapping[str, str]) -> str:
         return self.template.format(**fields)
+
+    def expand(self, values: Mapping[str, Iterable[str]]) -> list[str]:
+        """Every key this pattern gives with each field taking each of its `values`."""
+        names = sorted(self.fields)
+        return [self.format(dict(zip(names, chosen))) for chosen in itertools.product(*(values[n] for n in names))]
 
 
 @lru_cache(maxsize=None)
@@ -167,18 +189,10 @@ def apply(state_dict: Mapping, conversions: tuple[Conversion, ...], ignored: Ite
     return converted
 
 
-def reject_resnet(keys: Iterable[str]) -> None:
-    if any(key.startswith(OPENAI_RESNET_PREFIXES) for key in keys):
-        raise UnsupportedArchitecture(
-            "this is a ResNet CLIP checkpoint (RN50 family); transformers' CLIPModel has no ResNet vision tower, "
-            "only ViT CLIP checkpoints can be converted"
-        )
-
-
 def to_hf(openai_state_dict: Mapping) -> dict:
     """OpenAI `clip.model.CLIP` state dict -> HF `CLIPModel` state dict (same tensors, same dtypes)."""
-    reject_resnet(openai_state_dict.keys())
-    return apply(openai_state_dict, TO_HF, ignored=OPENAI_ARCHIVE_ATTRIBUTES)
+    _reject_unsupported(openai_state_dict.keys())
+    return apply(openai_state_dict, TO_HF, ignored=OPTIONAL_KEYS["openai"])
 
 
 def to_openai(hf_state_dict: Mapping) -> dict:
@@ -186,18 +200,92 @@ def to_openai(hf_state_dict: Mapping) -> dict:
 
     Fused q/k/v of `Strided` views are `Joined` (written part by part, never computed).
     """
-    return apply(hf_state_dict, TO_OPENAI, ignored=HF_IGNORED_KEYS)
+    return apply(hf_state_dict, TO_OPENAI, ignored=OPTIONAL_KEYS["hf"])
 
 
-def block_indices(openai_keys: Iterable[str]) -> dict[str, set[int]]:
+READING = {"openai": TO_HF, "hf": TO_OPENAI}  # layout -> the conversions that read its keys
+
+
+def check_keys(keys: Iterable[str], layout: str) -> dict[str, int]:
+    """The number of residual blocks per tower of a complete checkpoint in `layout`; else a MappingError that
+    says what the keys are: a variant no rule converts, another layout or no CLIP at all, keys no rule
+    covers, or which tensors its architecture needs that are missing."""
+    keys = [key for key in keys if key not in OPTIONAL_KEYS[layout]]
+    _reject_unsupported(keys)
+    conversions = READING[layout]
+    unmatched = [key for key in keys if not _matches(key, conversions)]
+    _check_layout(keys, len(keys) - len(unmatched), layout)
+    if unmatched:
+        raise MappingError(f"{len(unmatched)} key(s) match no rule: {describe_keys(unmatched)}")
+    blocks = _block_indices(keys, conversions)
+    missing, total = _missing_keys(set(keys), blocks, conversions)
+    if total:
+        raise IncompleteCheckpoint(f"missing {total} tensor(s) that a CLIP of this architecture needs: "
+                                   f"{describe_keys(missing, limit=5, total=total)}")
+    return {tower: len(indices) for tower, indices in blocks.items()}
+
+
+def _reject_unsupported(keys: Iterable[str]) -> None:
+    for key in keys:
+        for prefix, what in UNSUPPORTED_VARIANTS.items():
+            if key.startswith(prefix):
+                raise UnsupportedArchitecture(f"this is {what} (it has {key})")
+
+
+def _matches(key: str, conversions: tuple[Conversion, ...]) -> bool:
+    return any(pattern.parse(key) is not None for conversion in conversions for pattern in conversion.sources)
+
+
+def _check_layout(keys: list[str], matched: int, layout: str) -> None:
+    """Refuse keys that another layout explains better than `layout` does, or that no layout explains at all
+    (a few key names, such as logit_scale, are the same in every layout)."""
+    for other, conversions in READING.items():
+        found = [key for key in keys if _matches(key, conversions)]
+        if other != layout and len(found) > matched:
+            example = next(key for key in found if not _matches(key, READING[layout]))
+            raise OtherLayout(f"is not {LAYOUTS[layout]} checkpoint: its keys are those of {LAYOUTS[other]} "
+                              f"(such as {example})", other)
+    if not matched:
+        raise OtherLayout(f"is not a CLIP checkpoint: none of its keys is a CLIP key ({describe_keys(keys, limit=3)})",
+                          None)
+
+
+def _block_indices(keys: Iterable[str], conversions: tuple[Conversion, ...]) -> dict[str, set[int]]:
     """The residual-block indices present per tower, e.g. {"text": {0, 1}, "vision": {0, 1, 2}}."""
-    found: dict[str, set[int]] = defaultdict(set)
-    for key in openai_keys:
-        for conversion in TO_HF:
+    found: dict[str, set[int]] = {conversion.tower: set() for conversion in conversions if conversion.tower}
+    for key in keys:
+        for conversion in conversions:
             if conversion.tower is None:
                 continue
             for pattern in conversion.sources:
                 fields = pattern.parse(key)
                 if fields is not None:
-                    found[conversion.tower].add(int(fields["i"]))
-    return dict(found)
+                    found[conversion.tower].add(int(fields[BLOCK_FIELD]))
+    return found
+
+
+def _missing_keys(keys: set[str], blocks: dict[str, set[int]], conversions) -> tuple[list[str], int]:
+    """Some of the keys that a checkpoint with blocks 0..max of each tower (at least one) needs and `keys`
+    lacks, and how many it lacks in all."""
+    examples, total = [], 0
+    for conversion in conversions:
+        for values, times in _instances(conversion, blocks):
+            absent = [key for pattern in conversion.sources for key in pattern.expand(values) if key not in keys]
+            examples += absent
+            total += len(absent) * times
+    return examples, total
+
+
+def _instances(conversion: Conversion, blocks: dict[str, set[int]]) -> list[tuple[dict, int]]:
+    """The field values a complete checkpoint instantiates the conversion with, each with how many times it
+    stands for. Blocks missing whole are stood for by the first of them: a hostile index (block 10**9) must
+    not make this enumerate them."""
+    if conversion.tower is None:
+        return [(PLACEHOLDER_VALUES, 1)]
+    present = blocks[conversion.tower]
+    instances = [({**PLACEHOLDER_VALUES, BLOCK_FIELD: (str(index),)}, 1) for index in sorted(present)]
+    whole_blocks_missing = max(present, default=0) + 1 - len(present)
+    if whole_blocks_missing:
+        first = next(index for index in itertools.count() if index not in present)
+        instances.append(({**PLACEHOLDER_VALUES, BLOCK_FIELD: (str(first),)}, whole_blocks_missing))
+    return instances

@@ -22,8 +22,12 @@ from typing import Callable
 
 from roundtrip import safetensors_file, torch_zip
 from roundtrip.dtypes import dtype_of, raw_bytes
-from roundtrip.errors import InputError
-from roundtrip.hf_extras import MERGES_FILE, MERGES_HEADER, TOKENIZER_JSON, VOCAB_FILE, BPETable
+from roundtrip.errors import InputError, first_line
+from roundtrip.facts import (
+    HF_CONFIG, HF_PICKLE, HF_PICKLE_INDEX, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, MERGES_FILE, MERGES_HEADER,
+    TOKENIZER_JSON, VOCAB_FILE,
+)
+from roundtrip.hf_extras import BPETable
 from roundtrip.provenance import METADATA_KEY, Provenance
 from roundtrip.strided import Strided
 from roundtrip.torch_zip import ArchiveError
@@ -32,11 +36,6 @@ LFS_POINTER_PREFIX = b"version https://git-lfs"
 TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as training loops write it
 DATA_PARALLEL_PREFIX = "module."  # what nn.DataParallel / DDP put before every key
 
-HF_CONFIG = "config.json"
-HF_SAFETENSORS = "model.safetensors"
-HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
-HF_PICKLE = "pytorch_model.bin"
-HF_PICKLE_INDEX = "pytorch_model.bin.index.json"
 HASH_CHUNK_BYTES = 16 * 2**20  # each chunk is one wait for the interpreter, which other threads hold
 
 
@@ -75,7 +74,7 @@ def _read_torch_file(path: Path) -> tuple[object, bool, Callable[[], None]]:
     except ArchiveError as error:
         raise InputError(path, f"refused: {error}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise InputError(path, f"is not a readable PyTorch checkpoint ({_first_line(error)})") from None
+        raise InputError(path, f"is not a readable PyTorch checkpoint ({first_line(error)})") from None
     return contents.content, contents.torchscript, contents.release
 
 
@@ -85,7 +84,9 @@ def _nothing_to_release() -> None:
 
 def _require_file(path: Path) -> None:
     if path.is_dir():
-        raise InputError(path, "is a folder, expected an OpenAI checkpoint file (.pt)")
+        hint = f" (it holds {HF_CONFIG}: Hugging Face model folders convert with to-openai)" if (
+            path / HF_CONFIG).is_file() else ""
+        raise InputError(path, f"is a folder, expected an OpenAI checkpoint file (.pt){hint}")
     if not path.is_file():
         raise InputError(path, "does not exist")
     with open(path, "rb") as handle:
@@ -107,7 +108,7 @@ def _load_pickle(path: Path):
     except pickle.UnpicklingError as error:
         raise InputError(path, _unpickling_problem(str(error))) from None
     except Exception as error:  # noqa: BLE001 - truncated zips, random bytes, ...
-        raise InputError(path, f"is not a readable PyTorch checkpoint ({_first_line(error)})") from None
+        raise InputError(path, f"is not a readable PyTorch checkpoint ({first_line(error)})") from None
 
 
 def _unpickling_problem(message: str) -> str:
@@ -118,11 +119,6 @@ def _unpickling_problem(message: str) -> str:
     operand = re.search(r"Unsupported operand (\d+)", message)
     detail = f"pickle opcode {operand.group(1)} is not allowed" if operand else "not a pickle of tensors"
     return f"is not a readable PyTorch checkpoint ({detail})"
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _unwrap_state_dict(path: Path, loaded) -> dict[str, Strided]:
@@ -150,8 +146,11 @@ def _as_view(value) -> Strided | None:
 
 
 def read_hf_folder(folder: Path) -> HFFolder:
+    if folder.is_file():
+        raise InputError(folder, "is a file, expected a Hugging Face model folder (OpenAI checkpoint files convert "
+                                 "with to-hf)")
     if not folder.is_dir():
-        raise InputError(folder, "is not a folder, expected a Hugging Face model folder")
+        raise InputError(folder, "does not exist")
     config = _read_config(folder)
     weight_files, weight_map = _weight_files(folder)
     tensors, provenances, releases = {}, set(), []

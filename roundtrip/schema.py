@@ -21,6 +21,13 @@ from dataclasses import dataclass
 from roundtrip.ops import Chunk, Identity, Operation, Transpose
 
 PLACEHOLDERS = {"i": r"\d+", "wb": r"weight|bias"}
+BLOCK_FIELD = "i"
+# The values every other placeholder takes in a complete checkpoint (a layer's weight and its bias);
+# {i} takes 0..n-1, n read off the blocks present.
+PLACEHOLDER_VALUES = {"wb": ("weight", "bias")}
+
+# The two key layouts, named as the fields of `Rule`, and what their checkpoints are called.
+LAYOUTS = {"openai": "an OpenAI CLIP", "hf": "a Hugging Face CLIPModel"}
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,22 @@ OPENAI_ARCHIVE_ATTRIBUTES = {
 # Non-persistent buffers (arange) that older hub checkpoints still contain.
 HF_IGNORED_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
-# Keys only a ResNet vision tower (RN50, RN101, RN50x4, ...) has.
-OPENAI_RESNET_PREFIXES = ("visual.layer1.", "visual.attnpool.")
+# Keys a checkpoint of each layout may hold beside its weights; no rule needs them.
+OPTIONAL_KEYS = {"openai": tuple(OPENAI_ARCHIVE_ATTRIBUTES), "hf": HF_IGNORED_KEYS}
+
+_RESNET = ("a ResNet CLIP checkpoint (RN50 family): transformers' CLIPModel has no ResNet vision tower, only ViT "
+           "CLIP checkpoints can be converted")
+# CLIP variants that no rule converts, each given away by a key prefix: prefix -> what the checkpoint is.
+# Provenance: clip/model.py (ModifiedResNet); open_clip's timm_model.py (TimmModel as `visual.trunk`) and
+# model.py (CustomTextCLIP keeps its text tower under `text.`).
+UNSUPPORTED_VARIANTS = {
+    "visual.layer1.": _RESNET,
+    "visual.attnpool.": _RESNET,
+    "visual.trunk.": "an open_clip model with a timm vision tower (SigLIP, EVA, ConvNeXt, ...): transformers' "
+                     "CLIPModel holds only CLIP's own vision transformer",
+    "text.": "an open_clip model with a custom text tower (text.* keys): transformers' CLIPModel holds only "
+             "CLIP's own text transformer",
+}
 
 # Where each architecture number is read from, as clip.model.build_model does:
 # name -> (OpenAI key, axis). Layer counts come from the per-tower block rules.

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Mapping
 
 from roundtrip.config import Architecture
 from roundtrip.errors import VerificationError
+from roundtrip.facts import OPENAI_MEAN, OPENAI_STD, TOLERANCE
 from roundtrip.schema import OPENAI_SHAPE_SOURCES
 
 if TYPE_CHECKING:
     import torch
 
-TOLERANCE = 1e-3
 # The texts the text towers are probed with, and the ids clip.tokenize gives them between its start and
 # end-of-text tokens (a test compares). The empty text puts end-of-text, where both models pool, at
 # position 1, the caption further on. Spelled out, so that a check needs no tokenizer.
@@ -33,9 +33,6 @@ PROBE_TEXTS = {
     "": (),
 }
 OPENAI_VOCAB_SIZE = 49408
-# clip.transform's normalisation, so probe images look like what the model sees.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PROBE_IMAGES = 1  # one forward pass per tower on a small batch is enough
 
 
@@ -132,14 +129,18 @@ def hf_model(hf_weights: Mapping, hf_config: dict):
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # one model load is not a long step
-
-    model, info = CLIPModel.from_pretrained(  # takes the given tensors as they are: views stay views
-        None,
-        config=CLIPConfig.from_dict(hf_config),
-        state_dict=_float32(hf_weights),
-        dtype=torch.float32,
-        output_loading_info=True,
-    )
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # its load report (in terminal colours) would say what the check below says
+    try:
+        model, info = CLIPModel.from_pretrained(  # takes the given tensors as they are: views stay views
+            None,
+            config=CLIPConfig.from_dict(hf_config),
+            state_dict=_float32(hf_weights),
+            dtype=torch.float32,
+            output_loading_info=True,
+        )
+    finally:
+        logging.set_verbosity(verbosity)
     problems = {name: keys for name, keys in info.items() if keys and name != "error_msgs"}
     if problems or info.get("error_msgs"):
         raise ValueError(f"transformers did not load every weight: {problems or info['error_msgs']}")

@@ -227,15 +227,13 @@ def test_unknown_keys_are_named(tmp_path, demo_state_dict):
     assert_nothing_left(tmp_path, ["extra.pt"])
 
 
-def test_existing_dest_is_left_untouched_without_overwrite(tmp_path, demo_state_dict_file):
+def test_overwrite_replaces_a_folder_of_clipconvs_own_output(tmp_path, demo_state_dict_file):
     dest = tmp_path / "hf"
-    dest.mkdir()
-    (dest / "mine.txt").write_text("keep me")
-    assert_refused(run_cli("to-hf", demo_state_dict_file, dest), str(dest), "--overwrite")
-    assert listing(dest) == ["mine.txt"]
+    assert run_cli("to-hf", demo_state_dict_file, dest, "--no-verify", "--max-shard-size", "10MB").exit_code == 0
+    assert_refused(run_cli("to-hf", demo_state_dict_file, dest), str(dest), "already exists", "--overwrite")
 
     assert run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify").exit_code == 0
-    assert listing(dest) == HF_FOLDER_FILES
+    assert listing(dest) == HF_FOLDER_FILES  # the shards and their index are gone with the old folder
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
 
 

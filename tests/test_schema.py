@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roundtrip import mapping
-from roundtrip.examples import DEMO, random_openai_state_dict
-from roundtrip.mapping import TO_HF, TO_OPENAI, Conversion, MappingError, Pattern, UnsupportedArchitecture
+from roundtrip.mapping import (
+    TO_HF, TO_OPENAI, Conversion, IncompleteCheckpoint, MappingError, OtherLayout, Pattern, UnsupportedArchitecture,
+)
 from roundtrip.ops import Chunk, Concatenate, Identity, OperationError, Transpose
 from roundtrip.schema import PLACEHOLDERS, RULES
 
@@ -130,6 +131,38 @@ def test_resnet_checkpoints_are_refused_with_the_reason():
         mapping.to_hf(resnet_clip_state_dict())
 
 
-def test_block_indices_are_counted_per_tower():
-    keys = random_openai_state_dict(DEMO, openai_dtypes=False).keys()
-    assert mapping.block_indices(keys) == {"text": {0, 1}, "vision": {0, 1}}
+@pytest.mark.parametrize("layout", ["openai", "hf"])
+def test_check_keys_counts_the_blocks_of_each_tower(layout, demo_state_dict, hf_state_dict):
+    keys = demo_state_dict if layout == "openai" else hf_state_dict
+    assert mapping.check_keys(keys, layout) == {"text": 2, "vision": 2}
+
+
+def test_a_gap_in_the_blocks_names_the_missing_block(demo_state_dict):
+    gap = {key for key in demo_state_dict if not key.startswith("transformer.resblocks.0.")}
+    with pytest.raises(IncompleteCheckpoint, match=r"missing 12 tensor\(s\).*transformer\.resblocks\.0\.attn"):
+        mapping.check_keys(gap, "openai")
+
+
+def test_a_far_block_index_is_counted_without_listing_every_block(demo_state_dict):
+    far = {**demo_state_dict, "transformer.resblocks.1000000000.ln_1.weight": torch.zeros(1)}
+    # Blocks 0, 1 and 10**9 are there: 10**9 - 2 whole blocks of 12 keys are missing, and 11 of the far one.
+    with pytest.raises(IncompleteCheckpoint, match=f"missing {(10**9 - 2) * 12 + 11} tensor"):
+        mapping.check_keys(far, "openai")
+
+
+def test_keys_of_the_other_layout_are_called_what_they_are(demo_state_dict, hf_state_dict):
+    with pytest.raises(OtherLayout, match="not an OpenAI CLIP checkpoint.*Hugging Face CLIPModel") as raised:
+        mapping.check_keys(hf_state_dict, "openai")
+    assert raised.value.found == "hf"
+    with pytest.raises(OtherLayout, match="not a Hugging Face CLIPModel checkpoint.*OpenAI CLIP") as raised:
+        mapping.check_keys(demo_state_dict, "hf")
+    assert raised.value.found == "openai"
+    with pytest.raises(OtherLayout, match=r"not a CLIP checkpoint: none of its keys.*\(a, b\)") as raised:
+        mapping.check_keys(["a", "b"], "openai")
+    assert raised.value.found is None
+
+
+@pytest.mark.parametrize("prefix, what", [("visual.trunk.", "timm vision tower"), ("text.", "custom text tower")])
+def test_open_clip_variants_clipmodel_cannot_hold_are_named(demo_state_dict, prefix, what):
+    with pytest.raises(UnsupportedArchitecture, match=what):
+        mapping.check_keys([*demo_state_dict, f"{prefix}blocks.0.weight"], "openai")

@@ -1,0 +1,44 @@
+"""The README's examples run as printed: its shell and Python blocks, in order, in one folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from roundtrip.examples import DEMO, random_openai_model, save_torchscript_archive
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCK = re.compile(r"^```(?P<language>\w+)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+SETUP = "make install"  # the block of make targets is what CI itself runs, from a fresh clone
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    return [(found["language"], found["code"]) for found in BLOCK.finditer(text)]
+
+
+def test_code_blocks_are_found():
+    # A control for the test below: it must not pass by finding nothing to run.
+    languages = [language for language, _ in code_blocks(README.read_text(encoding="utf-8"))]
+    assert languages.count("sh") >= 2 and languages.count("python") >= 2
+
+
+def test_every_shell_and_python_block_of_the_readme_runs_in_order(tmp_path):
+    # What the quick start assumes the user has: a TorchScript archive as OpenAI releases them (here a small
+    # random CLIP under the README's file name, so that the test takes seconds, not a minute).
+    save_torchscript_archive(random_openai_model(DEMO), tmp_path / "ViT-B-32.pt")
+    bin_folder = Path(sys.executable).parent  # where `make install` puts clipconv
+    environment = {**os.environ, "PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    ran = 0
+    for language, code in code_blocks(README.read_text(encoding="utf-8")):
+        if language == "sh" and SETUP in code:
+            continue
+        command = {"sh": ["bash", "-euo", "pipefail", "-c", code], "python": [sys.executable, "-c", code]}.get(language)
+        if command is None:
+            continue
+        done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True)
+        assert done.returncode == 0, f"README block failed:\n{code}\n{done.stdout}\n{done.stderr}"
+        ran += 1
+    assert ran >= 3
