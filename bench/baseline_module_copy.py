@@ -25,7 +25,8 @@ import sys
 
 import torch
 
-from roundtrip.config import Architecture
+from roundtrip import hf_config, openai_config
+from roundtrip.architecture import Architecture, Shapes
 from roundtrip.verify import PROBE_TEXTS, TOLERANCE
 
 IMAGES = 1  # as the original: torch.randn(1, 3, 224, 224)
@@ -99,8 +100,8 @@ def convert(source: str, dest: str) -> float:
 
     openai_model, _ = clip.load(source, device="cpu", jit=False)
     openai_model = openai_model.float().eval()
-    architecture = Architecture.from_openai_state_dict(openai_model.state_dict())
-    hf_model = CLIPModel(CLIPConfig.from_dict(architecture.hf_config())).eval()
+    architecture = openai_config.architecture(Shapes.of(openai_model.state_dict()))
+    hf_model = CLIPModel(CLIPConfig.from_dict(hf_config.config(architecture))).eval()
 
     copy_text_tower(hf_model, openai_model)
     copy_vision_tower(hf_model, openai_model)

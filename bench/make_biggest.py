@@ -33,13 +33,15 @@ from pathlib import Path
 
 import torch
 
-from roundtrip.config import Architecture
+from roundtrip import openai_config
+from roundtrip.architecture import Architecture
+from roundtrip.openai_config import from_clip_kwargs
 from roundtrip.examples import DEMO
 from roundtrip.verify import openai_code
 
-BIGG = Architecture(embed_dim=1280, image_resolution=224, vision_layers=48, vision_width=1664, vision_patch_size=14,
-                    context_length=77, vocab_size=49408, transformer_width=1280, transformer_heads=20,
-                    transformer_layers=32)
+BIGG = from_clip_kwargs(embed_dim=1280, image_resolution=224, vision_layers=48, vision_width=1664,
+                        vision_patch_size=14, context_length=77, vocab_size=49408, transformer_width=1280,
+                        transformer_heads=20, transformer_layers=32)
 CHUNK_ELEMENTS = 2**24  # 64 MB of float32 in memory at a time
 INIT_STD = 0.02
 LAYER_NORM_WEIGHT = re.compile(r"(^|\.)ln_\w+\.weight$")
@@ -49,7 +51,7 @@ ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, skipped fields, name 
 def layout(architecture: Architecture) -> dict[str, torch.Size]:
     """Key names and shapes of OpenAI's state dict, from a model that holds no data."""
     with torch.device("meta"):
-        model = openai_code("model").CLIP(**architecture.clip_kwargs())
+        model = openai_code("model").CLIP(**openai_config.clip_kwargs(architecture))
     return {key: tensor.shape for key, tensor in model.state_dict().items()}
 
 
@@ -103,8 +105,9 @@ def main() -> None:
     arguments = parser.parse_args()
     architecture = DEMO if arguments.tiny else BIGG
     if arguments.layers:
-        architecture = dataclasses.replace(architecture, vision_layers=arguments.layers,
-                                           transformer_layers=arguments.layers)
+        architecture = dataclasses.replace(
+            architecture, vision=dataclasses.replace(architecture.vision, layers=arguments.layers),
+            text=dataclasses.replace(architecture.text, layers=arguments.layers))
     shapes = layout(architecture)
     partial = arguments.dest.with_name(arguments.dest.name + ".partial")
     write_archive_without_data(shapes, partial)

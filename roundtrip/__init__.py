@@ -1,12 +1,14 @@
-"""clipconv: exact, two-way conversion between OpenAI CLIP and Hugging Face CLIPModel checkpoints.
+"""clipconv: exact conversion of CLIP checkpoints between OpenAI's, Hugging Face's and open_clip's formats.
 
 State-dict level (no I/O):      roundtrip.to_hf(openai_sd), roundtrip.to_openai(hf_sd)
-File level (what the CLI runs): roundtrip.convert_to_hf(src, dest), roundtrip.convert_to_openai(src, dest)
+File level (what the CLI runs): roundtrip.convert(src, dest, to="hf" | "openai" | "open_clip"), and
+                                roundtrip.convert_to_hf / convert_to_openai / convert_to_open_clip(src, dest)
 """
 
 __version__ = "0.1.0"
 
-_PUBLIC = {"to_hf": "mapping", "to_openai": "mapping", "convert_to_hf": "convert", "convert_to_openai": "convert"}
+_PUBLIC = {"to_hf": "mapping", "to_openai": "mapping", "convert": "convert", "convert_to_hf": "convert",
+           "convert_to_openai": "convert", "convert_to_open_clip": "convert"}
 __all__ = [*_PUBLIC, "__version__"]
 
 

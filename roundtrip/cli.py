@@ -12,26 +12,48 @@ from pathlib import Path
 import click
 
 from roundtrip import __version__
-from roundtrip.dtypes import TO_HF_CHOICES, TO_OPENAI_CHOICES
+from roundtrip.dtypes import DTYPE_CHOICES
 from roundtrip.facts import HF_SHARD_PATTERN
 
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
-TO_HF_EXAMPLES = """
-\b
-Examples:
+# Per target format: its command, what it does, examples; the options are the same for every command.
+COMMANDS = {
+    "hf": ("to-hf", "Convert SOURCE into a Hugging Face CLIPModel folder DEST.", """
+    DEST gets config.json and model.safetensors (or shards with an index above
+    --max-shard-size), OpenAI's tokenizer, a preprocessor_config.json and a model
+    card (README.md), so CLIPProcessor and pipeline() load it directly.""", """
   clipconv to-hf ViT-B-32.pt clip-vit-base-patch32
-  clipconv to-hf finetuned.pt out/ --dtype keep --overwrite
-  clipconv to-hf ViT-L-14.pt big/ --max-shard-size 500MB --no-verify
-"""
-
-TO_OPENAI_EXAMPLES = """
-\b
-Examples:
+  clipconv to-hf laion-ViT-H-14/ ViT-H-14-hf
+  clipconv to-hf epoch_32.pt out --open-clip-model ViT-B-16-quickgelu
+  clipconv to-hf ViT-L-14.pt big --max-shard-size 500MB --no-verify"""),
+    "openai": ("to-openai", "Convert SOURCE into an OpenAI CLIP state-dict file DEST.", """
+    DEST is one .pt file that clip.load(DEST, jit=False) and
+    clip.model.build_model accept. Models OpenAI's code cannot build (gelu,
+    heads other than width // 64, another MLP width or LayerNorm eps) are refused
+    with every difference listed.""", """
   clipconv to-openai clip-vit-base-patch32 ViT-B-32.pt
-  clipconv to-openai my-hf-finetune/ finetuned.pt --dtype float16
-  python -c "import clip; clip.load('finetuned.pt', device='cpu', jit=False)"
-"""
+  clipconv to-openai my-hf-finetune finetuned.pt --dtype float16
+  python -c 'import clip; clip.load("finetuned.pt", device="cpu", jit=False)'"""),
+    "open_clip": ("to-open-clip", "Convert SOURCE into an open_clip model folder DEST.", """
+    DEST gets open_clip_config.json and open_clip_model.safetensors, which
+    open_clip.create_model_and_transforms("local-dir:DEST") loads.""", """
+  clipconv to-open-clip clip-vit-base-patch32 ViT-B-32-open-clip
+  clipconv to-open-clip ViT-B-32.pt ViT-B-32-open-clip
+  python -c 'import open_clip; open_clip.create_model_and_transforms("local-dir:ViT-B-32-open-clip")'"""),
+}
+SOURCES = """
+    SOURCE is any checkpoint clipconv reads: an OpenAI TorchScript archive or
+    torch.save state dict (also wrapped as {"state_dict": ...}, "module."
+    prefixes stripped), a Hugging Face CLIPModel folder, an open_clip folder
+    (open_clip_config.json beside its weights), or an open_clip checkpoint file
+    with --open-clip-model NAME or --open-clip-config FILE (an open_clip model's
+    activation and heads are not in its tensors: they are never guessed).
+
+    DEST must not exist, or with --overwrite hold only what this command writes;
+    it is never SOURCE, inside it, or a folder holding it. Unless --no-verify is
+    given, the source's own model code and the target's compute the logits of the
+    converted weights, which must agree within 1e-3; otherwise nothing is written."""
 
 
 class ByteSize(click.ParamType):
@@ -54,89 +76,65 @@ class ByteSize(click.ParamType):
 @click.option("--debug", is_flag=True, help="Show a traceback when something fails (also after the command).")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Convert CLIP checkpoints between OpenAI's format and Hugging Face transformers, exactly.
+    """Convert CLIP checkpoints between OpenAI's, Hugging Face's and open_clip's formats, exactly.
 
     \b
-    to-hf      OpenAI checkpoint (.pt, TorchScript or state dict) -> HF CLIPModel folder
-    to-openai  HF CLIPModel folder -> OpenAI state dict that clip.load accepts
+    to-hf         any source -> Hugging Face CLIPModel folder
+    to-openai     any source -> OpenAI state dict that clip.load accepts
+    to-open-clip  any source -> open_clip folder (open_clip_config.json + weights)
 
-    Both directions come from one schema; a round trip gives back every tensor
-    bit for bit. After converting, logits of OpenAI's model code and of
-    transformers are compared (max |diff| <= 1e-3) unless --no-verify is given.
+    Every direction comes from one schema; a round trip gives back every tensor
+    bit for bit. After converting, the logits of the source's model code and the
+    target's are compared (max |diff| <= 1e-3) unless --no-verify is given.
     """
     ctx.obj = {"debug": debug}
 
 
-def _common_options(function):
-    function = click.option("--overwrite", is_flag=True, help="Replace DEST if it exists and holds only what a "
-                            "conversion writes (only once the new one is complete).")(function)
-    function = click.option("--no-verify", is_flag=True, help="Skip the logit comparison and the read-back of the "
-                            "written bytes (faster: no model is built, torch is not even imported).")(function)
-    function = click.option("--debug", is_flag=True, help="Show a traceback when something fails.")(function)
-    return function
+def _command(name: str, command_name: str, summary: str, details: str, examples: str, shards: bool):
+    """The `clipconv to-...` command that converts into format `name`."""
+
+    def command(ctx, source: Path, dest: str, debug: bool, max_shard_size: int | None = None, **options):
+        from roundtrip.convert import convert
+
+        def run(report, progress):
+            return convert(source, dest, name, dtype=options["dtype"], verify_logits=not options["no_verify"],
+                           overwrite=options["overwrite"], open_clip_model=options["open_clip_model"],
+                           open_clip_config=options["open_clip_config"], report=report, progress=progress,
+                           **({"max_shard_bytes": max_shard_size} if max_shard_size is not None else {}))
+
+        _run(ctx, run, debug)
+
+    command.__doc__ = f"{summary}\n{SOURCES}\n{details}"
+    decorators = [
+        click.argument("source", type=click.Path(path_type=Path)),
+        click.argument("dest", type=click.Path()),  # as typed: a trailing separator means a folder
+        click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="restore", show_default=True,
+                     help="'restore': the dtypes an earlier conversion recorded for this format, else "
+                          "the format's own (float32 for HF and open_clip, the source's for OpenAI); 'keep': the "
+                          "source's dtypes; or one dtype for every floating tensor."),
+        *([click.option("--max-shard-size", type=ByteSize(), default="5GB", show_default=True,
+                        help="Split model.safetensors into shards (with an index) above this size.")] if shards
+          else []),
+        click.option("--open-clip-model", metavar="NAME",
+                     help="The open_clip model SOURCE (a checkpoint file) is, by its name in open_clip's registry "
+                          "(e.g. ViT-H-14, ViT-B-16-quickgelu)."),
+        click.option("--open-clip-config", type=click.Path(path_type=Path), metavar="FILE",
+                     help="The open_clip model SOURCE (a checkpoint file) is, as a model config JSON or an "
+                          "open_clip_config.json."),
+        click.option("--overwrite", is_flag=True, help="Replace DEST if it exists and holds only what this "
+                     "command writes (only once the new one is complete)."),
+        click.option("--no-verify", is_flag=True, help="Skip the logit comparison and the read-back of the "
+                     "written bytes (faster: no model is built, torch is not even imported)."),
+        click.option("--debug", is_flag=True, help="Show a traceback when something fails."),
+        click.pass_context,
+    ]
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return main.command(command_name, epilog=f"\b\nExamples:{examples}")(command)
 
 
-@main.command("to-hf", epilog=TO_HF_EXAMPLES)
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path())  # as typed: a trailing separator means a folder
-@click.option("--dtype", type=click.Choice(TO_HF_CHOICES), default="float32",
-              show_default=True, help="Dtype of the written weights; 'keep' writes each tensor in its source dtype.")
-@click.option("--max-shard-size", type=ByteSize(), default="5GB", show_default=True,
-              help="Split model.safetensors into shards (with an index) above this size.")
-@_common_options
-@click.pass_context
-def to_hf_command(ctx, source: Path, dest: str, dtype: str, max_shard_size: int, overwrite: bool, no_verify: bool,
-                  debug: bool):
-    """Convert an OpenAI CLIP checkpoint SOURCE into a Hugging Face CLIPModel folder DEST.
-
-    SOURCE is one of OpenAI's released TorchScript archives, or a torch.save state
-    dict of clip.model.CLIP (also wrapped as {"state_dict": ...} or with a
-    "module." prefix). The architecture is inferred from the tensor shapes. Each
-    source tensor's dtype is recorded in the safetensors metadata, so that
-    to-openai can restore OpenAI's fp16/fp32 mix exactly. DEST also gets OpenAI's
-    tokenizer, a preprocessor_config.json reproducing clip's image transform and a
-    model card (README.md), so CLIPProcessor and pipeline() load it directly.
-
-    DEST must not exist, or with --overwrite be a folder holding only what to-hf
-    writes; it is never SOURCE's folder or one that holds it.
-    """
-    from roundtrip.convert import convert_to_hf
-
-    def run(report, progress):
-        return convert_to_hf(source, dest, dtype=dtype, verify_logits=not no_verify, overwrite=overwrite,
-                             max_shard_bytes=max_shard_size, report=report, progress=progress)
-
-    _run(ctx, run, "Hugging Face CLIPModel folder", debug)
-
-
-@main.command("to-openai", epilog=TO_OPENAI_EXAMPLES)
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path())  # as typed: a trailing separator means a folder
-@click.option("--dtype", type=click.Choice(TO_OPENAI_CHOICES), default="restore",
-              show_default=True,
-              help="'restore' gives each tensor the dtype recorded by to-hf (else keeps the folder's); "
-                   "'keep' keeps the folder's dtypes.")
-@_common_options
-@click.pass_context
-def to_openai_command(ctx, source: Path, dest: str, dtype: str, overwrite: bool, no_verify: bool, debug: bool):
-    """Convert a Hugging Face CLIPModel folder SOURCE into an OpenAI state-dict file DEST.
-
-    SOURCE holds config.json and model.safetensors, a sharded
-    model.safetensors.index.json, or pytorch_model.bin. q/k/v are fused back into
-    in_proj and the projections transposed back. Models whose config OpenAI's
-    code cannot reproduce (gelu instead of quick_gelu, other LayerNorm eps, head
-    width other than 64, ...) are refused with every difference listed.
-
-    DEST names a file (not a folder): it must not exist, or with --overwrite be a
-    file, and is never inside SOURCE.
-    """
-    from roundtrip.convert import convert_to_openai
-
-    def run(report, progress):
-        return convert_to_openai(source, dest, dtype=dtype, verify_logits=not no_verify, overwrite=overwrite,
-                                 report=report, progress=progress)
-
-    _run(ctx, run, "OpenAI CLIP state dict", debug)
+for _name, _help in COMMANDS.items():
+    _command(_name, *_help, shards=_name == "hf")
 
 
 class _WriteProgress:
@@ -159,7 +157,7 @@ class _WriteProgress:
             self.bar = None
 
 
-def _run(ctx: click.Context, run, kind: str, debug: bool) -> None:
+def _run(ctx: click.Context, run, debug: bool) -> None:
     from roundtrip.errors import ClipconvError
 
     ctx.obj["debug"] = ctx.obj.get("debug") or debug  # --debug before or after the command
@@ -183,7 +181,7 @@ def _run(ctx: click.Context, run, kind: str, debug: bool) -> None:
         # Files are written and closed; what is left in memory the OS frees at exit. Without this,
         # the interpreter's collections at exit walk the heap torch and transformers leave: ~1 s.
         gc.freeze()
-    _print_summary(summary, kind)
+    _print_summary(summary)
 
 
 def tune_process() -> None:
@@ -234,9 +232,9 @@ def _fail(ctx: click.Context, message: str) -> None:
     ctx.exit(1)
 
 
-def _print_summary(summary, kind: str) -> None:
+def _print_summary(summary) -> None:
     dtypes = ", ".join(f"{name}: {count}" for name, count in summary.dtypes.items())
-    click.echo(f"Wrote {summary.dest} ({kind})")
+    click.echo(f"Wrote {summary.dest} ({summary.target})")
     click.echo(f"  tensors       {summary.tensors} ({dtypes}) in {_files(summary.files)}")
     if summary.extra_files:
         click.echo(f"  also          {', '.join(summary.extra_files)}")

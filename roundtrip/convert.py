@@ -1,8 +1,9 @@
-"""File-level conversions: what the CLI runs, usable from Python too.
+"""The one conversion pipeline: what the CLI runs, usable from Python too.
 
-Each function reads the source, maps it with the schema, writes into a staged
-path beside DEST, optionally verifies logits, and only then moves the result
-into place.
+`convert` takes a source of any format (`roundtrip.formats` tells which) to a target format: it checks DEST,
+reads the source, checks its keys against the schema, works out its architecture, refuses what the target
+cannot represent, maps the keys, writes into a staged path beside DEST while the logit check runs, and only
+then moves the result into place.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from roundtrip import __version__, destination, dtypes, hf_extras, mapping, readers, verify, writers
-from roundtrip.config import Architecture, ConfigError, openai_incompatibilities, resolved_hf_config
-from roundtrip.errors import InputError, VerificationError, first_line
-from roundtrip.facts import HF_CONFIG, HF_SAFETENSORS_INDEX
+from roundtrip import destination, dtypes, formats, mapping, verify, writers
+from roundtrip.architecture import Architecture, ArchitectureError, Shapes
+from roundtrip.errors import InputError, VerificationError, one_line
+from roundtrip.formats import FORMATS, Format, Job, Source, SourceOptions
 from roundtrip.mapping import MappingError, OtherLayout
 from roundtrip.ops import OperationError
-from roundtrip.provenance import METADATA_KEY, Provenance
+from roundtrip.provenance import METADATA_KEY, Provenance, Record
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
 from roundtrip.strided import Strided
 
@@ -31,6 +32,7 @@ CONVERTED_BY = {"openai": "convert it with to-hf", "hf": "convert its folder wit
 @dataclass
 class Summary:
     dest: Path
+    target: str  # what was written, e.g. "Hugging Face CLIPModel folder"
     tensors: int
     dtypes: dict[str, int]
     files: list[str]
@@ -44,103 +46,128 @@ def _silent(_: str) -> None:
     pass
 
 
+def convert(
+    source: Path | str,
+    dest: Path | str,
+    to: str,
+    *,
+    dtype: str = "restore",
+    verify_logits: bool = True,
+    overwrite: bool = False,
+    max_shard_bytes: int = writers.DEFAULT_MAX_SHARD_BYTES,
+    open_clip_model: str | None = None,
+    open_clip_config: Path | str | None = None,
+    report: Report = _silent,
+    progress: writers.Progress = lambda done, total: None,
+) -> Summary:
+    """Convert the checkpoint at `source` (any format clipconv reads) into format `to` ("hf", "openai",
+    "open_clip") at `dest`.
+
+    `dtype`: "restore" (the dtypes an earlier conversion recorded for this format, else the format's own
+    default), "keep" (the source's), or "float32", "float16", "bfloat16".
+    """
+    target = FORMATS[to]
+    options = SourceOptions(open_clip_model, Path(open_clip_config) if open_clip_config else None)
+    source_path = Path(source)
+    placed = destination.check_destination(dest, [source_path, *options.files()], target.output, overwrite)
+    source_format, notes = formats.detect(source_path, options, target)
+    if source_format is target:
+        raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
+    report(f"Reading {source_path}")
+    read = source_format.read(source_path, options)
+    architecture, shapes = _architecture(read, target)
+    restored = read.provenance.records.get(target.name) if read.provenance else None
+    config, config_notes = target.make_config(architecture, read, restored, shapes)
+    weights = mapping.convert(mapping.convert(read.tensors, source_format.layout, "openai"), "openai", target.layout)
+    attributes = _restored_attributes(restored, architecture) if target.keeps_attributes else {}
+    cast = _cast(dtype, restored, target)
+    provenance = (read.provenance or Provenance(formats.tool(), {})).adding(read.record(), formats.tool(),
+                                                                              dropping=target.name)
+    summary = Summary(Path(dest), target.title, len(weights) + len(attributes),
+                      cast.summary({**weights, **attributes}), [], architecture,
+                      notes=[*notes, *read.notes, *config_notes])
+    sides = (source_format.side(read.config), target.side(config))
+    if verify_logits:
+        weights = _cast_once(weights, cast, read.release, sides)
+    output = _in_order({**weights, **attributes}, restored)  # the logit check takes `weights` alone
+    with destination.staged(placed, is_folder=target.output.is_folder) as staging, _background() as background:
+        if verify_logits:
+            # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
+            report(f"Verifying logits of {sides[0].reference.name} against {sides[1].reference.name}, "
+                   "alongside writing")
+            verification = background.submit(verify.max_logit_difference, weights, target.layout, *sides,
+                                             architecture)
+        report(f"Writing {len(weights)} tensors")
+        written = target.write(Job(staging, dest, read, output, cast, architecture, config,
+                                   {"format": "pt", METADATA_KEY: provenance.to_json()}, max_shard_bytes, progress,
+                                   read.release, verify_logits, background))
+        summary.files, summary.notes = written.files, [*summary.notes, *written.notes]
+        if verify_logits:
+            # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
+            summary.max_logit_difference = _logit_difference(verification, source_path)
+            verify.require_agreement(dest, summary.max_logit_difference)
+        summary.extra_files = written.finish(summary.max_logit_difference)
+    return summary
+
+
+def _architecture(read: Source, target: Format) -> tuple[Architecture, Shapes]:
+    """The source's architecture, refused where the target's code cannot represent it."""
+    with _as_input_error(read.path):
+        mapping.check_keys(read.tensors, read.format.layout)  # names missing keys as the source names them
+        shapes = Shapes.of(mapping.convert(read.tensors, read.format.layout, "openai"))
+    with _as_input_error(read.config_path):
+        architecture = read.format.architecture(read, shapes)
+    problems = target.incompatibilities(architecture)
+    if problems:
+        raise InputError(read.path, f"{target.code} cannot represent this model: " + "; ".join(problems))
+    return architecture, shapes
+
+
 @contextlib.contextmanager
-def _as_input_error(path: Path) -> Iterator[None]:
+def _as_input_error(path: Path | str) -> Iterator[None]:
     """Report mapping and config problems of a source as one-line errors naming it."""
     try:
         yield
     except OtherLayout as error:
         hint = f"; {CONVERTED_BY[error.found]}" if error.found else ""
         raise InputError(path, f"{error}{hint}") from None
-    except (MappingError, ConfigError, OperationError) as error:
+    except (MappingError, ArchitectureError, OperationError) as error:
         raise InputError(path, str(error)) from None
 
 
-def _logit_difference(verification: Future, source: Path) -> float:
-    """The logit check's result; any failure to build or run a reference model is one line naming the source."""
-    try:
-        return verification.result()
-    except Exception as error:  # noqa: BLE001 - a model that cannot be built is a fact about this source
-        raise VerificationError(source, f"the logit check could not run the models on it "
-                                        f"({type(error).__name__}: {first_line(error)})") from None
+def _in_order(weights: dict, restored: Record | None) -> dict:
+    """`weights` in the key order a source in this format had, where one was recorded."""
+    order = restored.key_order if restored else []
+    ordered = {key: weights[key] for key in order if key in weights}
+    return {**ordered, **weights}  # keys the record does not know keep their place after it
 
 
-def convert_to_hf(
-    source: Path | str,
-    dest: Path | str,
-    *,
-    dtype: str = "float32",
-    verify_logits: bool = True,
-    overwrite: bool = False,
-    max_shard_bytes: int = writers.DEFAULT_MAX_SHARD_BYTES,
-    report: Report = _silent,
-    progress: writers.Progress = lambda done, total: None,
-) -> Summary:
-    """OpenAI checkpoint file -> HF CLIPModel folder."""
-    source = Path(source)
-    placed = destination.check_destination(dest, [source], writers.HF_FOLDER, overwrite)
-    report(f"Reading {source}")
-    checkpoint = readers.read_openai_checkpoint(source)
-    key_order = list(checkpoint.tensors)
-    attributes = {k: checkpoint.tensors.pop(k) for k in OPENAI_ARCHIVE_ATTRIBUTES if k in checkpoint.tensors}
-    source_dtype_counts = dtypes.Cast().summary(checkpoint.tensors)  # the identity cast: the source's dtypes
-    with _as_input_error(source):
-        architecture = Architecture.from_openai_state_dict(checkpoint.tensors)
-        cast = dtypes.Cast.from_choice(dtype)
-        hf_weights = mapping.to_hf(checkpoint.tensors)  # views: nothing is copied yet
-        provenance = Provenance(
-            tool=f"clipconv {__version__}",
-            source_name=source.name,
-            source_format=checkpoint.format,
-            source_dtypes={key: dtypes.dtype_of(t).name for key, t in checkpoint.tensors.items()},
-            archive_attributes={key: _describe_attribute(source, key, t) for key, t in attributes.items()},
-            key_order=key_order,
-        )
-    summary = Summary(Path(dest), len(hf_weights), cast.summary(hf_weights), [], architecture)
-    if verify_logits:
-        openai_weights = _cast_once(checkpoint.tensors, cast, checkpoint.release)
-        hf_weights = mapping.to_hf(openai_weights)  # the same views, of the cast copies
-    with destination.staged(placed, is_folder=True) as staging, _background() as background:
-        # Compute-bound side jobs run in background threads while this thread writes (I/O-bound);
-        # the logit check first, as it takes longest.
-        if verify_logits:
-            report("Verifying logits against OpenAI's model code, alongside writing")
-            verification_job = background.submit(
-                verify.max_logit_difference, openai_weights, architecture.hf_config(), architecture)
-        processing_job = background.submit(hf_extras.processing_files, architecture)
-        source_hash_job = background.submit(readers.sha256_of, source)
-        report(f"Writing {len(hf_weights)} tensors")
-        written = writers.write_hf_folder(
-            staging, architecture.hf_config(), hf_weights,
-            {"format": "pt", METADATA_KEY: provenance.to_json()}, cast, max_shard_bytes, progress,
-            after_each=checkpoint.release, read_back=verify_logits,
-        )
-        summary.files = [*written, *([HF_SAFETENSORS_INDEX] if len(written) > 1 else [])]
-        writers.confirm_hf_folder(staging, written, dest)
-        report("Writing tokenizer and image processor files")
-        processing, summary.notes = processing_job.result()
-        writers.write_text_files(staging, processing)
-        source_sha256 = source_hash_job.result()
-        if verify_logits:
-            # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
-            summary.max_logit_difference = _logit_difference(verification_job, source)
-            verify.require_agreement(dest, summary.max_logit_difference)
-        # Last, because the card reports the verification figure.
-        card = hf_extras.model_card(hf_extras.CardFacts(
-            source_name=source.name, source_sha256=source_sha256, source_format=checkpoint.format,
-            source_dtypes=source_dtype_counts, written_dtypes=summary.dtypes, tool=provenance.tool,
-            architecture=architecture, max_logit_difference=summary.max_logit_difference, notes=summary.notes,
-        ))
-        writers.write_text_files(staging, card)
-        summary.extra_files = [*processing, *card]
-    return summary
+def _restored_attributes(restored: Record | None, architecture: Architecture) -> dict[str, Strided]:
+    """The 0-dim TorchScript attributes the recorded source had, where they still state this architecture's
+    numbers (they are not weights: each restates one)."""
+    import numpy
+
+    if restored is None:
+        return {}
+    numbers = {"image_resolution": architecture.image_resolution, "context_length": architecture.context_length,
+               "vocab_size": architecture.vocab_size}
+    return {key: Strided.of_numpy(numpy.full(spec["shape"], spec["value"], dtype=dtypes.from_name(spec["dtype"]).numpy))
+            for key, spec in restored.attributes.items()
+            if key in OPENAI_ARCHIVE_ATTRIBUTES and spec["value"] == numbers[OPENAI_ARCHIVE_ATTRIBUTES[key]]}
 
 
-def _cast_once(weights: dict, cast: dtypes.Cast, release_input: Callable[[], None]) -> dict:
+def _cast(choice: str, restored: Record | None, target: Format) -> dtypes.Cast:
+    if choice != "restore":
+        return dtypes.Cast.from_choice(choice)
+    fallback = dtypes.Cast.from_choice(target.fallback_dtype)
+    return dtypes.Cast(floats_to=fallback.floats_to, recorded=restored.dtypes if restored else {})
+
+
+def _cast_once(weights: dict, cast: dtypes.Cast, release_input: Callable[[], None], sides) -> dict:
     """The writer and the logit check both need the weights in their written dtypes: cast them once, up
-    front, while torch and transformers are imported, handing the input's pages back as they are cast
-    (a view that needed no cast reads its pages again when used)."""
-    verify.start_imports()
+    front, while the frameworks are imported, handing the input's pages back as they are cast (a view that
+    needed no cast reads its pages again when used)."""
+    verify.start_imports(verify.frameworks(*sides))
     return cast.in_memory(weights, after_each=release_input)
 
 
@@ -155,87 +182,25 @@ def _background() -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _describe_attribute(source: Path, key: str, tensor: Strided) -> dict:
-    if tensor.numel() != 1 or tensor.is_floating_point():
-        raise InputError(source, f"{key} should be a single integer, found shape {tuple(tensor.shape)} {tensor.dtype}")
-    return {"dtype": tensor.dtype.name, "shape": list(tensor.shape), "value": int(tensor.item())}
-
-
-def _in_recorded_order(state_dict: dict, provenance: Provenance | None) -> dict:
-    order = provenance.key_order if provenance else []
-    ordered = {key: state_dict[key] for key in order if key in state_dict}
-    return {**ordered, **state_dict}  # keys the record does not know keep their place after it
-
-
-def _restore_attributes(provenance: Provenance | None) -> dict[str, Strided]:
-    import numpy
-
-    if provenance is None:
-        return {}
-    return {
-        key: Strided.of_numpy(numpy.full(spec["shape"], spec["value"], dtype=dtypes.from_name(spec["dtype"]).numpy))
-        for key, spec in provenance.archive_attributes.items()
-    }
-
-
-def convert_to_openai(
-    source: Path | str,
-    dest: Path | str,
-    *,
-    dtype: str = "restore",
-    verify_logits: bool = True,
-    overwrite: bool = False,
-    report: Report = _silent,
-    progress: writers.Progress = lambda done, total: None,
-) -> Summary:
-    """HF CLIPModel folder -> OpenAI state-dict file that clip.load accepts."""
-    source = Path(source)
-    placed = destination.check_destination(dest, [source], destination.ONE_FILE, overwrite)
-    report(f"Reading {source}")
-    folder = readers.read_hf_folder(source)
-    notes = _tokenizer_warnings(source)
-    with _as_input_error(source):
-        mapping.check_keys(folder.tensors, "hf")  # names missing keys as the folder names them
-        openai_weights = mapping.to_openai(folder.tensors)  # q/k/v fused as they are written
-        architecture = Architecture.from_openai_state_dict(openai_weights)
+def _logit_difference(verification: Future, source: Path) -> float:
+    """The logit check's result; any failure to build or run a reference model is one line naming the source."""
     try:
-        problems = openai_incompatibilities(resolved_hf_config(folder.config), architecture)
-    except ConfigError as error:
-        raise InputError(source / HF_CONFIG, f"is not a valid CLIP config ({error})") from None
-    if problems:
-        raise InputError(source, "OpenAI's CLIP code cannot represent this model: " + "; ".join(problems))
-    if dtype == "restore":
-        cast = dtypes.Cast(recorded=folder.provenance.source_dtypes if folder.provenance else {})
-    else:
-        cast = dtypes.Cast.from_choice(dtype)
-    if verify_logits:
-        openai_weights = _cast_once(openai_weights, cast, folder.release)
-    output = _in_recorded_order({**openai_weights, **_restore_attributes(folder.provenance)}, folder.provenance)
-    summary = Summary(Path(dest), len(output), cast.summary(output), [placed.name], architecture, notes=notes)
-    with destination.staged(placed, is_folder=False) as staging, _background() as background:
-        if verify_logits:
-            report("Verifying logits against transformers, alongside writing")
-            verification_job = background.submit(
-                verify.max_logit_difference, openai_weights, folder.config, architecture)
-        report(f"Writing {len(output)} tensors")
-        expected = writers.write_openai_file(staging, output, cast, progress, after_each=folder.release,
-                                             read_back=verify_logits)
-        written = readers.read_openai_checkpoint(staging)
-        writers.confirm_tensors(written.tensors, expected, dest)
-        if verify_logits:
-            # Verification ran on the tensors in memory; the file's bytes were read back from disk as written.
-            summary.max_logit_difference = _logit_difference(verification_job, source)
-            verify.require_agreement(dest, summary.max_logit_difference)
-    return summary
+        return verification.result()
+    except Exception as error:  # noqa: BLE001 - a model that cannot be built is a fact about this source
+        raise VerificationError(source, f"the logit check could not run the models on it "
+                                        f"({type(error).__name__}: {one_line(error)})") from None
 
 
-def _tokenizer_warnings(folder: Path) -> list[str]:
-    """to-openai writes no tokenizer; it only warns when the folder's would not match clip.tokenize."""
-    try:
-        table = readers.read_tokenizer_table(folder)
-    except InputError as error:
-        return [f"clip.tokenize may not reproduce this folder's tokenizer: {error}"]
-    difference = None if table is None else hf_extras.tokenizer_difference(table)
-    if difference is None:
-        return []
-    return [f"clip.tokenize will not reproduce this folder's tokenizer: {folder}: {difference}"]
+def convert_to_hf(source: Path | str, dest: Path | str, **options) -> Summary:
+    """Any source clipconv reads -> a Hugging Face CLIPModel folder (see `convert` for the options)."""
+    return convert(source, dest, "hf", **options)
+
+
+def convert_to_openai(source: Path | str, dest: Path | str, **options) -> Summary:
+    """Any source clipconv reads -> an OpenAI state-dict file that clip.load accepts."""
+    return convert(source, dest, "openai", **options)
+
+
+def convert_to_open_clip(source: Path | str, dest: Path | str, **options) -> Summary:
+    """Any source clipconv reads -> an open_clip folder that `local-dir:` loads."""
+    return convert(source, dest, "open_clip", **options)

@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 FLOAT_CHOICES = ("float32", "float16", "bfloat16")
-TO_HF_CHOICES = (*FLOAT_CHOICES, "keep")  # default float32, the hub convention
-TO_OPENAI_CHOICES = ("restore", "keep", *FLOAT_CHOICES)  # default restore what to-hf recorded
+DTYPE_CHOICES = ("restore", "keep", *FLOAT_CHOICES)  # --dtype; "restore" is the converter's to resolve
 SCRATCH_BYTES = 8 * 2**20  # room for one piece of a tensor being cast while written
 PARALLEL_CAST_ELEMENTS = 2**18  # pieces at least this large are cast on two cores
 

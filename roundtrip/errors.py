@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Callable
 
 
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (libraries' messages run over many lines)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+ONE_LINE_LIMIT = 400  # characters of a library's message that a one-line error quotes
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (libraries' messages run over many), cut at ONE_LINE_LIMIT."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= ONE_LINE_LIMIT else text[:ONE_LINE_LIMIT] + " ..."
 
 
 def python_spelling(parameter: str) -> str:

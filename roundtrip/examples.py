@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from roundtrip.config import Architecture
+from roundtrip import openai_config
+from roundtrip.architecture import Architecture, Shapes
+from roundtrip.openai_config import from_clip_kwargs
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
 from roundtrip.verify import openai_code
 
@@ -21,20 +23,20 @@ _TEXT_L = dict(context_length=77, vocab_size=49408, transformer_width=768, trans
 
 # The ViT models OpenAI released (names as in clip.available_models()).
 RELEASED = {
-    "ViT-B/32": Architecture(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
-                             vision_patch_size=32, **_TEXT_B),
-    "ViT-B/16": Architecture(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
-                             vision_patch_size=16, **_TEXT_B),
-    "ViT-L/14": Architecture(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
-                             vision_patch_size=14, **_TEXT_L),
-    "ViT-L/14@336px": Architecture(embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
-                                   vision_patch_size=14, **_TEXT_L),
+    "ViT-B/32": from_clip_kwargs(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                                 vision_patch_size=32, **_TEXT_B),
+    "ViT-B/16": from_clip_kwargs(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                                 vision_patch_size=16, **_TEXT_B),
+    "ViT-L/14": from_clip_kwargs(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+                                 vision_patch_size=14, **_TEXT_L),
+    "ViT-L/14@336px": from_clip_kwargs(embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
+                                       vision_patch_size=14, **_TEXT_L),
 }
 
 # Small enough to build, convert and verify in seconds; real vocabulary and context.
-DEMO = Architecture(embed_dim=128, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16,
-                    context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=2,
-                    transformer_layers=2)
+DEMO = from_clip_kwargs(embed_dim=128, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16,
+                        context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=2,
+                        transformer_layers=2)
 
 TRAINED_LOGIT_SCALE = math.log(100.0)  # where OpenAI's training ends (clamped at 100)
 
@@ -43,7 +45,7 @@ def random_openai_model(architecture: Architecture, seed: int = 0, openai_dtypes
     """A `clip.model.CLIP` with OpenAI's random init; with `openai_dtypes`, halved as OpenAI's releases are."""
     code = openai_code("model")
     torch.manual_seed(seed)
-    model = code.CLIP(**architecture.clip_kwargs()).eval()
+    model = code.CLIP(**openai_config.clip_kwargs(architecture)).eval()
     with torch.no_grad():
         model.logit_scale.fill_(TRAINED_LOGIT_SCALE)
     if openai_dtypes:
@@ -71,7 +73,7 @@ def save_torchscript_archive(model, path: Path) -> None:
 
 def _register_archive_attributes(model) -> Architecture:
     """Give `model` the 0-dim buffers OpenAI's archives carry, each restating an architecture number."""
-    architecture = Architecture.from_openai_state_dict(model.state_dict())
+    architecture = openai_config.architecture(Shapes.of(model.state_dict()))
     for key, field in OPENAI_ARCHIVE_ATTRIBUTES.items():
         if hasattr(model, key):
             delattr(model, key)  # clip.model.CLIP keeps some of these numbers as plain attributes

@@ -16,6 +16,11 @@ HF_SHARD_PATTERN = re.compile(r"model-\d{5,}-of-\d{5,}\.safetensors")
 HF_PICKLE = "pytorch_model.bin"
 HF_PICKLE_INDEX = "pytorch_model.bin.index.json"
 
+# An open_clip model folder, as open_clip's push_to_hf_hub writes it and `local-dir:` loads it.
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_SAFETENSORS = "open_clip_model.safetensors"
+OPEN_CLIP_PICKLE = "open_clip_pytorch_model.bin"
+
 # Beside the weights: what CLIPTokenizer, CLIPImageProcessor and the hub read.
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -35,6 +40,14 @@ HF_FOLDER_NAMES = frozenset({
 
 def hf_folder_may_hold(name: str) -> bool:
     return name in HF_FOLDER_NAMES or HF_SHARD_PATTERN.fullmatch(name) is not None
+
+
+# Every name a folder written by `clipconv to-open-clip` can hold.
+OPEN_CLIP_FOLDER_NAMES = frozenset({OPEN_CLIP_CONFIG, OPEN_CLIP_SAFETENSORS})
+
+
+def open_clip_folder_may_hold(name: str) -> bool:
+    return name in OPEN_CLIP_FOLDER_NAMES
 
 
 # clip's transform normalises images with these, so probe images look like what the model sees.

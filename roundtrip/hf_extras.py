@@ -16,11 +16,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from roundtrip.config import Architecture
+from roundtrip.architecture import Architecture
 from roundtrip.facts import (
-    MERGES_FILE, MERGES_HEADER, MODEL_CARD, OPENAI_MEAN, OPENAI_STD, PREPROCESSOR_CONFIG, SPECIAL_TOKENS_MAP,
-    TOKENIZER_CONFIG, TOKENIZER_JSON, TOLERANCE, VOCAB_FILE,
+    MERGES_FILE, MERGES_HEADER, MODEL_CARD, PREPROCESSOR_CONFIG, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON,
+    TOLERANCE, VOCAB_FILE,
 )
+from roundtrip.preprocessing import Preprocessing
 
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -33,7 +34,8 @@ WORD_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{
 BPE_TABLE = "bpe_simple_vocab_16e6.txt.gz"  # inside the clip package
 BPE_MERGES = 49152 - 256 - 2  # how many of its merges clip.simple_tokenizer uses
 MIN_CONTEXT_LENGTH = 2  # room for the start and end tokens
-PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what clip's Resize(n_px, BICUBIC) uses on PIL images
+# PIL.Image.Resampling's codes for open_clip's interpolation names; clip's Resize(n_px, BICUBIC) uses bicubic.
+PIL_RESAMPLING = {"bicubic": 3, "bilinear": 2}
 RESCALE_FACTOR = 1 / 255  # ToTensor: uint8 -> [0, 1]
 
 
@@ -133,30 +135,48 @@ def tokenizer_json(bpe: BPETable) -> dict:
     }
 
 
-def preprocessor_files(image_resolution: int) -> dict[str, str]:
-    """CLIPImageProcessor settings for clip's transform: Resize(n, BICUBIC), CenterCrop(n), RGB, ToTensor, Normalize."""
+def preprocessor_files(image_resolution: int, preprocessing: Preprocessing = Preprocessing()) -> dict[str, str]:
+    """CLIPImageProcessor settings for clip's transform (Resize(n, BICUBIC), CenterCrop(n), RGB, ToTensor,
+    Normalize), with the model's own normalisation and, where PIL has it, its resampling filter."""
     config = {
         "image_processor_type": "CLIPImageProcessor",
         "processor_class": "CLIPProcessor",
         "do_resize": True,
         "size": {"shortest_edge": image_resolution},
-        "resample": PIL_BICUBIC,
+        "resample": PIL_RESAMPLING.get(preprocessing.interpolation, PIL_RESAMPLING["bicubic"]),
         "do_center_crop": True,
         "crop_size": {"height": image_resolution, "width": image_resolution},
         "do_convert_rgb": True,
         "do_rescale": True,
         "rescale_factor": RESCALE_FACTOR,
         "do_normalize": True,
-        "image_mean": list(OPENAI_MEAN),
-        "image_std": list(OPENAI_STD),
+        "image_mean": list(preprocessing.mean),
+        "image_std": list(preprocessing.std),
     }
     return {PREPROCESSOR_CONFIG: _json(config)}
 
 
-def processing_files(architecture: Architecture) -> tuple[dict[str, str], list[str]]:
+def preprocessing_of(config) -> Preprocessing:
+    """What a folder's preprocessor_config.json asks for, as open_clip names it (for an open_clip config)."""
+    if not isinstance(config, dict):
+        raise ValueError("it is not a JSON object")
+    default = Preprocessing()
+    resample = config.get("resample", PIL_RESAMPLING["bicubic"])
+    interpolation = next((name for name, code in PIL_RESAMPLING.items() if code == resample), None)
+    if interpolation is None:
+        raise ValueError(f"resample {resample!r} is none of open_clip's interpolations")
+    mean, std = config.get("image_mean", default.mean), config.get("image_std", default.std)
+    if not all(isinstance(value, list) and len(value) == 3 and all(isinstance(x, (int, float)) for x in value)
+               for value in (mean, std)):
+        raise ValueError("image_mean and image_std should be three numbers each")
+    return Preprocessing(tuple(mean), tuple(std), interpolation)
+
+
+def processing_files(architecture: Architecture, preprocessing: Preprocessing = Preprocessing(),
+                     tokenizer_problem: str | None = None) -> tuple[dict[str, str], list[str]]:
     """Image processor files, tokenizer files when OpenAI's tokenizer fits, and notes on what was left out."""
-    files = preprocessor_files(architecture.image_resolution)
-    problem = tokenizer_mismatch(architecture)
+    files = preprocessor_files(architecture.image_resolution, preprocessing)
+    problem = tokenizer_problem or tokenizer_mismatch(architecture)
     if problem:
         return files, [f"no tokenizer written: {problem}"]
     return {**tokenizer_files(architecture.context_length), **files}, []
@@ -178,14 +198,16 @@ class CardFacts:
     """What the model card reports: where the weights came from and what the conversion measured."""
 
     source_name: str
+    source_file: str  # the file of the source whose checksum is given (the source itself, or its weights)
     source_sha256: str
-    source_format: str
+    source_format: str  # e.g. "OpenAI CLIP checkpoint, torchscript"
     source_dtypes: dict[str, int]
     written_dtypes: dict[str, int]
     tool: str
     architecture: Architecture
     max_logit_difference: float | None
     notes: list[str]
+    reference: str  # the source format's model code, which the logit check ran
 
 
 def model_card(facts: CardFacts) -> dict[str, str]:
@@ -207,21 +229,20 @@ def model_card(facts: CardFacts) -> dict[str, str]:
         "",
         f"# {facts.source_name} in Hugging Face format",
         "",
-        f"CLIP weights converted from OpenAI's format by {facts.tool} (`clipconv to-hf`).",
+        f"CLIP weights converted by {facts.tool} (`clipconv to-hf`).",
         "",
         "| | |",
         "|---|---|",
-        f"| source file | `{facts.source_name}` ({_format_name(facts.source_format)}) |",
-        f"| source SHA-256 | `{facts.source_sha256}` |",
+        f"| source | `{facts.source_name}` ({facts.source_format}) |",
+        f"| SHA-256 of `{facts.source_file}` | `{facts.source_sha256}` |",
         f"| source dtypes | {_dtype_counts(facts.source_dtypes)} |",
         f"| written dtypes | {_dtype_counts(facts.written_dtypes)} |",
         f"| architecture | {architecture.describe()} |",
         f"| verification | {verification} |",
         "",
-        "The verification ran OpenAI's model code (`clip.model.CLIP`) and transformers' `CLIPModel` on the",
-        f"converted weights in float32, with `clip.tokenize` prompts and random {architecture.image_resolution}px "
-        "images,",
-        "and compared the image-text logits.",
+        f"The verification ran {facts.reference} and transformers' `CLIPModel` on the converted weights in",
+        f"float32, with `clip.tokenize` prompts and random {architecture.image_resolution}px images, and compared",
+        "the image-text logits.",
         *(f"\nNote: {note}." for note in facts.notes),
         "",
         "## Usage",
@@ -235,10 +256,6 @@ def model_card(facts: CardFacts) -> dict[str, str]:
         "",
     ]
     return {MODEL_CARD: "\n".join(lines)}
-
-
-def _format_name(source_format: str) -> str:
-    return {"torchscript": "TorchScript archive", "state_dict": "state dict"}.get(source_format, source_format)
 
 
 def _dtype_counts(counts: dict[str, int]) -> str:

@@ -206,6 +206,14 @@ def to_openai(hf_state_dict: Mapping) -> dict:
 READING = {"openai": TO_HF, "hf": TO_OPENAI}  # layout -> the conversions that read its keys
 
 
+def convert(state_dict: Mapping, source: str, target: str) -> dict:
+    """`state_dict` in layout `source` as the same tensors in layout `target` (the same dict's tensors when the
+    layouts are one: OpenAI's and open_clip's keys are the same)."""
+    if source == target:
+        return dict(state_dict)
+    return to_hf(state_dict) if (source, target) == ("openai", "hf") else to_openai(state_dict)
+
+
 def check_keys(keys: Iterable[str], layout: str) -> dict[str, int]:
     """The number of residual blocks per tower of a complete checkpoint in `layout`; else a MappingError that
     says what the keys are: a variant no rule converts, another layout or no CLIP at all, keys no rule

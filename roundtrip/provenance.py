@@ -1,9 +1,9 @@
-"""What to-hf records about the source so that to-openai can restore it exactly.
+"""What a conversion records about its source, so that converting back to the source's format restores it.
 
-Stored as JSON under one key of each safetensors file's metadata, so it travels
-with the weights. OpenAI's releases mix fp16 and fp32 (`clip.model.convert_weights`
-halves linear, conv and attention weights and the projections), which a float32
-HF folder would otherwise forget.
+Stored as JSON under one key of each written safetensors file's metadata, so it travels with the weights.
+One record per format the weights have been in: its dtypes (OpenAI's releases mix fp16 and fp32, which a
+float32 folder would otherwise forget), key order, TorchScript attributes and its own config file (an
+open_clip_config.json or config.json holds more than the other formats can say).
 """
 
 from __future__ import annotations
@@ -12,41 +12,87 @@ import json
 from dataclasses import asdict, dataclass, field
 
 METADATA_KEY = "clipconv"
+FLOAT_DTYPES = ("float16", "float32", "bfloat16", "float64")
+INTEGER_DTYPES = ("int64", "int32", "int16", "int8", "uint8")
+_LEGACY_KINDS = {"torchscript": "openai", "state_dict": "openai"}  # clipconv 0.1 recorded OpenAI sources only
+
+
+@dataclass(frozen=True)
+class Record:
+    """One source as it was, in its format's own terms."""
+
+    format: str  # a format's name: "openai", "hf", "open_clip"
+    name: str  # the source's file or folder name
+    kind: str  # how it was stored: "torchscript", "state_dict", "folder", ...
+    dtypes: dict[str, str]  # key (in the format's own layout) -> dtype name
+    key_order: list[str] = field(default_factory=list)
+    # 0-dim TorchScript attributes (see schema.OPENAI_ARCHIVE_ATTRIBUTES): key -> {"dtype", "shape", "value"}
+    attributes: dict[str, dict] = field(default_factory=dict)
+    config: dict | None = None  # the format's own config file, as read
 
 
 @dataclass(frozen=True)
 class Provenance:
     tool: str
-    source_name: str
-    source_format: str  # "torchscript" or "state_dict"
-    source_dtypes: dict[str, str]  # OpenAI key -> dtype name
-    # 0-dim archive attributes (see schema.OPENAI_ARCHIVE_ATTRIBUTES): key -> {"dtype", "shape", "value"}
-    archive_attributes: dict[str, dict] = field(default_factory=dict)
-    key_order: list[str] = field(default_factory=list)  # the source's own order, which to-openai restores
+    records: dict[str, Record]  # format name -> the last source in that format
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps({"tool": self.tool, "records": {name: asdict(record) for name, record in
+                                                          self.records.items()}}, separators=(",", ":"))
+
+    def adding(self, record: Record, tool: str, dropping: str) -> "Provenance":
+        """These records plus `record`, without the one of format `dropping` (the output's own format)."""
+        kept = {name: old for name, old in self.records.items() if name not in (record.format, dropping)}
+        return Provenance(tool, {**kept, record.format: record})
 
     @classmethod
     def from_json(cls, text: str) -> "Provenance":
         """Parse and check metadata read from a file (which may come from anyone)."""
         data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("source_dtypes"), dict):
-            raise ValueError("no source_dtypes table")
-        provenance = cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
-        bad = [f"{key}: {name!r}" for key, name in provenance.source_dtypes.items() if name not in FLOAT_DTYPES]
-        if not (isinstance(provenance.key_order, list) and all(isinstance(k, str) for k in provenance.key_order)):
-            bad.append("key_order")
-        for key, spec in provenance.archive_attributes.items():
-            if not _is_integer_attribute(spec):
-                bad.append(f"{key}: {spec!r}")
-        if bad:
-            raise ValueError(f"unexpected entries {', '.join(bad[:3])}")
-        return provenance
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if "records" not in data:
+            data = _from_legacy(data)
+        records = data["records"]
+        if not isinstance(records, dict):
+            raise ValueError("records is not a JSON object")
+        parsed = {name: _record(name, value) for name, value in records.items()}
+        return cls(str(data.get("tool", "")), parsed)
 
 
-FLOAT_DTYPES = ("float16", "float32", "bfloat16", "float64")
-INTEGER_DTYPES = ("int64", "int32", "int16", "int8", "uint8")
+def _from_legacy(data: dict) -> dict:
+    """clipconv 0.1's flat record of an OpenAI source."""
+    if not isinstance(data.get("source_dtypes"), dict):
+        raise ValueError("no source_dtypes table")
+    kind = data.get("source_format")
+    return {"tool": data.get("tool", ""), "records": {_LEGACY_KINDS.get(kind, "openai"): {
+        "format": "openai", "name": data.get("source_name", ""), "kind": kind, "dtypes": data["source_dtypes"],
+        "key_order": data.get("key_order", []), "attributes": data.get("archive_attributes", {}),
+    }}}
+
+
+def _record(name: str, value) -> Record:
+    if not isinstance(value, dict) or value.get("format") != name:
+        raise ValueError(f"record {name!r} is not a record of that format")
+    known = {key: value[key] for key in Record.__dataclass_fields__ if key in value}
+    record = Record(**{"name": "", "kind": "", "dtypes": {}, **known})
+    bad = [f"{key}: {dtype!r}" for key, dtype in _items(record.dtypes) if dtype not in FLOAT_DTYPES + INTEGER_DTYPES]
+    if not (isinstance(record.key_order, list) and all(isinstance(key, str) for key in record.key_order)):
+        bad.append("key_order")
+    bad += [f"{key}: {spec!r}" for key, spec in _items(record.attributes) if not _is_integer_attribute(spec)]
+    if record.config is not None and not isinstance(record.config, dict):
+        bad.append("config")
+    if not all(isinstance(text, str) for text in (record.name, record.kind)):
+        bad.append("name or kind")
+    if bad:
+        raise ValueError(f"unexpected entries {', '.join(bad[:3])}")
+    return record
+
+
+def _items(table) -> list:
+    if not isinstance(table, dict):
+        raise ValueError(f"expected a table, found {type(table).__name__}")
+    return list(table.items())
 
 
 def _is_integer_attribute(spec) -> bool:

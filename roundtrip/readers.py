@@ -1,4 +1,4 @@
-"""All reading of input files: OpenAI checkpoints and Hugging Face model folders.
+"""All reading of input files: checkpoint files, Hugging Face and open_clip model folders, JSON configs.
 
 Nothing from an input file is ever executed: pickles are read only with
 `torch.load(..., weights_only=True)`, torch's zip files (`torch.save` since
@@ -22,10 +22,10 @@ from typing import Callable
 
 from roundtrip import safetensors_file, torch_zip
 from roundtrip.dtypes import dtype_of, raw_bytes
-from roundtrip.errors import InputError, first_line
+from roundtrip.errors import InputError, one_line
 from roundtrip.facts import (
     HF_CONFIG, HF_PICKLE, HF_PICKLE_INDEX, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, MERGES_FILE, MERGES_HEADER,
-    TOKENIZER_JSON, VOCAB_FILE,
+    OPEN_CLIP_CONFIG, OPEN_CLIP_PICKLE, OPEN_CLIP_SAFETENSORS, TOKENIZER_JSON, VOCAB_FILE,
 )
 from roundtrip.hf_extras import BPETable
 from roundtrip.provenance import METADATA_KEY, Provenance
@@ -33,6 +33,7 @@ from roundtrip.strided import Strided
 from roundtrip.torch_zip import ArchiveError
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
+SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file starts with its header's length
 TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as training loops write it
 DATA_PARALLEL_PREFIX = "module."  # what nn.DataParallel / DDP put before every key
 
@@ -40,10 +41,13 @@ HASH_CHUNK_BYTES = 16 * 2**20  # each chunk is one wait for the interpreter, whi
 
 
 @dataclass
-class OpenAICheckpoint:
+class TensorFile:
+    """The state dict of one file (unwrapped from a training checkpoint, `module.` prefix stripped)."""
+
     tensors: dict[str, Strided]
-    format: str  # "torchscript" or "state_dict"
+    kind: str  # "torchscript", "state_dict" (torch.save, zip or legacy pickle) or "safetensors"
     release: Callable[[], None] = lambda: None  # give memory-mapped pages back; they reload on use
+    provenance: Provenance | None = None  # what clipconv recorded in a safetensors file it wrote
 
 
 @dataclass
@@ -52,17 +56,28 @@ class HFFolder:
     tensors: dict[str, Strided]
     provenance: Provenance | None
     releases: list[Callable[[], None]]  # give memory-mapped pages back; they reload on use
+    weight_files: list[Path]
 
     def release(self) -> None:
         for release in self.releases:
             release()
 
 
-def read_openai_checkpoint(path: Path) -> OpenAICheckpoint:
-    _require_file(path)
+def read_tensor_file(path: Path) -> TensorFile:
+    """A torch.save file (zip or legacy pickle), a TorchScript archive or a safetensors file."""
+    head = _require_file(path)
+    if _looks_like_safetensors(head, path):
+        tensors, metadata, release = _read_safetensors(path)
+        return TensorFile(tensors, "safetensors", release, _provenance(path, {metadata}))
     content, torchscript, release = _read_torch_file(path)
     kind = "torchscript" if torchscript else "state_dict"
-    return OpenAICheckpoint(_unwrap_state_dict(path, content), kind, release)
+    return TensorFile(_unwrap_state_dict(path, content), kind, release)
+
+
+def _looks_like_safetensors(head: bytes, path: Path) -> bool:
+    """safetensors has no magic number: an 8-byte header length within the file, then a JSON object."""
+    return (len(head) > SAFETENSORS_LENGTH_BYTES and head[SAFETENSORS_LENGTH_BYTES:SAFETENSORS_LENGTH_BYTES + 1] == b"{"
+            and int.from_bytes(head[:SAFETENSORS_LENGTH_BYTES], "little") < path.stat().st_size)
 
 
 def _read_torch_file(path: Path) -> tuple[object, bool, Callable[[], None]]:
@@ -74,7 +89,7 @@ def _read_torch_file(path: Path) -> tuple[object, bool, Callable[[], None]]:
     except ArchiveError as error:
         raise InputError(path, f"refused: {error}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise InputError(path, f"is not a readable PyTorch checkpoint ({first_line(error)})") from None
+        raise InputError(path, f"is not a readable PyTorch checkpoint ({one_line(error)})") from None
     return contents.content, contents.torchscript, contents.release
 
 
@@ -82,11 +97,10 @@ def _nothing_to_release() -> None:
     pass
 
 
-def _require_file(path: Path) -> None:
+def _require_file(path: Path) -> bytes:
+    """The first bytes of a checkpoint file that exists, is not empty and is not a Git LFS pointer."""
     if path.is_dir():
-        hint = f" (it holds {HF_CONFIG}: Hugging Face model folders convert with to-openai)" if (
-            path / HF_CONFIG).is_file() else ""
-        raise InputError(path, f"is a folder, expected an OpenAI checkpoint file (.pt){hint}")
+        raise InputError(path, "is a folder, expected a checkpoint file")
     if not path.is_file():
         raise InputError(path, "does not exist")
     with open(path, "rb") as handle:
@@ -95,6 +109,7 @@ def _require_file(path: Path) -> None:
         raise InputError(path, "is empty")
     if head == LFS_POINTER_PREFIX:
         raise InputError(path, "is a Git LFS pointer, not the checkpoint itself (run `git lfs pull`)")
+    return head
 
 
 def _load_pickle(path: Path):
@@ -108,7 +123,7 @@ def _load_pickle(path: Path):
     except pickle.UnpicklingError as error:
         raise InputError(path, _unpickling_problem(str(error))) from None
     except Exception as error:  # noqa: BLE001 - truncated zips, random bytes, ...
-        raise InputError(path, f"is not a readable PyTorch checkpoint ({first_line(error)})") from None
+        raise InputError(path, f"is not a readable PyTorch checkpoint ({one_line(error)})") from None
 
 
 def _unpickling_problem(message: str) -> str:
@@ -167,7 +182,36 @@ def read_hf_folder(folder: Path) -> HFFolder:
     if weight_map is not None and set(weight_map) != set(tensors):
         missing = sorted(set(weight_map) - set(tensors))
         raise InputError(folder, f"the shard index lists tensors no shard holds: {', '.join(missing[:5])}")
-    return HFFolder(config, tensors, _provenance(weight_files[0], provenances), releases)
+    return HFFolder(config, tensors, _provenance(weight_files[0], provenances), releases, weight_files)
+
+
+@dataclass
+class OpenClipFolder:
+    config: object  # open_clip_config.json, as parsed
+    weights: TensorFile
+    weights_path: Path
+
+
+def read_open_clip_folder(folder: Path) -> OpenClipFolder:
+    """A folder as open_clip's hub folders are: open_clip_config.json beside its weights file."""
+    if not folder.is_dir():
+        raise InputError(folder, "is not a folder")
+    config = read_json(folder / OPEN_CLIP_CONFIG)
+    for name in (OPEN_CLIP_SAFETENSORS, OPEN_CLIP_PICKLE):
+        if (folder / name).is_file():
+            return OpenClipFolder(config, read_tensor_file(folder / name), folder / name)
+    raise InputError(folder, f"has no weights ({OPEN_CLIP_SAFETENSORS} or {OPEN_CLIP_PICKLE}) beside its "
+                             f"{OPEN_CLIP_CONFIG}")
+
+
+def read_json(path: Path) -> object:
+    """A JSON file, parsed (what it should hold is for its reader to check)."""
+    if not path.is_file():
+        raise InputError(path, "does not exist" if not path.exists() else "is not a file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(path, f"is not valid JSON ({error})") from None
 
 
 def _check_against_index(file: Path, found: set[str], weight_map: dict[str, str]) -> None:
@@ -189,10 +233,7 @@ def _read_config(folder: Path) -> dict:
     path = folder / HF_CONFIG
     if not path.is_file():
         raise InputError(folder, f"has no {HF_CONFIG}, not a Hugging Face model folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InputError(path, f"is not valid JSON ({error})") from None
+    config = read_json(path)
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "clip":
         raise InputError(path, f"is not a CLIP config (model_type is {model_type!r})")

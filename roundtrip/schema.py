@@ -114,14 +114,16 @@ UNSUPPORTED_VARIANTS = {
              "CLIP's own text transformer",
 }
 
-# Where each architecture number is read from, as clip.model.build_model does:
+# Where each architecture number is read from, as clip.model.build_model does (and open_clip's shapes agree):
 # name -> (OpenAI key, axis). Layer counts come from the per-tower block rules.
-OPENAI_SHAPE_SOURCES = {
+SHAPE_SOURCES = {
     "vision_width": ("visual.conv1.weight", 0),
-    "vision_patch_size": ("visual.conv1.weight", -1),
+    "patch_size": ("visual.conv1.weight", -1),
     "vision_positions": ("visual.positional_embedding", 0),  # grid**2 + 1 (class token)
+    "vision_mlp_width": ("visual.transformer.resblocks.0.mlp.c_fc.weight", 0),
     "embed_dim": ("text_projection", 1),
     "context_length": ("positional_embedding", 0),
     "vocab_size": ("token_embedding.weight", 0),
-    "transformer_width": ("ln_final.weight", 0),
+    "text_width": ("ln_final.weight", 0),
+    "text_mlp_width": ("transformer.resblocks.0.mlp.c_fc.weight", 0),
 }

@@ -1,36 +1,44 @@
-"""Logit check: OpenAI's model code and transformers must agree on the converted weights.
+"""Logit check: the source format's own model code and the target format's must agree on the converted weights.
 
-Both models run in float32. The OpenAI reference is built from `clip.model.CLIP`
-directly, not with `build_model`/`clip.load`, which first halve the weights to
-fp16 and would alone move logits by ~5e-3 for an fp32 checkpoint.
+Each format's reference is its own code: `clip.model.CLIP` for OpenAI, transformers' `CLIPModel` for Hugging
+Face, open_clip's `CLIP` for open_clip, each built from the config its side declares (none for OpenAI). All
+run in float32. OpenAI's and open_clip's models are built directly, not with `clip.load`/`build_model`, which
+first halve the weights to fp16 and would alone move logits by ~5e-3 for an fp32 checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.util
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Mapping
+from types import ModuleType, SimpleNamespace
+from typing import TYPE_CHECKING, Callable, Mapping
 
-from roundtrip.config import Architecture
+from roundtrip import mapping
+from roundtrip.architecture import Architecture
 from roundtrip.errors import VerificationError
 from roundtrip.facts import OPENAI_MEAN, OPENAI_STD, TOLERANCE
-from roundtrip.schema import OPENAI_SHAPE_SOURCES
+from roundtrip.openai_config import clip_kwargs
+from roundtrip.schema import SHAPE_SOURCES
 
 if TYPE_CHECKING:
     import torch
 
-# The texts the text towers are probed with, and the ids clip.tokenize gives them between its start and
-# end-of-text tokens (a test compares). The empty text puts end-of-text, where both models pool, at
-# position 1, the caption further on. Spelled out, so that a check needs no tokenizer.
+# The texts the text towers are probed with, and the ids clip.tokenize (and open_clip.tokenize, the same BPE)
+# gives them between its start and end-of-text tokens (a test compares). The empty text puts end-of-text,
+# where the models pool, at position 1, the caption further on, and the long one fills the context (truncated
+# as with truncate=True), so that every position embedding takes part. Spelled out: a check needs no tokenizer.
+_CAPTION = (320, 1125, 539, 320, 2368)
 PROBE_TEXTS = {
-    "a photo of a cat": (320, 1125, 539, 320, 2368),
+    "a photo of a cat": _CAPTION,
     "": (),
+    " ".join(["a photo of a cat"] * 50): _CAPTION * 50,
 }
 OPENAI_VOCAB_SIZE = 49408
 PROBE_IMAGES = 1  # one forward pass per tower on a small batch is enough
@@ -96,33 +104,70 @@ def through_last_pooled(tokens: torch.Tensor) -> torch.Tensor:
     """The columns of `tokens` up to the last position a text tower pools at (end-of-text, the largest id).
 
     Attention in the text towers is causal: no position sees one after it, so the columns left out
-    change no output, while the text towers' work shrinks to the length of the longest probe text.
+    change no output.
     """
     return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
 
 
-def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
-    """OpenAI's CLIP on `openai_weights`, for `tokens` of the full context or of fewer columns (then built
-    for that many, with the first rows of the text positions: clip.model adds all rows it has)."""
+def _with_positions(weights: Mapping, columns: int) -> dict:
+    """`weights` with the first `columns` rows of the text positions: OpenAI's and open_clip's models add all
+    the rows they have, so for fewer columns they are built for that many."""
+    positions, axis = SHAPE_SOURCES["context_length"]
+    return {**weights, positions: weights[positions].narrow(axis, 0, columns)}
+
+
+def openai_model(openai_weights: Mapping, _config, architecture: Architecture, columns: int):
+    """OpenAI's CLIP holding `openai_weights` (float32), built for token rows of `columns` columns."""
     import torch
 
-    columns = tokens.shape[-1]
-    positions, axis = OPENAI_SHAPE_SOURCES["context_length"]
-    weights = {**openai_weights, positions: openai_weights[positions].narrow(axis, 0, columns)}
-    kwargs = dataclasses.replace(architecture, context_length=columns).clip_kwargs()
+    kwargs = clip_kwargs(dataclasses.replace(architecture, context_length=columns))
     with torch.device("meta"):
         model = openai_code("model").CLIP(**kwargs)  # no random init, no memory for weights
-    model.load_state_dict(_float32(weights), strict=True, assign=True)  # use the tensors, don't copy
+    model.load_state_dict(_with_positions(openai_weights, columns), strict=True, assign=True)
     # The causal mask is a plain attribute made in __init__, so it was made on the meta device too.
     mask = model.build_attention_mask()
     for block in model.transformer.resblocks:
         block.attn_mask = mask
+    return model.eval()
+
+
+def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
+    """OpenAI's CLIP on `openai_weights`, for `tokens` of the full context or of fewer columns."""
+    return _openai_run(openai_model(_float32(openai_weights), None, architecture, tokens.shape[-1]), images, tokens)
+
+
+def _openai_run(model, images, tokens) -> torch.Tensor:
+    import torch
+
     with torch.no_grad():
-        logits_per_image, _ = model.eval()(images, tokens)
-    return logits_per_image
+        return model(images, tokens)[0]
 
 
-def hf_model(hf_weights: Mapping, hf_config: dict):
+def open_clip_model(weights: Mapping, model_cfg: Mapping, architecture: Architecture, columns: int):
+    """open_clip's CLIP built from `model_cfg`, holding `weights` (float32), for rows of `columns` columns."""
+    import torch
+    from open_clip.model import CLIP
+    from open_clip.transformer import TextTransformer
+
+    config = copy.deepcopy(dict(model_cfg))
+    config.pop("custom_text", None)  # open_clip's factory takes it out before building, too
+    config["text_cfg"] = {**config["text_cfg"], "context_length": columns}
+    with torch.device("meta"):
+        model = CLIP(**config)
+    model.load_state_dict(_with_positions(weights, columns), strict=True, assign=True)
+    # A non-persistent buffer made in __init__, on the meta device: made again by open_clip's own code.
+    model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=columns))
+    return model.eval()
+
+
+def _open_clip_run(model, images, tokens) -> torch.Tensor:
+    import torch
+
+    with torch.no_grad():
+        return model.get_logits(images, tokens)[0]
+
+
+def hf_model(hf_weights: Mapping, hf_config: dict, _architecture=None, _columns=None):
     """transformers' CLIPModel holding `hf_weights`, loaded as from_pretrained loads a folder."""
     import torch
     from transformers import CLIPConfig, CLIPModel
@@ -154,47 +199,76 @@ def hf_logits(model, images, tokens) -> torch.Tensor:
         return model(input_ids=tokens, pixel_values=images).logits_per_image
 
 
-@lru_cache(maxsize=1)
-def start_imports() -> Future:
-    """Import torch and transformers' CLIP model in a thread of their own, from now on (once).
+@dataclass(frozen=True)
+class Reference:
+    """A format's own model code, as the logit check builds and runs it."""
+
+    name: str
+    layout: str  # the key layout its weights come in
+    frameworks: tuple[str, ...]  # what to import ahead, in a thread of its own
+    build: Callable  # (weights, config, architecture, columns) -> model
+    run: Callable  # (model, images, tokens) -> logits per image
+    loads_slowly: bool = False  # built beside the other side's forward pass, as soon as imported
+
+
+# Building OpenAI's (or open_clip's) model on the meta device needs torch._dynamo; transformers imports it too.
+OPENAI = Reference("OpenAI's model code", "openai", ("torch", "torch._dynamo"), openai_model, _openai_run)
+HF = Reference("transformers", "hf", ("torch", "torch._dynamo", "transformers.models.clip.modeling_clip"), hf_model,
+               hf_logits, loads_slowly=True)
+OPEN_CLIP = Reference("open_clip", "openai", ("torch", "torch._dynamo", "open_clip.model"), open_clip_model,
+                      _open_clip_run)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of the check: a reference and the config it is built from (its format's own config)."""
+
+    reference: Reference
+    config: object = None
+
+
+@lru_cache(maxsize=None)
+def start_imports(frameworks: tuple[str, ...]) -> Future:
+    """Import `frameworks` in a thread of their own, from now on (once).
 
     Seconds of Python that need nothing from the checkpoint: started before the weights are cast and
-    written, they run meanwhile, and later beside OpenAI's forward pass (arithmetic that leaves the
-    interpreter free). Whoever imports a module this thread is importing waits for it, not twice.
+    written, they run meanwhile, and later beside a forward pass (arithmetic that leaves the interpreter
+    free). Whoever imports a module this thread is importing waits for it, not twice.
     """
     importer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import")
-    imports = importer.submit(_import_frameworks)
+    imports = importer.submit(lambda: [importlib.import_module(name) for name in frameworks])
     importer.shutdown(wait=False)  # the thread ends once the imports are done
     return imports
 
 
-def _import_frameworks() -> None:
-    importlib.import_module("torch")
-    # Building OpenAI's model on the meta device needs torch._dynamo; transformers imports it as well.
-    importlib.import_module("torch._dynamo")
-    importlib.import_module("transformers.models.clip.modeling_clip")
+def frameworks(*sides: Side) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for side in sides for name in side.reference.frameworks))
 
 
-def max_logit_difference(weights: Mapping, hf_config: dict, architecture: Architecture) -> float:
-    """Logits of OpenAI's model and of transformers on the same `weights` (OpenAI's names, in the dtypes
-    they are written in), which both share in memory.
-
-    The HF tensors are views of the OpenAI ones (q/k/v are slices of in_proj, the projections
-    transposed views), so the model is held in float32 once, not twice: weights already in float32
-    are not copied at all.
-    """
-    from roundtrip import mapping
+def max_logit_difference(weights: Mapping, layout: str, source: Side, target: Side,
+                         architecture: Architecture) -> float:
+    """Largest |difference| between the logits of the two sides' models on the same `weights` (keys of
+    `layout`, in the dtypes they are written in), which both share in memory: each side's tensors are views of
+    one float32 copy (q/k/v are slices of in_proj, the projections transposed views)."""
     from roundtrip.strided import as_torch
 
-    imports = start_imports()
+    imports = start_imports(frameworks(source, target))
     images, tokens = probe_images(architecture), through_last_pooled(probe_tokens(architecture))  # waits for torch
+    columns = tokens.shape[-1]
     weights = {key: _in_float32(as_torch(tensor)) for key, tensor in weights.items()}  # one tensor at a time
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-model") as loader:
-        # transformers' model is loaded as soon as transformers is imported, beside OpenAI's forward pass
-        converted_model = loader.submit(_once_imported, imports, hf_model, mapping.to_hf(weights), hf_config)
-        reference = openai_logits(weights, architecture, images, tokens)
-        converted = hf_logits(converted_model.result(), images, tokens)
-    return (reference - converted).abs().max().item()
+    # The side that loads slowly (transformers' from_pretrained) is built as soon as its framework is imported,
+    # beside the other side's forward pass.
+    beside, first = (source, target) if source.reference.loads_slowly else (target, source)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference") as loader:
+        model = loader.submit(_once_imported, imports, beside.reference.build,
+                              mapping.convert(weights, layout, beside.reference.layout), beside.config, architecture,
+                              columns)
+        first_model = first.reference.build(mapping.convert(weights, layout, first.reference.layout), first.config,
+                                            architecture, columns)
+        first_logits = first.reference.run(first_model, images, tokens)
+        del first_model
+        beside_logits = beside.reference.run(model.result(), images, tokens)
+    return (first_logits - beside_logits).abs().max().item()
 
 
 def _once_imported(imports: Future, function, *arguments):
@@ -205,5 +279,6 @@ def _once_imported(imports: Future, function, *arguments):
 def require_agreement(dest, difference: float) -> None:
     if not difference <= TOLERANCE:  # also catches NaN
         raise VerificationError(
-            dest, f"logits differ from OpenAI's model by {difference:.3g} (tolerance {TOLERANCE:g}); nothing written"
+            dest, f"logits differ from the source's model by {difference:.3g} (tolerance {TOLERANCE:g}); "
+                  "nothing written"
         )

@@ -14,7 +14,10 @@ from roundtrip import safetensors_file, torch_zip
 from roundtrip.dtypes import Cast, dtype_of
 from roundtrip.errors import OutputError
 from roundtrip.destination import OutputKind
-from roundtrip.facts import HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, HF_SHARD, hf_folder_may_hold
+from roundtrip.facts import (
+    HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, HF_SHARD, OPEN_CLIP_CONFIG, OPEN_CLIP_SAFETENSORS,
+    hf_folder_may_hold, open_clip_folder_may_hold,
+)
 from roundtrip.safetensors_file import Written
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # the hub's long-standing default shard size, "5GB"
@@ -22,6 +25,7 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # the hub's long-standing default shard s
 Progress = Callable[[int, int], None]  # called with (bytes written so far, bytes to write)
 
 HF_FOLDER = OutputKind(is_folder=True, may_hold=hf_folder_may_hold)
+OPEN_CLIP_FOLDER = OutputKind(is_folder=True, may_hold=open_clip_folder_may_hold)
 
 
 def write_hf_folder(
@@ -42,16 +46,12 @@ def write_hf_folder(
     _write_json(folder / HF_CONFIG, config)
     sizes = {key: tensor.numel() * cast.dtype(key, tensor).itemsize for key, tensor in tensors.items()}
     shards = _split_into_shards(sizes, max_shard_bytes)
-    advance = _byte_counter(sum(sizes.values()), progress, after_each)
     if len(shards) == 1:
         names = [HF_SAFETENSORS]
     else:
         names = [HF_SHARD.format(index=n, count=len(shards)) for n in range(1, len(shards) + 1)]
-    written = {
-        name: safetensors_file.write(
-            folder / name, {key: tensors[key] for key in shard}, metadata, cast, advance, read_back)
-        for name, shard in zip(names, shards)
-    }
+    written = _write_weight_files(folder, dict(zip(names, shards)), tensors, metadata, cast, sum(sizes.values()),
+                                  progress, after_each, read_back)
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(sizes.values())},
@@ -61,8 +61,36 @@ def write_hf_folder(
     return written
 
 
-def _write_json(path: Path, content: dict) -> None:
-    _write_text(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
+def write_open_clip_folder(
+    folder: Path,
+    config: dict,
+    tensors: Mapping,
+    metadata: dict[str, str],
+    cast: Cast = Cast(),
+    progress: Progress = lambda done, total: None,
+    after_each: Callable[[], None] = lambda: None,
+    read_back: bool = True,
+) -> dict[str, dict[str, Written]]:
+    """Write open_clip_config.json (in its own key order, as open_clip's files are) and one
+    open_clip_model.safetensors (open_clip loads no shards), reading each block back if asked."""
+    _write_json(folder / OPEN_CLIP_CONFIG, config, sort_keys=False)
+    total = sum(tensor.numel() * cast.dtype(key, tensor).itemsize for key, tensor in tensors.items())
+    return _write_weight_files(folder, {OPEN_CLIP_SAFETENSORS: list(tensors)}, tensors, metadata, cast, total,
+                               progress, after_each, read_back)
+
+
+def _write_weight_files(folder: Path, files: Mapping[str, list[str]], tensors: Mapping, metadata: dict[str, str],
+                        cast: Cast, total: int, progress: Progress, after_each: Callable[[], None],
+                        read_back: bool) -> dict[str, dict[str, Written]]:
+    """Each file of `files` (name -> its keys) as safetensors; what each tensor must read back as."""
+    advance = _byte_counter(total, progress, after_each)
+    return {name: safetensors_file.write(folder / name, {key: tensors[key] for key in keys}, metadata, cast, advance,
+                                         read_back)
+            for name, keys in files.items()}
+
+
+def _write_json(path: Path, content: dict, sort_keys: bool = True) -> None:
+    _write_text(path, json.dumps(content, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def write_text_files(folder: Path, files: Mapping[str, str]) -> list[Path]:
@@ -104,7 +132,7 @@ def _split_into_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[l
     return shards
 
 
-def confirm_hf_folder(folder: Path, expected: dict[str, dict[str, Written]], dest: Path) -> None:
+def confirm_safetensors(folder: Path, expected: dict[str, dict[str, Written]], dest: Path) -> None:
     """Every weight file's header, re-read from disk, lists exactly the tensors written, in their dtypes and
     shapes (with `read_back`, their bytes were also compared block by block while writing)."""
     for name, tensors in expected.items():

@@ -6,7 +6,9 @@ import random
 
 from hypothesis import strategies as st
 
-from roundtrip.config import HEAD_WIDTH, Architecture
+from roundtrip import hf_config
+from roundtrip.architecture import Architecture
+from roundtrip.openai_config import HEAD_WIDTH, from_clip_kwargs
 from roundtrip.dtypes import DTYPES
 
 PATCH_SIZES = (8, 14, 16, 32)
@@ -18,7 +20,7 @@ def architectures(draw, vocab_sizes=st.sampled_from([64, 100, 1000, OPENAI_VOCAB
     """Small ViT CLIP architectures of OpenAI's family: widths in multiples of 64, 1-3 layers per tower."""
     patch = draw(st.sampled_from(PATCH_SIZES))
     text_width = HEAD_WIDTH * draw(st.integers(1, 3))
-    return Architecture(
+    return from_clip_kwargs(
         embed_dim=draw(st.sampled_from([32, 64, 96, 128])),
         image_resolution=patch * draw(st.integers(1, 4)),
         vision_layers=draw(st.integers(1, 3)),
@@ -53,7 +55,7 @@ def hf_configs(draw) -> tuple[Architecture, dict]:
     """An architecture and config.json as folders in the wild have it: this tool's full config for it, with
     any fields (or a whole tower) left out, and towers sometimes under the legacy `*_config_dict` keys."""
     architecture = draw(architectures())
-    config = architecture.hf_config()
+    config = hf_config.config(architecture)
     if draw(st.booleans()):
         del config["projection_dim"]
     for tower in ("text_config", "vision_config"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from roundtrip import mapping, verify
-from roundtrip.config import Architecture
+from roundtrip.architecture import Architecture
 from roundtrip.examples import DEMO
 from roundtrip.readers import read_hf_folder
 from roundtrip.strided import as_torch
@@ -200,8 +200,8 @@ def test_configs_openai_cannot_represent_are_refused_listing_every_difference(tm
     config = hf_clip_config(hidden_act="gelu", layer_norm_eps=1e-6, eos_token_id=7)
     random_hf_model(config, fp16_representable=False).save_pretrained(tmp_path / "laion-style")
     result = run_cli("to-openai", tmp_path / "laion-style", tmp_path / "model.pt")
-    assert_refused(result, str(tmp_path / "laion-style"), "text_config.hidden_act is 'gelu'",
-                   "text_config.layer_norm_eps is 1e-06", "text_config.eos_token_id is 7")
+    assert_refused(result, str(tmp_path / "laion-style"), "text activation is gelu, OpenAI's code uses quick_gelu",
+                   "text LayerNorm eps is 1e-06", "text pooling is at the first token 7")
     assert not (tmp_path / "model.pt").exists()
 
 
@@ -209,7 +209,7 @@ def test_head_width_other_than_64_is_refused(tmp_path):
     config = hf_clip_config(num_attention_heads=4)  # 128 wide: OpenAI would use 2 heads of 64
     random_hf_model(config, fp16_representable=False).save_pretrained(tmp_path / "hf")
     assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "model.pt"),
-                   "text_config.num_attention_heads is 4, OpenAI's model needs 2")
+                   "text has 4 heads of 32, OpenAI's code uses heads of 64")
 
 
 # ---- refusals: one line, exit 1, nothing left behind ----------------------------------------------------------

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from roundtrip import hf_config
 from roundtrip.examples import random_openai_state_dict
 
 from conftest import assert_refused, run_cli
@@ -44,7 +45,7 @@ def test_an_openai_checkpoint_without_any_one_tensor_is_refused_naming_it(option
 def test_an_hf_folder_without_any_one_tensor_is_refused_naming_it(options, architecture, data):
     from transformers import CLIPConfig, CLIPModel
 
-    config = CLIPConfig.from_dict(architecture.hf_config())
+    config = CLIPConfig.from_dict(hf_config.config(architecture))
     state_dict = CLIPModel(config).state_dict()  # transformers' own names, not this project's schema
     missing = data.draw(st.sampled_from(sorted(state_dict)), label="deleted")
     with tempfile.TemporaryDirectory() as folder:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from roundtrip import __version__
+from roundtrip import __version__, openai_config
 from roundtrip.examples import DEMO
 
 from conftest import image, import_clip, run_cli
@@ -31,7 +31,7 @@ def test_processor_and_pipeline_load_offline_and_reproduce_openais_zero_shot(dem
     scores = {row["label"]: row["score"] for row in classifier(picture, candidate_labels=LABELS)}
 
     clip = import_clip()
-    model = clip.model.CLIP(**DEMO.clip_kwargs()).eval()
+    model = clip.model.CLIP(**openai_config.clip_kwargs(DEMO)).eval()
     model.load_state_dict({key: t.float() for key, t in demo_state_dict.items()})
     with torch.no_grad():
         logits, _ = model(clip.clip._transform(DEMO.image_resolution)(picture)[None],

@@ -100,7 +100,7 @@ def folders(tmp_path_factory) -> dict[int, object]:
     """to-hf output for a small checkpoint at each resolution (the processor files do not depend on depth)."""
     converted = {}
     for n in RESOLUTIONS:
-        architecture = dataclasses.replace(DEMO, image_resolution=n, vision_patch_size=16)
+        architecture = dataclasses.replace(DEMO, image_resolution=n, patch_size=16)
         _, converted[n] = convert_random_checkpoint(tmp_path_factory.mktemp(f"{n}px"), architecture, "--no-verify")
     return converted
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from roundtrip import mapping, verify
+from roundtrip import hf_config, mapping, verify
 from roundtrip.examples import DEMO, random_openai_model
 
 from conftest import import_clip
@@ -22,7 +22,7 @@ def hf_model_from(openai_model, architecture, **text_config_overrides):
     """transformers' CLIPModel holding to_hf() of the model's weights, in float32."""
     from transformers import CLIPConfig, CLIPModel
 
-    config = architecture.hf_config()
+    config = hf_config.config(architecture)
     config["text_config"].update(text_config_overrides)
     hf_weights = {k: v.float() for k, v in mapping.to_hf(openai_model.state_dict()).items()}
     return CLIPModel.from_pretrained(None, config=CLIPConfig.from_dict(config), state_dict=hf_weights,
@@ -95,9 +95,15 @@ def test_legacy_eos_pools_like_openai_even_without_an_end_token(pooling_models):
     assert logit_gap(openai_model, hf_models["eos 49407 (transformers default)"], images, tokens) > TOLERANCE
 
 
+def openai_against_hf(state_dict, architecture, config=None) -> float:
+    """The logit check of a conversion between OpenAI's format and transformers'."""
+    hf_side = verify.Side(verify.HF, config or hf_config.config(architecture))
+    return verify.max_logit_difference(state_dict, "openai", verify.Side(verify.OPENAI), hf_side, architecture)
+
+
 def test_verification_catches_a_wrong_mapping(demo_state_dict, monkeypatch):
     # Swap q and k in every layer: the round trip would still be exact, the logits must not be.
-    right_gap = verify.max_logit_difference(demo_state_dict, DEMO.hf_config(), DEMO)
+    right_gap = openai_against_hf(demo_state_dict, DEMO)
     correct_to_hf = mapping.to_hf
 
     def to_hf_with_q_and_k_swapped(state_dict):
@@ -110,8 +116,16 @@ def test_verification_catches_a_wrong_mapping(demo_state_dict, monkeypatch):
         return swapped
 
     monkeypatch.setattr(mapping, "to_hf", to_hf_with_q_and_k_swapped)
-    wrong_gap = verify.max_logit_difference(demo_state_dict, DEMO.hf_config(), DEMO)
+    wrong_gap = openai_against_hf(demo_state_dict, DEMO)
     assert right_gap <= TOLERANCE < wrong_gap
+
+
+@pytest.mark.parametrize("tower", ["text_config", "vision_config"])
+@pytest.mark.parametrize("field, wrong", [("hidden_act", "gelu"), ("num_attention_heads", 4)])
+def test_verification_catches_a_wrong_activation_or_head_count(demo_state_dict, tower, field, wrong):
+    config = hf_config.config(DEMO)
+    config[tower][field] = wrong  # what a hand-edited config of a hub port gets wrong
+    assert openai_against_hf(demo_state_dict, DEMO) <= TOLERANCE < openai_against_hf(demo_state_dict, DEMO, config)
 
 
 @pytest.mark.parametrize("context_length", [77, 16, 5, 2])

@@ -6,7 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from roundtrip import mapping
-from roundtrip.config import Architecture
+from roundtrip import hf_config, openai_config
+from roundtrip.architecture import Shapes
 from roundtrip.examples import random_openai_state_dict
 from roundtrip.strided import Joined, as_torch
 
@@ -28,7 +29,7 @@ def test_round_trip_is_bit_exact(architecture, halved, seed):
 def test_hf_round_trip_is_bit_exact(architecture, seed):
     from transformers import CLIPConfig
 
-    config = CLIPConfig.from_dict(architecture.hf_config())
+    config = CLIPConfig.from_dict(hf_config.config(architecture))
     original = random_hf_model(config, seed=seed, fp16_representable=False).state_dict()
     assert_identical(mapping.to_hf(mapping.to_openai(original)), original)
 
@@ -37,7 +38,7 @@ def test_hf_round_trip_is_bit_exact(architecture, seed):
 @given(architectures(), openai_dtypes, seeds)
 def test_config_inferred_from_shapes_is_the_architecture_built(architecture, halved, seed):
     state_dict = random_openai_state_dict(architecture, seed=seed, openai_dtypes=halved)
-    assert Architecture.from_openai_state_dict(state_dict) == architecture
+    assert openai_config.architecture(Shapes.of(state_dict)) == architecture
 
 
 def test_special_float_bits_survive(demo_state_dict):

@@ -1,0 +1,363 @@
+"""The formats clipconv converts between, each one declared entry: how it is recognised and read, which key
+layout it uses, how its config maps to and from an architecture, what it cannot represent, how it is written,
+and which model code is its reference for the logit check. Every conversion is `roundtrip.convert.convert`
+with a source and a target entry; a new format is a new entry here (with its reader, writer and config module).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from roundtrip import (
+    hf_config, hf_extras, open_clip_config, openai_config, readers, verify, writers,
+)
+from roundtrip.architecture import Architecture, ArchitectureError, Shapes
+from roundtrip.destination import ONE_FILE, OutputKind
+from roundtrip.dtypes import Cast
+from roundtrip.errors import InputError
+from roundtrip.facts import HF_CONFIG, HF_SAFETENSORS_INDEX, OPEN_CLIP_CONFIG, PREPROCESSOR_CONFIG
+from roundtrip.preprocessing import Preprocessing
+from roundtrip.provenance import Provenance, Record
+from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
+from roundtrip.strided import Strided
+
+
+KINDS = {"torchscript": "TorchScript archive", "state_dict": "torch.save state dict",
+         "safetensors": "safetensors file", "folder": "folder"}  # how a source is stored, for people
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What a user says about a source that the source does not say itself."""
+
+    open_clip_model: str | None = None  # a name in open_clip's registry
+    open_clip_config: Path | None = None  # a model config or open_clip_config.json
+
+    def given(self) -> bool:
+        return bool(self.open_clip_model or self.open_clip_config)
+
+    def files(self) -> list[Path]:
+        return [self.open_clip_config] if self.open_clip_config else []
+
+
+@dataclass
+class Source:
+    """A checkpoint as read: its tensors in its format's key layout and what its format says beside them."""
+
+    path: Path
+    format: "Format"
+    kind: str  # how it is stored: "torchscript", "state_dict", "safetensors", "folder", ...
+    tensors: dict[str, Strided]
+    config: dict | None  # the format's own config file, as read (None for OpenAI's, which has none)
+    config_path: Path | str  # what a config problem is reported against: the config file, or the checkpoint
+    provenance: Provenance | None  # what clipconv recorded when it wrote this source
+    hashed: Path  # the file whose SHA-256 a model card reports
+    release: Callable[[], None]
+    attributes: dict[str, dict] = field(default_factory=dict)  # OpenAI's 0-dim TorchScript attributes
+    key_order: list[str] = field(default_factory=list)  # as stored, attributes included; else that of `tensors`
+    preprocessing: Preprocessing = Preprocessing()
+    notes: list[str] = field(default_factory=list)
+    tokenizer_note: str | None = None  # why OpenAI's tokenizer is not this model's, when its config says so
+
+    def record(self) -> Record:
+        """This source as the way back to its format needs it."""
+        dtypes = {key: tensor.dtype.name for key, tensor in self.tensors.items()}
+        order = self.key_order or list(self.tensors)
+        return Record(self.format.name, self.path.name, self.kind, dtypes, order, self.attributes, self.config)
+
+
+@dataclass
+class Job:
+    """What a format's writer needs: the weights in its layout, and all a conversion knows about them."""
+
+    staging: Path
+    dest: Path | str
+    source: Source
+    weights: dict
+    cast: Cast
+    architecture: Architecture
+    config: dict | None  # the target's own config file
+    metadata: dict[str, str]  # for safetensors headers (the provenance record)
+    max_shard_bytes: int
+    progress: writers.Progress
+    after_each: Callable[[], None]
+    read_back: bool
+    background: ThreadPoolExecutor
+
+
+@dataclass
+class Written:
+    """What a writer wrote, and what it writes once the logit check's figure is known (a model card)."""
+
+    files: list[str]
+    finish: Callable[[float | None], list[str]] = lambda difference: []
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str  # as provenance records name it, and convert(..., to=name) takes it
+    title: str  # what its checkpoints are called
+    layout: str  # the schema's key layout of its tensors
+    output: OutputKind
+    reference: verify.Reference
+    read: Callable[[Path, SourceOptions], Source]
+    architecture: Callable[[Source, Shapes], Architecture]  # its config (or fixed choices) -> an architecture
+    incompatibilities: Callable[[Architecture], list[str]]  # what it cannot represent
+    make_config: Callable[[Architecture, Source, Record | None, Shapes], tuple[dict | None, list[str]]]
+    write: Callable[[Job], Written]
+    fallback_dtype: str  # what `--dtype restore` writes where nothing is recorded
+    code: str  # whose code cannot represent what `incompatibilities` lists
+    reference_config: Callable[[dict | None], object] = lambda config: config  # its config as its code takes it
+    keeps_attributes: bool = False  # whether it holds OpenAI's 0-dim TorchScript attributes
+    shards: bool = False  # whether its weights are split above a size (--max-shard-size)
+    # For formats that hold part of a model inside a larger checkpoint (Stable Diffusion's text encoders):
+    towers: tuple[str, ...] = ("text", "vision")
+    key_prefix: str = ""
+
+    def side(self, config: dict | None) -> verify.Side:
+        """This format's model code as one side of the logit check, built from `config` (its own config)."""
+        return verify.Side(self.reference, self.reference_config(config))
+
+
+# ---- OpenAI: a TorchScript archive as released, or a torch.save state dict of clip.model.CLIP ----------------
+
+
+def _read_openai(path: Path, options: SourceOptions) -> Source:
+    checkpoint = readers.read_tensor_file(path)
+    tensors = dict(checkpoint.tensors)
+    attributes = {key: _describe_attribute(path, key, tensors.pop(key)) for key in OPENAI_ARCHIVE_ATTRIBUTES
+                  if key in tensors}
+    source = Source(path, OPENAI, checkpoint.kind, tensors, None, path, checkpoint.provenance, path,
+                    checkpoint.release, attributes, key_order=list(checkpoint.tensors))
+    if checkpoint.kind != "torchscript" and all(t.dtype.name == "float32" for t in tensors.values()):
+        # OpenAI's releases mix fp16 and fp32; an all-float32 state dict may be open_clip's, whose activation
+        # and heads no tensor tells.
+        source.notes.append("read as OpenAI's CLIP (QuickGELU, heads of 64); for an open_clip checkpoint pass "
+                            "--open-clip-model NAME or --open-clip-config FILE")
+    return source
+
+
+def _describe_attribute(path: Path, key: str, tensor: Strided) -> dict:
+    if tensor.numel() != 1 or tensor.is_floating_point():
+        raise InputError(path, f"{key} should be a single integer, found shape {tuple(tensor.shape)} {tensor.dtype}")
+    return {"dtype": tensor.dtype.name, "shape": list(tensor.shape), "value": int(tensor.item())}
+
+
+def _openai_architecture(source: Source, shapes: Shapes) -> Architecture:
+    architecture = openai_config.architecture(shapes)
+    problems = openai_config.incompatibilities(architecture)
+    if problems:
+        hint = "" if source.kind == "torchscript" else (
+            "; an open_clip checkpoint needs --open-clip-model NAME or --open-clip-config FILE")
+        raise ArchitectureError("OpenAI's CLIP code cannot build these tensors: " + "; ".join(problems) + hint)
+    return architecture
+
+
+def _no_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes):
+    return None, []
+
+
+def _write_openai(job: Job) -> Written:
+    expected = writers.write_openai_file(job.staging, job.weights, job.cast, job.progress, after_each=job.after_each,
+                                         read_back=job.read_back)
+    writers.confirm_tensors(readers.read_tensor_file(job.staging).tensors, expected, job.dest)
+    return Written([Path(job.dest).name])
+
+
+# ---- Hugging Face: a CLIPModel folder ------------------------------------------------------------------------
+
+
+def _read_hf(path: Path, options: SourceOptions) -> Source:
+    folder = readers.read_hf_folder(path)
+    notes = _tokenizer_warnings(path)
+    weights = folder.weight_files
+    return Source(path, HF, "folder", folder.tensors, folder.config, path / HF_CONFIG, folder.provenance,
+                  weights[0] if len(weights) == 1 else path / HF_SAFETENSORS_INDEX, folder.release,
+                  preprocessing=_hf_preprocessing(path), notes=notes)
+
+
+def _hf_preprocessing(folder: Path) -> Preprocessing:
+    """What a folder's preprocessor_config.json asks for, where open_clip can say it; clip's transform if none."""
+    path = folder / PREPROCESSOR_CONFIG
+    if not path.is_file():
+        return Preprocessing()
+    try:
+        return hf_extras.preprocessing_of(readers.read_json(path))
+    except ValueError as error:
+        raise InputError(path, f"is not a preprocessor config clipconv reads ({error})") from None
+
+
+def _tokenizer_warnings(folder: Path) -> list[str]:
+    """A folder's own tokenizer is not converted; say so when clip.tokenize would not reproduce it."""
+    try:
+        table = readers.read_tokenizer_table(folder)
+    except InputError as error:
+        return [f"clip.tokenize may not reproduce this folder's tokenizer: {error}"]
+    difference = None if table is None else hf_extras.tokenizer_difference(table)
+    if difference is None:
+        return []
+    return [f"clip.tokenize will not reproduce this folder's tokenizer: {folder}: {difference}"]
+
+
+def _hf_architecture(source: Source, shapes: Shapes) -> Architecture:
+    return hf_config.architecture(source.config, shapes)
+
+
+def _hf_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes):
+    return _restored_or_made(restored, lambda config: hf_config.architecture(config, shapes), architecture,
+                             lambda: hf_config.config(architecture), HF_CONFIG)
+
+
+def _restored_or_made(restored: Record | None, read: Callable, architecture: Architecture, make: Callable,
+                      name: str) -> tuple[dict, list[str]]:
+    """The config a source in this format had (recorded by an earlier conversion), if it still builds this
+    architecture; else the one made from the architecture."""
+    if restored is None or restored.config is None:
+        return make(), []
+    try:
+        if read(restored.config) == architecture:
+            return restored.config, []
+    except ArchitectureError:
+        pass
+    return make(), [f"the recorded {name} of {restored.name} no longer fits the weights; a new one was written"]
+
+
+def _write_hf(job: Job) -> Written:
+    processing = job.background.submit(hf_extras.processing_files, job.architecture, job.source.preprocessing,
+                                       job.source.tokenizer_note)
+    source_hash = job.background.submit(readers.sha256_of, job.source.hashed)
+    written = writers.write_hf_folder(job.staging, job.config, job.weights, job.metadata, job.cast,
+                                      job.max_shard_bytes, job.progress, after_each=job.after_each,
+                                      read_back=job.read_back)
+    writers.confirm_safetensors(job.staging, written, job.dest)
+    files, notes = processing.result()
+    writers.write_text_files(job.staging, files)
+    return Written([*written, *([HF_SAFETENSORS_INDEX] if len(written) > 1 else [])],
+                   lambda difference: [*files, *_write_card(job, source_hash, difference, notes)], notes)
+
+
+def _write_card(job: Job, source_hash: Future, difference: float | None, notes: list[str]) -> list[str]:
+    source = job.source
+    card = hf_extras.model_card(hf_extras.CardFacts(
+        source_name=source.path.name, source_sha256=source_hash.result(), source_file=source.hashed.name,
+        source_format=f"{source.format.title}, {KINDS.get(source.kind, source.kind)}",
+        source_dtypes=Cast().summary(source.tensors),
+        written_dtypes=job.cast.summary(job.weights), tool=tool(), architecture=job.architecture,
+        max_logit_difference=difference, notes=[*source.notes, *notes], reference=source.format.reference.name,
+    ))
+    writers.write_text_files(job.staging, card)
+    return list(card)
+
+
+def tool() -> str:
+    from roundtrip import __version__
+
+    return f"clipconv {__version__}"
+
+
+# ---- open_clip: a folder as on the hub, or a checkpoint file with its model named -----------------------------
+
+
+def _read_open_clip(path: Path, options: SourceOptions) -> Source:
+    if path.is_dir():
+        if options.given():
+            raise InputError(path, f"is a folder with its own {OPEN_CLIP_CONFIG}; --open-clip-model and "
+                                   "--open-clip-config are for checkpoint files")
+        folder = readers.read_open_clip_folder(path)
+        config, checkpoint, hashed, config_path = folder.config, folder.weights, folder.weights_path, \
+            path / OPEN_CLIP_CONFIG
+        kind = "folder"
+    else:
+        checkpoint, hashed = readers.read_tensor_file(path), path
+        config, config_path = _named_config(options)
+        kind = checkpoint.kind
+    try:
+        model_cfg, preprocess_cfg = open_clip_config.split_config(config)
+        preprocessing = open_clip_config.preprocessing(preprocess_cfg)
+    except ArchitectureError as error:
+        raise InputError(config_path, str(error)) from None
+    whole = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    source = Source(path, OPEN_CLIP, kind, checkpoint.tensors, whole, config_path, checkpoint.provenance, hashed,
+                    checkpoint.release, preprocessing=preprocessing)
+    source.tokenizer_note = _open_clip_tokenizer(model_cfg)
+    if preprocessing.resize_mode != "shortest" or preprocessing.interpolation not in hf_extras.PIL_RESAMPLING:
+        source.notes.append(f"open_clip resizes images with {preprocessing.interpolation}, resize_mode "
+                            f"{preprocessing.resize_mode}, which CLIPImageProcessor cannot reproduce; "
+                            "preprocessor_config.json resizes the shortest side (bicubic)")
+    return source
+
+
+def _named_config(options: SourceOptions) -> tuple[object, Path | str]:
+    """The config a checkpoint file's architecture is named by: a registry name or a config file."""
+    if options.open_clip_model and options.open_clip_config:
+        raise InputError(options.open_clip_config, "give --open-clip-model or --open-clip-config, not both")
+    if options.open_clip_config:
+        return readers.read_json(options.open_clip_config), options.open_clip_config
+    try:
+        return open_clip_config.registry_config(options.open_clip_model), options.open_clip_model
+    except ArchitectureError as error:
+        raise InputError(options.open_clip_model, str(error)) from None
+
+
+def _open_clip_tokenizer(model_cfg: dict) -> str | None:
+    text = model_cfg.get("text_cfg") or {}
+    name = text.get("hf_tokenizer_name") if isinstance(text, dict) else None
+    return f"the open_clip config names the tokenizer {name}" if name else None
+
+
+def _open_clip_architecture(source: Source, shapes: Shapes) -> Architecture:
+    return open_clip_config.architecture(source.config["model_cfg"], shapes)
+
+
+def _open_clip_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes):
+    return _restored_or_made(
+        restored, lambda config: open_clip_config.architecture(open_clip_config.split_config(config)[0], shapes),
+        architecture, lambda: open_clip_config.config_file(architecture, source.preprocessing), OPEN_CLIP_CONFIG)
+
+
+def _write_open_clip(job: Job) -> Written:
+    written = writers.write_open_clip_folder(job.staging, job.config, job.weights, job.metadata, job.cast,
+                                             job.progress, after_each=job.after_each, read_back=job.read_back)
+    writers.confirm_safetensors(job.staging, written, job.dest)
+    return Written([OPEN_CLIP_CONFIG, *written])
+
+
+OPENAI = Format(
+    name="openai", title="OpenAI CLIP checkpoint", layout="openai", output=ONE_FILE,
+    reference=verify.OPENAI, read=_read_openai, architecture=_openai_architecture,
+    incompatibilities=openai_config.incompatibilities, make_config=_no_config, write=_write_openai,
+    fallback_dtype="keep", code="OpenAI's CLIP code", keeps_attributes=True,
+)
+HF = Format(
+    name="hf", title="Hugging Face CLIPModel folder", layout="hf", output=writers.HF_FOLDER,
+    reference=verify.HF, read=_read_hf, architecture=_hf_architecture,
+    incompatibilities=hf_config.incompatibilities, make_config=_hf_config, write=_write_hf,
+    fallback_dtype="float32", code="transformers' CLIPModel", shards=True,
+)
+OPEN_CLIP = Format(
+    name="open_clip", title="open_clip model", layout="openai",
+    output=writers.OPEN_CLIP_FOLDER, reference=verify.OPEN_CLIP, read=_read_open_clip,
+    architecture=_open_clip_architecture, incompatibilities=open_clip_config.incompatibilities,
+    make_config=_open_clip_config, write=_write_open_clip, fallback_dtype="float32", code="open_clip's CLIP",
+    reference_config=lambda config: open_clip_config.split_config(config)[0],
+)
+FORMATS = {entry.name: entry for entry in (HF, OPENAI, OPEN_CLIP)}
+
+
+def detect(path: Path, options: SourceOptions, target: Format) -> tuple[Format, list[str]]:
+    """The format of the source at `path` (and notes on how it was told), from what is there and the options."""
+    if path.is_dir():
+        found = [entry for entry, marker in ((OPEN_CLIP, OPEN_CLIP_CONFIG), (HF, HF_CONFIG)) if (path / marker).is_file()]
+        if not found:
+            raise InputError(path, f"is a folder with neither {HF_CONFIG} nor {OPEN_CLIP_CONFIG}: not a model folder")
+        if len(found) == 1:
+            return found[0], []
+        # A hub repository of open_clip's (LAION's, for one) often holds an HF copy too: read the one that is
+        # not the target, open_clip's own where both would do.
+        chosen = next(entry for entry in found if entry is not target)
+        return chosen, [f"{path} holds both an open_clip and a Hugging Face model; read as the {chosen.title}"]
+    return (OPEN_CLIP if options.given() else OPENAI), []

@@ -1,0 +1,130 @@
+"""transformers' `CLIPConfig` (a folder's config.json): read into an architecture, written from one.
+
+Read without importing transformers: the defaults CLIPConfig fills in for fields a config.json leaves out
+are spelled out here (tests/test_config.py checks them against CLIPConfig).
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Mapping
+
+from roundtrip.architecture import (
+    IMAGE_CHANNELS, Architecture, ArchitectureError, Shapes, Tower, disagreements, head_problems,
+)
+
+# transformers pools the text tower at argmax(input_ids), exactly like OpenAI, only when eos_token_id is this
+# legacy value (see README, "Text pooling"); with another value, at its first occurrence.
+ARGMAX_POOLING_EOS_ID = 2
+
+HF_DEFAULTS = {"projection_dim": 512}
+HF_TOWER_DEFAULTS = {
+    "text_config": {
+        "vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+        "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+        "eos_token_id": 49407,
+    },
+    "vision_config": {
+        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "num_channels": 3, "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+    },
+}
+LEGACY_TOWER_KEYS = {"text_config": "text_config_dict", "vision_config": "vision_config_dict"}
+
+
+def resolved_hf_config(config: Mapping) -> dict:
+    """The fields of a folder's config.json that this tool reads, with the defaults CLIPConfig fills in."""
+    resolved = {**HF_DEFAULTS, **{key: config[key] for key in HF_DEFAULTS if key in config}}
+    for tower, defaults in HF_TOWER_DEFAULTS.items():
+        given = config.get(tower) or {}
+        legacy = config.get(LEGACY_TOWER_KEYS[tower])  # older hub configs; CLIPConfig lets it win over `tower`
+        for name, value in ((tower, given), (LEGACY_TOWER_KEYS[tower], legacy or {})):
+            if not isinstance(value, Mapping):
+                raise ArchitectureError(f"{name} should be a JSON object, found {type(value).__name__}")
+        fields = {**defaults, **legacy} if legacy else {**defaults, **given}
+        resolved[tower] = {key: fields[key] for key in defaults}
+    _check_types(resolved)
+    return resolved
+
+
+def _check_types(resolved: dict) -> None:
+    """A config.json may come from anyone: every field read must have the kind CLIPConfig gives it."""
+    wrong = [f"projection_dim is {resolved['projection_dim']!r}"] if not _is_count(resolved["projection_dim"]) else []
+    for tower in HF_TOWER_DEFAULTS:
+        for key, value in resolved[tower].items():
+            if key == "hidden_act":
+                ok = isinstance(value, str)
+            elif key == "layer_norm_eps":
+                ok = isinstance(value, Real) and not isinstance(value, bool) and value > 0
+            else:
+                ok = _is_count(value)
+            if not ok:
+                wrong.append(f"{tower}.{key} is {value!r}")
+    if wrong:
+        raise ArchitectureError("fields of an unexpected kind: " + "; ".join(wrong))
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tower(fields: Mapping) -> Tower:
+    return Tower(width=fields["hidden_size"], layers=fields["num_hidden_layers"],
+                 heads=fields["num_attention_heads"], mlp_width=fields["intermediate_size"],
+                 activation=fields["hidden_act"], layer_norm_eps=fields["layer_norm_eps"])
+
+
+def architecture(config: Mapping, shapes: Shapes) -> Architecture:
+    """What a folder's config.json builds, which must agree with its tensors' shapes."""
+    resolved = resolved_hf_config(config)
+    text, vision = resolved["text_config"], resolved["vision_config"]
+    eos = text["eos_token_id"]
+    # With eos = the largest id, "first eos" pooling equals OpenAI's argmax on tokenized text.
+    argmax = eos in (ARGMAX_POOLING_EOS_ID, text["vocab_size"] - 1)
+    claimed = Architecture(
+        embed_dim=resolved["projection_dim"], image_resolution=vision["image_size"], patch_size=vision["patch_size"],
+        context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"],
+        vision=_tower(vision), text=_tower(text), text_pool_token=None if argmax else eos,
+    )
+    problems = disagreements(claimed, shapes) + head_problems(claimed)
+    if vision["num_channels"] != IMAGE_CHANNELS:
+        problems.append(f"vision_config.num_channels is {vision['num_channels']}, CLIP's images have 3")
+    if problems:
+        raise ArchitectureError("config.json does not fit the tensors: " + "; ".join(problems))
+    return claimed
+
+
+def config(architecture: Architecture) -> dict:
+    """A complete config.json for transformers' CLIPModel."""
+    def tower(part: Tower) -> dict:
+        return {"hidden_size": part.width, "intermediate_size": part.mlp_width, "num_hidden_layers": part.layers,
+                "num_attention_heads": part.heads, "hidden_act": part.activation,
+                "layer_norm_eps": part.layer_norm_eps, "projection_dim": architecture.embed_dim}
+
+    pool_token = architecture.text_pool_token
+    text = {
+        "model_type": "clip_text_model",
+        "vocab_size": architecture.vocab_size,
+        "max_position_embeddings": architecture.context_length,
+        "eos_token_id": ARGMAX_POOLING_EOS_ID if pool_token is None else pool_token,
+        **tower(architecture.text),
+    }
+    vision = {
+        "model_type": "clip_vision_model",
+        "num_channels": IMAGE_CHANNELS,
+        "image_size": architecture.image_resolution,
+        "patch_size": architecture.patch_size,
+        **tower(architecture.vision),
+    }
+    return {
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": architecture.embed_dim,
+        "text_config": text,
+        "vision_config": vision,
+    }
+
+
+def incompatibilities(architecture: Architecture) -> list[str]:
+    """What transformers' CLIPModel cannot hold: heads that do not split their tower's width."""
+    return head_problems(architecture)
