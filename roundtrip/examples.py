@@ -1,11 +1,13 @@
-"""Random-weight checkpoints with real OpenAI CLIP architectures, for the demo, tests and benchmarks.
+"""Random-weight checkpoints with real CLIP architectures, for the demo, tests and benchmarks.
 
-Built with OpenAI's own model code (`clip.model.CLIP`), so their keys and shapes
-come from OpenAI, not from this project's schema.
+Built with OpenAI's own model code (`clip.model.CLIP`) or open_clip's (`open_clip.model.CLIP`), so their keys
+and shapes come from those projects, not from this one's schema.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import warnings
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 
 from roundtrip import openai_config
 from roundtrip.architecture import Architecture, Shapes
+from roundtrip.facts import OPEN_CLIP_CONFIG, OPEN_CLIP_PICKLE, OPEN_CLIP_SAFETENSORS
 from roundtrip.openai_config import from_clip_kwargs
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
 from roundtrip.verify import openai_code
@@ -109,3 +112,41 @@ def save_scripted_archive(model, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
         torch.jit.save(torch.jit.script(model), str(path))
+
+
+def random_open_clip_model(model_cfg: dict, seed: int = 0):
+    """open_clip's `CLIP` built from `model_cfg` with open_clip's own random init, in float32."""
+    from open_clip.model import CLIP
+
+    config = copy.deepcopy(model_cfg)
+    config.pop("custom_text", None)  # open_clip's factory takes it out before building, too
+    torch.manual_seed(seed)
+    model = CLIP(**config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(TRAINED_LOGIT_SCALE)
+    return model
+
+
+def save_open_clip_folder(state_dict: dict, model_cfg: dict, folder: Path, preprocess_cfg: dict | None = None,
+                          pickle: bool = False) -> None:
+    """A folder as open_clip's hub folders are: open_clip_config.json beside open_clip_model.safetensors (or,
+    with `pickle`, open_clip_pytorch_model.bin), written with safetensors' and torch's own writers."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=2))
+    if pickle:
+        torch.save(state_dict, folder / OPEN_CLIP_PICKLE)
+    else:
+        save_file({key: tensor.contiguous() for key, tensor in state_dict.items()}, folder / OPEN_CLIP_SAFETENSORS)
+
+
+def training_checkpoint(state_dict: dict, epoch: int = 3) -> dict:
+    """What open_clip's training loop saves as epoch_N.pt under DistributedDataParallel."""
+    return {
+        "epoch": epoch, "name": "clipconv-example",
+        "state_dict": {f"module.{key}": tensor for key, tensor in state_dict.items()},
+        "optimizer": {"state": {0: {"step": torch.tensor(10.0), "exp_avg": torch.zeros(2)}},
+                      "param_groups": [{"lr": 5e-4, "weight_decay": 0.2, "params": [0]}]},
+    }

@@ -278,8 +278,11 @@ def _read_open_clip(path: Path, options: SourceOptions) -> Source:
     try:
         model_cfg, preprocess_cfg = open_clip_config.split_config(config)
         preprocessing = open_clip_config.preprocessing(preprocess_cfg)
+        problems = open_clip_config.unsupported(model_cfg)  # before the keys, which would only say what is odd
     except ArchitectureError as error:
         raise InputError(config_path, str(error)) from None
+    if problems:
+        raise InputError(config_path, "transformers' CLIPModel cannot hold this open_clip model: " + "; ".join(problems))
     whole = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     source = Source(path, OPEN_CLIP, kind, checkpoint.tensors, whole, config_path, checkpoint.provenance, hashed,
                     checkpoint.release, preprocessing=preprocessing)

@@ -219,10 +219,11 @@ def check_keys(keys: Iterable[str], layout: str) -> dict[str, int]:
     says what the keys are: a variant no rule converts, another layout or no CLIP at all, keys no rule
     covers, or which tensors its architecture needs that are missing."""
     keys = [key for key in keys if key not in OPTIONAL_KEYS[layout]]
-    _reject_unsupported(keys)
     conversions = READING[layout]
     unmatched = [key for key in keys if not _matches(key, conversions)]
     _check_layout(keys, len(keys) - len(unmatched), layout)
+    if layout == "openai":  # the variants' keys are open_clip's and OpenAI's
+        _reject_unsupported(keys)
     if unmatched:
         raise MappingError(f"{len(unmatched)} key(s) match no rule: {describe_keys(unmatched)}")
     blocks = _block_indices(keys, conversions)
@@ -233,10 +234,13 @@ def check_keys(keys: Iterable[str], layout: str) -> dict[str, int]:
     return {tower: len(indices) for tower, indices in blocks.items()}
 
 
+UNSUPPORTED = tuple((Pattern(template), what) for template, what in UNSUPPORTED_VARIANTS.items())
+
+
 def _reject_unsupported(keys: Iterable[str]) -> None:
     for key in keys:
-        for prefix, what in UNSUPPORTED_VARIANTS.items():
-            if key.startswith(prefix):
+        for pattern, what in UNSUPPORTED:
+            if pattern.parse(key) is not None:
                 raise UnsupportedArchitecture(f"this is {what} (it has {key})")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from roundtrip.ops import Chunk, Identity, Operation, Transpose
 
-PLACEHOLDERS = {"i": r"\d+", "wb": r"weight|bias"}
+PLACEHOLDERS = {"i": r"\d+", "wb": r"weight|bias", "rest": r".+"}  # {rest}: any key part (unsupported variants)
 BLOCK_FIELD = "i"
 # The values every other placeholder takes in a complete checkpoint (a layer's weight and its bias);
 # {i} takes 0..n-1, n read off the blocks present.
@@ -102,16 +102,27 @@ OPTIONAL_KEYS = {"openai": tuple(OPENAI_ARCHIVE_ATTRIBUTES), "hf": HF_IGNORED_KE
 
 _RESNET = ("a ResNet CLIP checkpoint (RN50 family): transformers' CLIPModel has no ResNet vision tower, only ViT "
            "CLIP checkpoints can be converted")
-# CLIP variants that no rule converts, each given away by a key prefix: prefix -> what the checkpoint is.
-# Provenance: clip/model.py (ModifiedResNet); open_clip's timm_model.py (TimmModel as `visual.trunk`) and
-# model.py (CustomTextCLIP keeps its text tower under `text.`).
+_LAYER_SCALE = "an open_clip model with layer scale (ViT-M-16-alt and the like), which CLIPModel's layers do not have"
+# CLIP variants that no rule converts, each given away by a key of OpenAI's layout (which open_clip shares):
+# pattern -> what the checkpoint is.
+# Provenance: clip/model.py (ModifiedResNet: layer1..4, attnpool); open_clip 3.3's timm_model.py (TimmModel
+# as `visual.trunk`), model.py (CustomTextCLIP keeps its text tower under `text.`; logit_bias), transformer.py
+# (LayerScale as ls_1/ls_2, AttentionalPooler as attn_pool, a Linear text projection with proj_bias) and
+# coca_model.py (text_decoder).
 UNSUPPORTED_VARIANTS = {
-    "visual.layer1.": _RESNET,
-    "visual.attnpool.": _RESNET,
-    "visual.trunk.": "an open_clip model with a timm vision tower (SigLIP, EVA, ConvNeXt, ...): transformers' "
-                     "CLIPModel holds only CLIP's own vision transformer",
-    "text.": "an open_clip model with a custom text tower (text.* keys): transformers' CLIPModel holds only "
-             "CLIP's own text transformer",
+    "visual.layer1.{rest}": _RESNET,
+    "visual.attnpool.{rest}": _RESNET,
+    "visual.trunk.{rest}": "an open_clip model with a timm vision tower (SigLIP, EVA, ConvNeXt, ...): "
+                           "transformers' CLIPModel holds only CLIP's own vision transformer",
+    "text.{rest}": "an open_clip model with a custom text tower (text.* keys): transformers' CLIPModel holds "
+                   "only CLIP's own text transformer",
+    "{rest}.ls_1.gamma": _LAYER_SCALE,
+    "{rest}.ls_2.gamma": _LAYER_SCALE,
+    "visual.attn_pool.{rest}": "an open_clip model with an attentional pooler (CoCa), which CLIPModel does not have",
+    "text_decoder.{rest}": "a CoCa model (text_decoder), which CLIPModel does not have",
+    "text_projection.{rest}": "an open_clip model whose text projection is a layer with a bias (proj_bias), "
+                              "where CLIPModel's has none",
+    "logit_bias": "a model with a logit bias (SigLIP-style), which CLIPModel does not have",
 }
 
 # Where each architecture number is read from, as clip.model.build_model does (and open_clip's shapes agree):

@@ -96,3 +96,31 @@ tensor_specs = st.dictionaries(
     st.tuples(st.sampled_from(sorted(DTYPES)), st.lists(st.integers(0, 5), max_size=3).map(tuple)),
     min_size=1, max_size=8,
 )
+
+
+@st.composite
+def open_clip_model_configs(draw) -> dict:
+    """Small open_clip model configs of the kinds released: gelu or QuickGELU, vision heads of widths other
+    than 64, text heads chosen apart from them, MLP ratios that are not whole (bigG's 4.9231), and sometimes
+    another LayerNorm eps."""
+    patch = draw(st.sampled_from(PATCH_SIZES))
+    vision_width = draw(st.integers(1, 3)) * draw(st.sampled_from([32, 48, 64, 80]))
+    heads = draw(st.integers(1, 3))
+    text_width = heads * draw(st.sampled_from([16, 32, 64]))
+
+    def tower_extras() -> dict:
+        extras = {}
+        ratio = draw(st.sampled_from([4.0, 4.9231, 3.5, 2.0]))
+        if ratio != 4.0:
+            extras["mlp_ratio"] = ratio
+        if draw(st.booleans()):
+            extras["norm_kwargs"] = {"eps": draw(st.sampled_from([1e-6, 1e-5, 1e-3]))}
+        return extras
+
+    vision = {"image_size": patch * draw(st.integers(1, 4)), "layers": draw(st.integers(1, 2)),
+              "width": vision_width, "head_width": vision_width // draw(st.sampled_from([1, 2])),  # widths are even
+              "patch_size": patch, **tower_extras()}
+    text = {"context_length": draw(st.integers(8, 77)),
+            "vocab_size": draw(st.sampled_from([64, 100, OPENAI_VOCAB_SIZE])), "width": text_width, "heads": heads, "layers": draw(st.integers(1, 2)), **tower_extras()}
+    quick = {"quick_gelu": True} if draw(st.booleans()) else {}
+    return {"embed_dim": draw(st.sampled_from([32, 64, 96])), **quick, "vision_cfg": vision, "text_cfg": text}

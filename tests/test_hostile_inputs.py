@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from roundtrip import output_file, safetensors_file
+from roundtrip import open_clip_config, output_file, safetensors_file
+from roundtrip.examples import random_open_clip_model, save_open_clip_folder
 from roundtrip.strided import as_torch
 from roundtrip.torch_zip import read_torchscript_state_dict
 
@@ -375,3 +376,104 @@ def _a_pid_that_is_not_running() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+# ---- open_clip sources: variants CLIPModel cannot hold, malformed and contradictory configs ------------------
+
+
+def _open_clip_config(**changes):
+    """A two-layer ViT-B-32 config with `changes` (dotted names for the towers' settings)."""
+    config = open_clip_config.registry_config("ViT-B-32")
+    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 1
+    for name, value in changes.items():
+        *where, key = name.split(".")
+        (config[where[0]] if where else config)[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def b32_weights():
+    return random_open_clip_model(_open_clip_config()).state_dict()
+
+
+def _folder(config=None, weights_from=None, raw=None):
+    """An open_clip folder whose tensors are `weights_from`'s model (built by open_clip) or ViT-B-32's, and whose
+    open_clip_config.json holds `raw` text or `config`."""
+    def build(tmp_path, b32_weights):
+        model_cfg = config if config is not None else _open_clip_config()
+        weights = random_open_clip_model(weights_from).state_dict() if weights_from else b32_weights
+        save_open_clip_folder(weights, model_cfg, tmp_path / "source")
+        if raw is not None:
+            (tmp_path / "source" / "open_clip_config.json").write_text(raw)
+        return [tmp_path / "source"]
+    return build
+
+
+def _file(*options):
+    def build(tmp_path, b32_weights):
+        torch.save(b32_weights, tmp_path / "epoch_1.pt")
+        return [tmp_path / "epoch_1.pt", *options]
+    return build
+
+
+def _file_with_config(config):
+    def build(tmp_path, b32_weights):
+        torch.save(b32_weights, tmp_path / "epoch_1.pt")
+        (tmp_path / "model.json").write_text(json.dumps(config))
+        return [tmp_path / "epoch_1.pt", "--open-clip-config", tmp_path / "model.json"]
+    return build
+
+
+_LAYER_SCALE = _open_clip_config(**{"vision_cfg.ls_init_value": 1e-4, "text_cfg.ls_init_value": 1e-4})
+_CLIPA = _open_clip_config(**{"vision_cfg.no_ln_pre": True, "vision_cfg.pool_type": "avg"})
+
+OPEN_CLIP_SOURCES = {
+    "layer scale (ViT-M-16-alt style)": (_folder(_LAYER_SCALE, weights_from=_LAYER_SCALE), "layer scale"),
+    "CLIPA (no LayerNorm before, average pooling)": (_folder(_CLIPA, weights_from=_CLIPA), "CLIPA"),
+    "custom text tower": (_folder(_open_clip_config(custom_text=True)), "custom text tower"),
+    "timm vision tower": (_folder(_open_clip_config(**{"vision_cfg.timm_model_name": "vit_base_patch16_224"})),
+                          "timm vision tower"),
+    "CoCa decoder": (_folder(_open_clip_config(multimodal_cfg={"layers": 1})), "multimodal decoder"),
+    "text projection with a bias": (_folder(_open_clip_config(**{"text_cfg.proj_bias": True})), "proj_bias"),
+    "SigLIP-style logit bias": (_folder(_open_clip_config(init_logit_bias=-10)), "logit bias"),
+    "text pooling at the last token": (_folder(_open_clip_config(**{"text_cfg.pool_type": "last"})),
+                                       "text_cfg.pool_type is 'last'"),
+    "no model_cfg": (_folder(raw='{"preprocess_cfg": {}}'), "has no model_cfg"),
+    "open_clip_config.json not JSON": (_folder(raw="{"), "not valid JSON"),
+    "model_cfg not an object": (_folder(raw='{"model_cfg": [1]}'), "model_cfg should be a JSON object"),
+    "layers that disagree with the tensors": (_folder(_open_clip_config(**{"vision_cfg.layers": 3})),
+                                              "vision.layers is 3, the tensors say 1"),
+    "context that disagrees with the tensors": (_folder(_open_clip_config(**{"text_cfg.context_length": 64})),
+                                                "context_length is 64, the tensors say 77"),
+    "patch that disagrees with the tensors": (_folder(_open_clip_config(**{"vision_cfg.patch_size": 16})),
+                                              "patch_size is 16, the tensors say 32"),
+    "width not divisible by head_width": (_folder(_open_clip_config(**{"vision_cfg.head_width": 100})),
+                                          "width 768 is not a multiple of its head_width 100"),
+    "a setting open_clip does not have": (_folder(_open_clip_config(**{"vision_cfg.flux_capacitor": 1})),
+                                          "vision_cfg.flux_capacitor is not an open_clip setting"),
+    "a width that is not a number": (_folder(_open_clip_config(**{"vision_cfg.width": "768"})),
+                                     "vision_cfg.width is '768', expected a positive integer"),
+    "an unknown registry name": (_file("--open-clip-model", "ViT-Q-99"), "not a model in open_clip's registry"),
+    "a registry name that leads out of the registry": (_file("--open-clip-model", "../../setup"),
+                                                       "not a model in open_clip's registry"),
+    "both a registry name and a config": (_file("--open-clip-model", "ViT-B-32", "--open-clip-config", "x.json"),
+                                          "not both"),
+    "a registry model whose layers disagree": (_file("--open-clip-model", "ViT-B-32"),
+                                               "vision.layers is 12, the tensors say 1"),
+    "a config file that is not open_clip's": (_file_with_config({"hidden_size": 3}), "has no model_cfg"),
+    "options for a folder": (lambda tmp_path, weights: [*_folder()(tmp_path, weights), "--open-clip-model", "ViT-B-32"],
+                             "are for checkpoint files"),
+    "a folder without weights": (lambda tmp_path, weights: [_folder()(tmp_path, weights)[0],
+                                                            (tmp_path / "source" / "open_clip_model.safetensors").unlink()][:1],
+                                 "has no weights"),
+}
+
+
+@pytest.mark.parametrize("case", OPEN_CLIP_SOURCES)
+def test_open_clip_sources_clipmodel_cannot_hold_or_that_contradict_themselves_are_refused(tmp_path, b32_weights,
+                                                                                          case):
+    build, message = OPEN_CLIP_SOURCES[case]
+    arguments = build(tmp_path, b32_weights)
+    before = listing(tmp_path)
+    assert_refused(run_cli("to-hf", arguments[0], tmp_path / "out", *arguments[1:]), message)
+    assert listing(tmp_path) == before

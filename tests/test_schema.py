@@ -162,7 +162,18 @@ def test_keys_of_the_other_layout_are_called_what_they_are(demo_state_dict, hf_s
     assert raised.value.found is None
 
 
-@pytest.mark.parametrize("prefix, what", [("visual.trunk.", "timm vision tower"), ("text.", "custom text tower")])
-def test_open_clip_variants_clipmodel_cannot_hold_are_named(demo_state_dict, prefix, what):
-    with pytest.raises(UnsupportedArchitecture, match=what):
-        mapping.check_keys([*demo_state_dict, f"{prefix}blocks.0.weight"], "openai")
+# A key of each variant, as open_clip 3.3 names it (and clip.model, for the ResNet).
+VARIANT_KEYS = {
+    "visual.layer1.0.conv1.weight": "ResNet", "visual.attnpool.k_proj.weight": "ResNet",
+    "visual.trunk.blocks.0.attn.qkv.weight": "timm vision tower",
+    "text.transformer.embeddings.word_embeddings.weight": "custom text tower",
+    "visual.transformer.resblocks.0.ls_1.gamma": "layer scale", "transformer.resblocks.3.ls_2.gamma": "layer scale",
+    "visual.attn_pool.attn.in_proj_weight": "attentional pooler", "text_decoder.resblocks.0.ln_1.weight": "CoCa",
+    "text_projection.bias": "proj_bias", "logit_bias": "logit bias",
+}
+
+
+@pytest.mark.parametrize("key", VARIANT_KEYS)
+def test_variants_clipmodel_cannot_hold_are_named_by_what_they_are(demo_state_dict, key):
+    with pytest.raises(UnsupportedArchitecture, match=VARIANT_KEYS[key]):
+        mapping.check_keys([*demo_state_dict, key], "openai")

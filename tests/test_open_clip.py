@@ -1,0 +1,243 @@
+"""open_clip checkpoints, both ways: configs, weights, logits against open_clip's own code, every source layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from safetensors.torch import load_file
+
+from roundtrip import hf_config, mapping, open_clip_config, verify
+from roundtrip.architecture import Shapes
+from roundtrip.examples import (
+    DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder, training_checkpoint,
+)
+
+from conftest import assert_identical, assert_refused, hf_clip_config, listing, random_hf_model, run_cli
+from strategies import open_clip_model_configs, seeds
+
+TOLERANCE = 1e-3
+MODEL_BUILDING = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CONVERTING = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def shallow(name: str, layers: int = 2) -> dict:
+    """A registry model's config with fewer layers per tower: its widths, heads, MLP ratio and activation."""
+    config = open_clip_config.registry_config(name)
+    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = layers
+    return config
+
+
+def architecture_of(model_cfg: dict, state_dict: dict):
+    return open_clip_config.architecture(model_cfg, Shapes.of(state_dict))
+
+
+@torch.no_grad()
+def open_clip_logits(model, architecture) -> torch.Tensor:
+    return model.float().get_logits(verify.probe_images(architecture), verify.probe_tokens(architecture))[0]
+
+
+@torch.no_grad()
+def hf_folder_logits(folder: Path, architecture) -> torch.Tensor:
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
+    return model(input_ids=verify.probe_tokens(architecture),
+                 pixel_values=verify.probe_images(architecture)).logits_per_image
+
+
+# ---- configs and weights, without files ---------------------------------------------------------------------
+
+
+@MODEL_BUILDING
+@given(open_clip_model_configs())
+def test_the_model_config_written_builds_the_same_shapes_and_reads_back_as_the_architecture(model_cfg):
+    from open_clip.model import CLIP
+
+    with torch.device("meta"):
+        shapes = {key: tensor.shape for key, tensor in CLIP(**model_cfg).state_dict().items()}
+        architecture = architecture_of(model_cfg, CLIP(**model_cfg).state_dict())
+        written = open_clip_config.model_config(architecture)
+        rebuilt = {key: tensor.shape for key, tensor in CLIP(**written).state_dict().items()}
+    assert rebuilt == shapes
+    assert open_clip_config.architecture(written, Shapes.of(shapes_as_tensors(shapes))) == architecture
+
+
+def shapes_as_tensors(shapes: dict) -> dict:
+    return {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+
+
+@MODEL_BUILDING
+@given(open_clip_model_configs(), seeds)
+def test_open_clip_weights_round_trip_through_hf_bit_exact(model_cfg, seed):
+    original = random_open_clip_model(model_cfg, seed).state_dict()
+    assert_identical(mapping.to_openai(mapping.to_hf(original)), original)
+
+
+@MODEL_BUILDING
+@given(open_clip_model_configs(), seeds)
+def test_transformers_reproduces_open_clips_logits_with_the_config_written(model_cfg, seed):
+    from transformers import CLIPConfig, CLIPModel
+
+    model = random_open_clip_model(model_cfg, seed)
+    architecture = architecture_of(model_cfg, model.state_dict())
+    hf_model = CLIPModel.from_pretrained(None, config=CLIPConfig.from_dict(hf_config.config(architecture)),
+                                         state_dict=mapping.to_hf(model.state_dict()), dtype=torch.float32).eval()
+    with torch.no_grad():
+        converted = hf_model(input_ids=verify.probe_tokens(architecture),
+                             pixel_values=verify.probe_images(architecture)).logits_per_image
+    assert (converted - open_clip_logits(model, architecture)).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16-quickgelu", "ViT-H-14", "ViT-bigG-14"])
+def test_the_check_catches_a_wrong_activation_or_head_count_in_the_written_config(name):
+    model_cfg = shallow(name, layers=1)
+    weights = random_open_clip_model(model_cfg).state_dict()
+    architecture = architecture_of(model_cfg, weights)
+    open_clip_side = verify.Side(verify.OPEN_CLIP, model_cfg)
+
+    def gap(config) -> float:
+        return verify.max_logit_difference(weights, "openai", open_clip_side, verify.Side(verify.HF, config),
+                                           architecture)
+
+    right = hf_config.config(architecture)
+    wrong_activation = json.loads(json.dumps(right))
+    wrong_activation["vision_config"]["hidden_act"] = "gelu" if "quickgelu" in name else "quick_gelu"
+    wrong_heads = json.loads(json.dumps(right))
+    wrong_heads["vision_config"]["num_attention_heads"] = architecture.vision.width // 64  # OpenAI's rule
+    assert gap(right) <= TOLERANCE
+    assert gap(wrong_activation) > TOLERANCE
+    if architecture.vision.head_width != 64:
+        assert gap(wrong_heads) > TOLERANCE
+
+
+def test_bigg_mlp_ratio_gives_its_mlp_width_back():
+    assert open_clip_config.mlp_ratio(1664, 8192) == 4.9231
+    assert int(1664 * open_clip_config.mlp_ratio(1664, 8192)) == 8192
+
+
+# ---- every source layout, end to end -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def h14(tmp_path_factory):
+    """ViT-H-14's widths and heads (vision heads of 80, gelu) at two layers per tower, and its weights."""
+    model_cfg = shallow("ViT-H-14")
+    model = random_open_clip_model(model_cfg, seed=4)
+    return model_cfg, model, tmp_path_factory.mktemp("h14")
+
+
+LAYOUTS = ["folder with safetensors", "folder with open_clip_pytorch_model.bin", "epoch_N.pt with a model config",
+           "epoch_N.pt with an open_clip_config.json"]
+
+
+def _source(layout: str, model_cfg: dict, state_dict: dict, folder: Path) -> tuple[Path, list[str]]:
+    if layout.startswith("folder"):
+        save_open_clip_folder(state_dict, model_cfg, folder / "source", pickle=layout.endswith(".bin"))
+        return folder / "source", []
+    torch.save(training_checkpoint(state_dict), folder / "epoch_3.pt")
+    config = model_cfg if "model config" in layout else {"model_cfg": model_cfg, "preprocess_cfg": {}}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder / "epoch_3.pt", ["--open-clip-config", str(folder / "config.json")]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_open_clip_layout_converts_to_hf_with_open_clips_logits(tmp_path, h14, layout):
+    model_cfg, model, _ = h14
+    source, options = _source(layout, model_cfg, model.state_dict(), tmp_path)
+    result = run_cli("to-hf", source, tmp_path / "hf", *options)
+    assert result.exit_code == 0, result.output
+    assert "verification  max |logit difference|" in result.stdout
+    architecture = architecture_of(model_cfg, model.state_dict())
+    assert (hf_folder_logits(tmp_path / "hf", architecture) - open_clip_logits(model, architecture)).abs().max() \
+        <= TOLERANCE
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["vision_config"]["num_attention_heads"] == 16 and config["vision_config"]["hidden_act"] == "gelu"
+
+
+def test_a_checkpoint_file_named_by_its_registry_model_converts(tmp_path):
+    model = random_open_clip_model(open_clip_config.registry_config("ViT-S-32"), seed=1)
+    torch.save(training_checkpoint(model.state_dict()), tmp_path / "epoch_1.pt")
+    result = run_cli("to-hf", tmp_path / "epoch_1.pt", tmp_path / "hf", "--open-clip-model", "ViT-S-32")
+    assert result.exit_code == 0, result.output
+    architecture = architecture_of(open_clip_config.registry_config("ViT-S-32"), model.state_dict())
+    assert (hf_folder_logits(tmp_path / "hf", architecture) - open_clip_logits(model, architecture)).abs().max() \
+        <= TOLERANCE
+
+
+def test_open_clip_to_hf_to_open_clip_gives_back_every_tensor_and_the_config(tmp_path, h14):
+    model_cfg, model, _ = h14
+    preprocess_cfg = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
+    state_dict = {key: tensor.half() if key.endswith("c_fc.weight") else tensor  # a dtype mix, to be kept
+                  for key, tensor in model.state_dict().items()}
+    save_open_clip_folder(state_dict, model_cfg, tmp_path / "source", preprocess_cfg)
+    assert run_cli("to-hf", tmp_path / "source", tmp_path / "hf").exit_code == 0
+    result = run_cli("to-open-clip", tmp_path / "hf", tmp_path / "back")
+    assert result.exit_code == 0, result.output
+    original, back = (load_file(path / "open_clip_model.safetensors") for path in (tmp_path / "source",
+                                                                                     tmp_path / "back"))
+    assert_identical(back, original)
+    assert list(back) == list(original)
+    configs = [json.loads((path / "open_clip_config.json").read_text()) for path in (tmp_path / "source",
+                                                                                       tmp_path / "back")]
+    assert configs[0] == configs[1]
+    assert listing(tmp_path / "back") == ["open_clip_config.json", "open_clip_model.safetensors"]
+
+
+def test_hf_to_open_clip_to_hf_gives_back_the_folders_tensors_and_config(tmp_path):
+    hf_model = random_hf_model(hf_clip_config(hidden_act="gelu"), fp16_representable=False)
+    hf_model.config.vision_config.hidden_act = "gelu"
+    hf_model.save_pretrained(tmp_path / "hf")
+    result = run_cli("to-open-clip", tmp_path / "hf", tmp_path / "open-clip")
+    assert result.exit_code == 0, result.output
+    assert run_cli("to-hf", tmp_path / "open-clip", tmp_path / "hf-again").exit_code == 0
+    assert_identical(load_file(tmp_path / "hf-again" / "model.safetensors"), hf_model.state_dict())
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert json.loads((tmp_path / "hf-again" / "config.json").read_text()) == config
+
+
+def test_to_open_clip_writes_what_open_clip_loads_with_local_dir_strictly(tmp_path, demo_state_dict_file):
+    import open_clip
+
+    result = run_cli("to-open-clip", demo_state_dict_file, tmp_path / "open-clip")
+    assert result.exit_code == 0, result.output
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'open-clip'}")
+    weights = torch.load(demo_state_dict_file, weights_only=True)
+    assert_identical(model.state_dict(), {key: tensor.float() for key, tensor in weights.items()})
+    reference = verify.openai_logits(weights, DEMO, verify.probe_images(DEMO), verify.probe_tokens(DEMO))
+    assert (open_clip_logits(model.eval(), DEMO) - reference).abs().max() <= TOLERANCE
+    assert run_cli("to-openai", tmp_path / "open-clip", tmp_path / "back.pt").exit_code == 0
+    assert_identical(torch.load(tmp_path / "back.pt", weights_only=True), weights)  # OpenAI's fp16 mix restored
+
+
+def test_a_quickgelu_model_with_heads_of_64_goes_to_openais_format_and_a_gelu_one_is_refused(tmp_path):
+    for name, refused in (("ViT-B-16-quickgelu", False), ("ViT-B-16", True)):
+        save_open_clip_folder(random_open_clip_model(shallow(name, 1)).state_dict(), shallow(name, 1),
+                              tmp_path / name)
+        result = run_cli("to-openai", tmp_path / name, tmp_path / f"{name}.pt")
+        if refused:
+            assert_refused(result, "OpenAI's CLIP code cannot represent", "activation is gelu")
+        else:
+            assert result.exit_code == 0, result.output
+
+
+def test_a_plain_float32_state_dict_is_read_as_openais_and_the_summary_says_how_to_say_otherwise(tmp_path):
+    torch.save(random_openai_state_dict(DEMO, openai_dtypes=False), tmp_path / "fp32.pt")
+    result = run_cli("to-hf", tmp_path / "fp32.pt", tmp_path / "hf", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "--open-clip-model NAME" in result.stdout
+
+
+def test_a_hub_folder_with_both_formats_is_read_as_open_clip_for_to_hf(tmp_path, h14):
+    model_cfg, model, _ = h14
+    save_open_clip_folder(model.state_dict(), model_cfg, tmp_path / "repo")
+    assert run_cli("to-hf", tmp_path / "repo", tmp_path / "hf", "--no-verify").exit_code == 0
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tmp_path / "hf" / name, tmp_path / "repo" / name)
+    result = run_cli("to-hf", tmp_path / "repo", tmp_path / "hf-again", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "read as the open_clip model" in result.stdout
