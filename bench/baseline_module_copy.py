@@ -1,6 +1,7 @@
 """Baseline for `make bench`: the module-copying approach of transformers' conversion script.
 
 Usage: python bench/baseline_module_copy.py SOURCE DEST
+       python bench/baseline_module_copy.py --open-clip SOURCE_FOLDER DEST
 
 Does what `convert_clip_original_pytorch_to_hf.py` in transformers does, step by
 step, so the benchmark measures that approach and not a strawman: load the
@@ -17,15 +18,22 @@ prompt (the original's `torch.arange(0, 77)` has no end-of-text token, so
 transformers >= 4.32 pools it at the wrong position). The forward pass has the
 original's size: one image and one text of 77 tokens.
 SOURCE must be a `torch.save` state dict or an OpenAI TorchScript archive.
+
+With --open-clip, the same the open_clip way: `open_clip.create_model_and_transforms("local-dir:SOURCE")`
+loads the model (its modules are named as OpenAI's, so the same copies apply), the config comes from its
+open_clip_config.json (through clipconv's mapping, as a hand-written script would spell it), and the logits
+are compared on an `open_clip.tokenize` prompt.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import torch
 
-from roundtrip import hf_config, openai_config
+from roundtrip import hf_config, open_clip_config, openai_config
 from roundtrip.architecture import Architecture, Shapes
 from roundtrip.verify import PROBE_TEXTS, TOLERANCE
 
@@ -60,7 +68,7 @@ def copy_layers(hf_layers, openai_blocks) -> None:
         copy_attention(hf_layer.self_attn, block.attn)
 
 
-def copy_text_tower(hf_model, openai_model) -> None:
+def copy_text_tower(hf_model, openai_model) -> None:  # open_clip's CLIP has the same attributes
     text = hf_model.text_model
     text.embeddings.token_embedding.weight = openai_model.token_embedding.weight
     text.embeddings.position_embedding.weight.data = openai_model.positional_embedding
@@ -82,32 +90,47 @@ def copy_vision_tower(hf_model, openai_model) -> None:
 
 
 @torch.no_grad()
-def compare_logits(hf_model, openai_model, architecture: Architecture) -> float:
-    import clip
-
-    tokens = clip.tokenize(list(TEXTS), context_length=architecture.context_length)
+def compare_logits(hf_model, logits_of, tokenize, architecture: Architecture) -> float:
+    tokens = tokenize(list(TEXTS), context_length=architecture.context_length)
     size = architecture.image_resolution
     images = torch.randn(IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0))
     hf_logits = hf_model(input_ids=tokens, pixel_values=images).logits_per_image
-    openai_logits, _ = openai_model(images, tokens)
-    return (hf_logits - openai_logits).abs().max().item()
+    return (hf_logits - logits_of(images, tokens)).abs().max().item()
+
+
+def load_openai(source: str):
+    """OpenAI's model in float32, its architecture, its logits and tokenizer, as the original script has them."""
+    import clip
+
+    model, _ = clip.load(source, device="cpu", jit=False)
+    model = model.float().eval()
+    architecture = openai_config.architecture(Shapes.of(model.state_dict()))
+    return model, architecture, lambda images, tokens: model(images, tokens)[0], clip.tokenize
+
+
+def load_open_clip(source: str):
+    """open_clip's model as open_clip loads a hub folder, its architecture, logits and tokenizer."""
+    import open_clip
+
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{source}")
+    model = model.eval()
+    model_cfg = json.loads((Path(source) / "open_clip_config.json").read_text())["model_cfg"]
+    architecture = open_clip_config.architecture(model_cfg, Shapes.of(model.state_dict()))
+    return model, architecture, lambda images, tokens: model.get_logits(images, tokens)[0], open_clip.tokenize
 
 
 @torch.no_grad()
-def convert(source: str, dest: str) -> float:
-    import clip
+def convert(source: str, dest: str, load=load_openai) -> float:
     from transformers import CLIPConfig, CLIPModel
 
-    openai_model, _ = clip.load(source, device="cpu", jit=False)
-    openai_model = openai_model.float().eval()
-    architecture = openai_config.architecture(Shapes.of(openai_model.state_dict()))
+    model, architecture, logits_of, tokenize = load(source)
     hf_model = CLIPModel(CLIPConfig.from_dict(hf_config.config(architecture))).eval()
 
-    copy_text_tower(hf_model, openai_model)
-    copy_vision_tower(hf_model, openai_model)
-    hf_model.logit_scale = openai_model.logit_scale
+    copy_text_tower(hf_model, model)
+    copy_vision_tower(hf_model, model)
+    hf_model.logit_scale = model.logit_scale
 
-    difference = compare_logits(hf_model, openai_model, architecture)
+    difference = compare_logits(hf_model, logits_of, tokenize, architecture)
     if not difference <= TOLERANCE:
         raise SystemExit(f"baseline: logits differ by {difference:.3g} (tolerance {TOLERANCE:g}); nothing written")
     hf_model.save_pretrained(dest)
@@ -115,10 +138,12 @@ def convert(source: str, dest: str) -> float:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
+    load = load_open_clip if argv[:1] == ["--open-clip"] else load_openai
+    arguments = argv[1:] if load is load_open_clip else argv
+    if len(arguments) != 2:
         raise SystemExit(__doc__.split("\n\n")[1])
-    difference = convert(*argv)
-    print(f"Wrote {argv[1]}; max |logit difference| = {difference:.2e}")
+    difference = convert(*arguments, load=load)
+    print(f"Wrote {arguments[1]}; max |logit difference| = {difference:.2e}")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,22 @@
-"""Write a ViT-bigG-sized OpenAI-layout state dict (9.2 GB in float32) without holding it in memory.
+"""Write a ViT-bigG-sized state dict (10.2 GB in float32) without holding it in memory.
 
-Usage: .venv/bin/python bench/make_biggest.py DEST [--tiny | --layers N]
+Usage: .venv/bin/python bench/make_biggest.py DEST [--openai] [--tiny | --layers N]
 
-The shapes are OpenAI's layout at ViT-bigG size: vision 1664 wide x 48 layers,
-patch 14, 224px; text 1280 wide x 32 layers; embed 1280. OpenAI's code fixes the
-MLP at 4x the width (6656 for the vision tower, where the real bigG has 8192),
-so this is the biggest model of that family `clip.model.CLIP` can load, not the
-LAION checkpoint. All weights are float32.
+By default the shapes are open_clip's ViT-bigG-14 (LAION's bigG: vision 1664 wide x 48 layers, heads of 104,
+MLP 8192; text 1280 wide x 32 layers, 20 heads; embed 1280), a state dict as open_clip's training writes
+it, to convert with `--open-clip-model ViT-bigG-14`. With `--openai`, OpenAI's layout at bigG size: OpenAI's
+code fixes the MLP at 4x the width (6656 for the vision tower), so that is the biggest model of that family
+`clip.model.CLIP` can load (9.2 GB). All weights are float32.
 
 Memory stays low in two passes:
-1. Key names and shapes come from `clip.model.CLIP` built on the meta device (no
-   storage), and `torch.save` writes the file under `torch.serialization.skip_data`
+1. Key names and shapes come from the model code (`clip.model.CLIP` or open_clip's `CLIP`) built on the meta
+   device (no storage), and `torch.save` writes the file under `torch.serialization.skip_data`
    from uninitialised tensors, so it lays out the archive without touching them.
 2. Each tensor's bytes are then written in place, chunk by chunk, at its offset
    in the archive: random normal values (std 0.02), LayerNorm weights 1 and
    logit_scale log(100), as OpenAI's initialisation has them.
 
-`--tiny` writes roundtrip.examples.DEMO instead (seconds; to check this script);
+`--tiny` writes roundtrip.examples.DEMO (OpenAI's layout) instead (seconds; to check this script);
 `--layers N` keeps bigG's widths with N layers per tower (to check memory use).
 """
 
@@ -35,6 +35,7 @@ import torch
 
 from roundtrip import openai_config
 from roundtrip.architecture import Architecture
+from roundtrip.open_clip_config import registry_config
 from roundtrip.openai_config import from_clip_kwargs
 from roundtrip.examples import DEMO
 from roundtrip.verify import openai_code
@@ -52,6 +53,18 @@ def layout(architecture: Architecture) -> dict[str, torch.Size]:
     """Key names and shapes of OpenAI's state dict, from a model that holds no data."""
     with torch.device("meta"):
         model = openai_code("model").CLIP(**openai_config.clip_kwargs(architecture))
+    return {key: tensor.shape for key, tensor in model.state_dict().items()}
+
+
+def open_clip_layout(layers: int | None) -> dict[str, torch.Size]:
+    """Key names and shapes of open_clip's ViT-bigG-14 (with `layers` per tower, if given)."""
+    from open_clip.model import CLIP
+
+    model_cfg = registry_config("ViT-bigG-14")
+    if layers:
+        model_cfg["vision_cfg"]["layers"] = model_cfg["text_cfg"]["layers"] = layers
+    with torch.device("meta"):
+        model = CLIP(**model_cfg)
     return {key: tensor.shape for key, tensor in model.state_dict().items()}
 
 
@@ -99,21 +112,25 @@ def write_data(shapes: dict[str, torch.Size], dest: Path, seed: int = 0) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dest", type=Path)
+    parser.add_argument("--openai", action="store_true", help="OpenAI's layout at bigG size, not open_clip's bigG")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="write the small demo architecture instead")
     size.add_argument("--layers", type=int, help="bigG widths with this many layers per tower")
     arguments = parser.parse_args()
-    architecture = DEMO if arguments.tiny else BIGG
-    if arguments.layers:
-        architecture = dataclasses.replace(
-            architecture, vision=dataclasses.replace(architecture.vision, layers=arguments.layers),
-            text=dataclasses.replace(architecture.text, layers=arguments.layers))
-    shapes = layout(architecture)
+    if arguments.openai or arguments.tiny:
+        architecture = DEMO if arguments.tiny else BIGG
+        if arguments.layers:
+            architecture = dataclasses.replace(
+                architecture, vision=dataclasses.replace(architecture.vision, layers=arguments.layers),
+                text=dataclasses.replace(architecture.text, layers=arguments.layers))
+        shapes, what = layout(architecture), architecture.describe()
+    else:
+        shapes, what = open_clip_layout(arguments.layers), "open_clip's ViT-bigG-14"
     partial = arguments.dest.with_name(arguments.dest.name + ".partial")
     write_archive_without_data(shapes, partial)
     write_data(shapes, partial)
     os.replace(partial, arguments.dest)  # appears only once complete
-    print(f"Wrote {arguments.dest}: {architecture.describe()}, {arguments.dest.stat().st_size / 1e9:.2f} GB")
+    print(f"Wrote {arguments.dest}: {what}, {arguments.dest.stat().st_size / 1e9:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """`make bench`: wall time and peak memory of clipconv against the module-copying baseline.
 
-Usage: .venv/bin/python bench/run.py [--models B32,L14] [--rounds 3]
+Usage: .venv/bin/python bench/run.py [--models B32,L14,H14] [--rounds 3] [--no-biggest]
 
-For each model, a checkpoint with random weights in OpenAI's fp16/fp32 mix is
-created on first use and cached in ${XDG_CACHE_HOME:-~/.cache}/clipconv-bench/.
-Then every variant (clipconv in both directions with and without verification,
-bench/baseline_module_copy.py, and `cp` as the physical floor) runs once per
-round as a fresh subprocess, round-robin, so that noise from other work on the
-machine spreads over all variants alike. Prints medians and ratios to the
-baseline as a markdown table. Not part of `make test`: nothing here asserts.
+For each model, a checkpoint with random weights is created on first use and cached in
+${XDG_CACHE_HOME:-~/.cache}/clipconv-bench/: OpenAI's ViT-B/32 and ViT-L/14 as state dicts in OpenAI's
+fp16/fp32 mix, open_clip's ViT-H-14 as a hub folder in float32. Then every variant (clipconv in both
+directions with and without verification, bench/baseline_module_copy.py done the OpenAI or the open_clip way,
+and `cp` of the weights file as the physical floor) runs once per round as a fresh subprocess, round-robin,
+so that noise from other work on the machine spreads over all variants alike. Last, open_clip's ViT-bigG-14
+(10.2 GB of float32, written by bench/make_biggest.py) is converted without verification, both ways, once.
+Prints medians and ratios to the baseline as markdown tables. Not part of `make test`: nothing here asserts.
 
 Peak RSS is the child's own `ru_maxrss` from `os.wait4` on its pid. Linux carries
 the spawning process's peak RSS into a child across exec, so this script never
@@ -35,7 +36,10 @@ from typing import Callable
 
 BENCH = Path(__file__).resolve().parent
 CLIPCONV = str(Path(sys.executable).parent / "clipconv")
-MODELS = {"B32": "ViT-B/32", "L14": "ViT-L/14"}
+MODELS = {"B32": "ViT-B/32", "L14": "ViT-L/14", "H14": "open_clip:ViT-H-14"}
+OPEN_CLIP = "open_clip:"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+BIGGEST = "ViT-bigG-14"  # open_clip's, converted without verification to show memory stays flat
 BASELINE = "baseline (module copy)"
 MB = 1024  # ru_maxrss is in KiB on Linux; figures are MiB
 
@@ -58,21 +62,26 @@ def cache_dir() -> Path:
 
 def checkpoint(architecture: str) -> Path:
     """The cached random-weight checkpoint of `architecture`, made on first use."""
-    path = cache_dir() / (architecture.replace("/", "-") + ".pt")
+    is_folder = architecture.startswith(OPEN_CLIP)
+    path = cache_dir() / (architecture.replace("/", "-").replace(":", "-") + ("" if is_folder else ".pt"))
     if not path.exists():
         print(f"Creating {path} (first use) ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, BENCH / "make_checkpoint.py", architecture, path], check=True)
     return path
 
 
-def variants(source: Path, hf_folder: Path) -> dict[str, Command]:
+def variants(source: Path, hf_folder: Path, open_clip: bool) -> dict[str, Command]:
+    """What runs for one model: both directions with and without the logit check, the baseline, `cp`."""
+    back = "to-open-clip" if open_clip else "to-openai"
+    baseline = [sys.executable, BENCH / "baseline_module_copy.py", *(["--open-clip"] if open_clip else []), source]
+    weights = source / OPEN_CLIP_WEIGHTS if open_clip else source
     return {
         "clipconv to-hf": lambda dest: [CLIPCONV, "to-hf", source, dest],
         "clipconv to-hf --no-verify": lambda dest: [CLIPCONV, "to-hf", source, dest, "--no-verify"],
-        "clipconv to-openai": lambda dest: [CLIPCONV, "to-openai", hf_folder, dest],
-        "clipconv to-openai --no-verify": lambda dest: [CLIPCONV, "to-openai", hf_folder, dest, "--no-verify"],
-        BASELINE: lambda dest: [sys.executable, BENCH / "baseline_module_copy.py", source, dest],
-        "cp (copy the source file)": lambda dest: ["cp", source, dest],
+        f"clipconv {back}": lambda dest: [CLIPCONV, back, hf_folder, dest],
+        f"clipconv {back} --no-verify": lambda dest: [CLIPCONV, back, hf_folder, dest, "--no-verify"],
+        BASELINE: lambda dest: [*baseline, dest],
+        "cp (copy the weights file)": lambda dest: ["cp", weights, dest],
     }
 
 
@@ -123,7 +132,27 @@ def benchmark_model(model: str, rounds: int) -> dict[str, list[Measurement]]:
     with tempfile.TemporaryDirectory(prefix="work-", dir=cache_dir()) as workdir:
         hf_folder = Path(workdir) / "hf"  # to-openai's input, made once and not timed
         subprocess.run([CLIPCONV, "to-hf", source, hf_folder, "--no-verify"], check=True, capture_output=True)
-        return benchmark(variants(source, hf_folder), rounds, Path(workdir))
+        return benchmark(variants(source, hf_folder, MODELS[model].startswith(OPEN_CLIP)), rounds, Path(workdir))
+
+
+def biggest() -> list[str]:
+    """open_clip's ViT-bigG-14 converted without verification, to HF and back: rows of a table."""
+    source = cache_dir() / f"{BIGGEST}-open_clip.pt"
+    if not source.exists():
+        print(f"Creating {source} (first use, 10.2 GB) ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, BENCH / "make_biggest.py", source], check=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="work-", dir=cache_dir()) as workdir:
+        hf_folder, back, log = Path(workdir) / "hf", Path(workdir) / "back", Path(workdir) / "log.txt"
+        for name, argv in (
+            ("to-hf --no-verify", [CLIPCONV, "to-hf", source, hf_folder, "--open-clip-model", BIGGEST, "--no-verify"]),
+            ("to-open-clip --no-verify", [CLIPCONV, "to-open-clip", hf_folder, back, "--no-verify"]),
+        ):
+            result = measure(argv, log)
+            rows.append(f"| open_clip {BIGGEST} | clipconv {name} | {result.seconds:.1f} | {result.cpu_seconds:.1f} "
+                        f"| {result.peak_rss_mb / 1024:.2f} |")
+            print(f"  {BIGGEST} {name}: {result.seconds:.1f} s, {result.peak_rss_mb:.0f} MB", file=sys.stderr, flush=True)
+    return rows
 
 
 def at_most_if_floor(text: str, mb: float, floor: float) -> str:
@@ -140,7 +169,7 @@ def table(model: str, results: dict[str, list[Measurement]], floor: float) -> li
         share = rss[name] / rss[BASELINE]
         rss_text = at_most_if_floor(f"{rss[name]:.0f}", rss[name], floor)
         share_text = at_most_if_floor(f"{share:.0%}" if share >= 0.1 else f"{share:.1%}", rss[name], floor)
-        rows.append(f"| {MODELS[model]} | {name} | {seconds[name]:.1f} | {cpu[name]:.1f} | {rss_text} | "
+        rows.append(f"| {MODELS[model].replace(OPEN_CLIP, 'open_clip ')} | {name} | {seconds[name]:.1f} | {cpu[name]:.1f} | {rss_text} | "
                     f"{seconds[BASELINE] / seconds[name]:.2f}x | {share_text} |")
     return rows
 
@@ -158,6 +187,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternating (default: 3)")
+    parser.add_argument("--no-biggest", action="store_true", help=f"leave out open_clip's {BIGGEST} (10.2 GB)")
     arguments = parser.parse_args(argv)
     arguments.models = arguments.models.split(",")
     unknown = [model for model in arguments.models if model not in MODELS]
@@ -169,8 +199,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     arguments = parse_arguments(argv)
     results = {model: benchmark_model(model, arguments.rounds) for model in arguments.models}
+    biggest_rows = [] if arguments.no_biggest else biggest()
     floor = rss_floor_mb()
-    print(f"\nCommand: bench/run.py --models {','.join(arguments.models)} --rounds {arguments.rounds}")
+    options = " --no-biggest" if arguments.no_biggest else ""
+    print(f"\nCommand: bench/run.py --models {','.join(arguments.models)} --rounds {arguments.rounds}{options}")
     print(f"Machine: {machine()}")
     print(f"Medians of {arguments.rounds} alternating runs; speed-up = baseline time / variant time (from the"
           f" unrounded medians); CPU = user + system; RSS share = variant peak RSS / baseline peak RSS.\n")
@@ -179,6 +211,11 @@ def main(argv: list[str]) -> None:
     print("|---|---|---|---|---|---|---|")
     for model, model_results in results.items():
         print("\n".join(table(model, model_results, floor)))
+    if biggest_rows:
+        print("\nWithout verification, once each (the HF folder of the first is the source of the second):\n")
+        print("| checkpoint | variant | wall s | CPU s | peak RSS GB |")
+        print("|---|---|---|---|---|")
+        print("\n".join(biggest_rows))
 
 
 if __name__ == "__main__":

@@ -270,12 +270,16 @@ _IMPORTS_AFTER_CONVERTING = """
 import sys
 from roundtrip.cli import main
 main.main(sys.argv[1:], standalone_mode=False)
-print(",".join(sorted({name.split(".")[0] for name in sys.modules} & {"torch", "transformers", "clip", "torchvision"})))
+print(",".join(sorted({name.split(".")[0] for name in sys.modules} & {"torch", "transformers", "clip", "torchvision",
+                                                                    "open_clip", "timm"})))
 """
 
 
-def test_no_verify_converts_both_ways_without_importing_torch_transformers_or_clip(tmp_path, demo_state_dict_file):
-    for args in (["to-hf", demo_state_dict_file, tmp_path / "hf"], ["to-openai", tmp_path / "hf", tmp_path / "back.pt"]):
+def test_no_verify_converts_every_way_without_importing_torch_transformers_clip_or_open_clip(tmp_path,
+                                                                                          demo_state_dict_file):
+    for args in (["to-hf", demo_state_dict_file, tmp_path / "hf"], ["to-openai", tmp_path / "hf", tmp_path / "back.pt"],
+                 ["to-open-clip", tmp_path / "hf", tmp_path / "open-clip"],
+                 ["to-hf", tmp_path / "open-clip", tmp_path / "hf-again"]):
         done = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER_CONVERTING, *map(str, args), "--no-verify"],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
