@@ -75,10 +75,13 @@ def convert(
         raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
     report(f"Reading {source_path}")
     read = source_format.read(source_path, options)
-    architecture, shapes = _architecture(read, target)
+    towers = tuple(tower for tower in source_format.towers if tower in target.towers)
+    tensors = mapping.without_prefix(read.tensors, source_format.key_prefix)
+    architecture, shapes = _architecture(read, tensors, towers, target)
     restored = read.provenance.records.get(target.name) if read.provenance else None
     config, config_notes = target.make_config(architecture, read, restored, shapes)
-    weights = mapping.convert(mapping.convert(read.tensors, source_format.layout, "openai"), "openai", target.layout)
+    weights = mapping.convert(mapping.convert(tensors, source_format.layout, "openai", towers), "openai",
+                              target.layout, towers)
     attributes = _restored_attributes(restored, architecture) if target.keeps_attributes else {}
     cast = _cast(dtype, restored, target)
     provenance = (read.provenance or Provenance(formats.tool(), {})).adding(read.record(), formats.tool(),
@@ -89,7 +92,8 @@ def convert(
     sides = (source_format.side(read.config), target.side(config))
     if verify_logits:
         weights = _cast_once(weights, cast, read.release, sides)
-    output = _in_order({**weights, **attributes}, restored)  # the logit check takes `weights` alone
+    # The logit check takes `weights` alone, the writer all it writes, under the target's key prefix.
+    output = mapping.with_prefix(_in_order({**weights, **attributes}, restored), target.key_prefix)
     with destination.staged(placed, is_folder=target.output.is_folder) as staging, _background() as background:
         if verify_logits:
             # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
@@ -110,11 +114,11 @@ def convert(
     return summary
 
 
-def _architecture(read: Source, target: Format) -> tuple[Architecture, Shapes]:
+def _architecture(read: Source, tensors: dict, towers: tuple[str, ...], target: Format) -> tuple[Architecture, Shapes]:
     """The source's architecture, refused where the target's code cannot represent it."""
     with _as_input_error(read.path):
-        mapping.check_keys(read.tensors, read.format.layout)  # names missing keys as the source names them
-        shapes = Shapes.of(mapping.convert(read.tensors, read.format.layout, "openai"))
+        mapping.check_keys(tensors, read.format.layout, towers)  # names missing keys as the source names them
+        shapes = Shapes.of(mapping.convert(tensors, read.format.layout, "openai", towers))
     with _as_input_error(read.config_path):
         architecture = read.format.architecture(read, shapes)
     problems = target.incompatibilities(architecture)

@@ -22,6 +22,7 @@ from roundtrip.ops import Operation, OperationError
 from roundtrip.schema import (
     BLOCK_FIELD,
     LAYOUTS,
+    TOWERS,
     OPTIONAL_KEYS,
     PLACEHOLDER_VALUES,
     PLACEHOLDERS,
@@ -104,15 +105,24 @@ class Conversion:
     sources: tuple[Pattern, ...]
     targets: tuple[Pattern, ...]
     op: Operation
-    tower: str | None
+    tower: str | None  # None: shared by the two towers
+    block: bool = False  # one per residual block ({i})
 
 
 def _forward(rule: Rule) -> Conversion:
-    return Conversion(tuple(map(Pattern, rule.openai)), tuple(map(Pattern, rule.hf)), rule.op, rule.tower)
+    return Conversion(tuple(map(Pattern, rule.openai)), tuple(map(Pattern, rule.hf)), rule.op, rule.tower,
+                      rule.block)
 
 
 def _backward(rule: Rule) -> Conversion:
-    return Conversion(tuple(map(Pattern, rule.hf)), tuple(map(Pattern, rule.openai)), rule.op.inverse, rule.tower)
+    return Conversion(tuple(map(Pattern, rule.hf)), tuple(map(Pattern, rule.openai)), rule.op.inverse, rule.tower,
+                      rule.block)
+
+
+def _of_towers(conversions: tuple[Conversion, ...], towers: tuple[str, ...]) -> tuple[Conversion, ...]:
+    """The conversions of a model with just `towers`: theirs, and the shared ones if it has both."""
+    both = set(towers) == set(TOWERS)
+    return tuple(c for c in conversions if c.tower in towers or (c.tower is None and both))
 
 
 TO_HF = tuple(_forward(rule) for rule in RULES)
@@ -189,37 +199,46 @@ def apply(state_dict: Mapping, conversions: tuple[Conversion, ...], ignored: Ite
     return converted
 
 
-def to_hf(openai_state_dict: Mapping) -> dict:
+def to_hf(openai_state_dict: Mapping, towers: tuple[str, ...] = TOWERS) -> dict:
     """OpenAI `clip.model.CLIP` state dict -> HF `CLIPModel` state dict (same tensors, same dtypes)."""
     _reject_unsupported(openai_state_dict.keys())
-    return apply(openai_state_dict, TO_HF, ignored=OPTIONAL_KEYS["openai"])
+    return apply(openai_state_dict, _of_towers(TO_HF, towers), ignored=OPTIONAL_KEYS["openai"])
 
 
-def to_openai(hf_state_dict: Mapping) -> dict:
+def to_openai(hf_state_dict: Mapping, towers: tuple[str, ...] = TOWERS) -> dict:
     """HF `CLIPModel` state dict -> OpenAI `clip.model.CLIP` state dict (same tensors, same dtypes).
 
     Fused q/k/v of `Strided` views are `Joined` (written part by part, never computed).
     """
-    return apply(hf_state_dict, TO_OPENAI, ignored=OPTIONAL_KEYS["hf"])
+    return apply(hf_state_dict, _of_towers(TO_OPENAI, towers), ignored=OPTIONAL_KEYS["hf"])
 
 
 READING = {"openai": TO_HF, "hf": TO_OPENAI}  # layout -> the conversions that read its keys
 
 
-def convert(state_dict: Mapping, source: str, target: str) -> dict:
-    """`state_dict` in layout `source` as the same tensors in layout `target` (the same dict's tensors when the
-    layouts are one: OpenAI's and open_clip's keys are the same)."""
+def convert(state_dict: Mapping, source: str, target: str, towers: tuple[str, ...] = TOWERS) -> dict:
+    """`state_dict` (of a model with `towers`) in layout `source` as the same tensors in layout `target` (the
+    same dict's tensors when the layouts are one: OpenAI's and open_clip's keys are the same)."""
     if source == target:
         return dict(state_dict)
-    return to_hf(state_dict) if (source, target) == ("openai", "hf") else to_openai(state_dict)
+    return (to_hf if (source, target) == ("openai", "hf") else to_openai)(state_dict, towers)
 
 
-def check_keys(keys: Iterable[str], layout: str) -> dict[str, int]:
-    """The number of residual blocks per tower of a complete checkpoint in `layout`; else a MappingError that
-    says what the keys are: a variant no rule converts, another layout or no CLIP at all, keys no rule
-    covers, or which tensors its architecture needs that are missing."""
+def without_prefix(state_dict: Mapping, prefix: str) -> dict:
+    """The tensors of `state_dict` under `prefix` (a model inside a larger checkpoint), named without it."""
+    return {key[len(prefix):]: tensor for key, tensor in state_dict.items() if key.startswith(prefix)}
+
+
+def with_prefix(state_dict: Mapping, prefix: str) -> dict:
+    return {prefix + key: tensor for key, tensor in state_dict.items()}
+
+
+def check_keys(keys: Iterable[str], layout: str, towers: tuple[str, ...] = TOWERS) -> dict[str, int]:
+    """The number of residual blocks per tower of a complete checkpoint in `layout` (of a model with `towers`);
+    else a MappingError that says what the keys are: a variant no rule converts, another layout or no CLIP at
+    all, keys no rule covers, or which tensors its architecture needs that are missing."""
     keys = [key for key in keys if key not in OPTIONAL_KEYS[layout]]
-    conversions = READING[layout]
+    conversions = _of_towers(READING[layout], towers)
     unmatched = [key for key in keys if not _matches(key, conversions)]
     _check_layout(keys, len(keys) - len(unmatched), layout)
     if layout == "openai":  # the variants' keys are open_clip's and OpenAI's
@@ -264,10 +283,10 @@ def _check_layout(keys: list[str], matched: int, layout: str) -> None:
 
 def _block_indices(keys: Iterable[str], conversions: tuple[Conversion, ...]) -> dict[str, set[int]]:
     """The residual-block indices present per tower, e.g. {"text": {0, 1}, "vision": {0, 1, 2}}."""
-    found: dict[str, set[int]] = {conversion.tower: set() for conversion in conversions if conversion.tower}
+    found: dict[str, set[int]] = {conversion.tower: set() for conversion in conversions if conversion.block}
     for key in keys:
         for conversion in conversions:
-            if conversion.tower is None:
+            if not conversion.block:
                 continue
             for pattern in conversion.sources:
                 fields = pattern.parse(key)
@@ -292,7 +311,7 @@ def _instances(conversion: Conversion, blocks: dict[str, set[int]]) -> list[tupl
     """The field values a complete checkpoint instantiates the conversion with, each with how many times it
     stands for. Blocks missing whole are stood for by the first of them: a hostile index (block 10**9) must
     not make this enumerate them."""
-    if conversion.tower is None:
+    if not conversion.block:
         return [(PLACEHOLDER_VALUES, 1)]
     present = blocks[conversion.tower]
     instances = [({**PLACEHOLDER_VALUES, BLOCK_FIELD: (str(index),)}, 1) for index in sorted(present)]

@@ -30,12 +30,16 @@ PLACEHOLDER_VALUES = {"wb": ("weight", "bias")}
 LAYOUTS = {"openai": "an OpenAI CLIP", "hf": "a Hugging Face CLIPModel"}
 
 
+TOWERS = ("text", "vision")
+
+
 @dataclass(frozen=True)
 class Rule:
     openai: tuple[str, ...]
     hf: tuple[str, ...]
     op: Operation  # openai tensors -> hf tensors; op.inverse goes back
-    tower: str | None = None  # "text" or "vision" for per-block rules: counts layers
+    tower: str | None  # "text" or "vision"; None for what the two towers share (a model with both)
+    block: bool = False  # one per residual block of its tower ({i}): these count the tower's layers
 
 
 # Per-block rules, written once relative to a block and prefixed per tower below.
@@ -57,28 +61,30 @@ _TOWER_BLOCKS = {
 
 RULES: tuple[Rule, ...] = (
     # Text tower.
-    Rule(("token_embedding.weight",), ("text_model.embeddings.token_embedding.weight",), Identity()),
+    Rule(("token_embedding.weight",), ("text_model.embeddings.token_embedding.weight",), Identity(), "text"),
     # OpenAI keeps a bare Parameter; HF wraps it in an nn.Embedding.
-    Rule(("positional_embedding",), ("text_model.embeddings.position_embedding.weight",), Identity()),
-    Rule(("ln_final.{wb}",), ("text_model.final_layer_norm.{wb}",), Identity()),
+    Rule(("positional_embedding",), ("text_model.embeddings.position_embedding.weight",), Identity(), "text"),
+    Rule(("ln_final.{wb}",), ("text_model.final_layer_norm.{wb}",), Identity(), "text"),
     # OpenAI computes x @ P (P is width x embed); HF's nn.Linear stores P transposed.
-    Rule(("text_projection",), ("text_projection.weight",), Transpose()),
+    Rule(("text_projection",), ("text_projection.weight",), Transpose(), "text"),
     # Vision tower.
-    Rule(("visual.conv1.weight",), ("vision_model.embeddings.patch_embedding.weight",), Identity()),
-    Rule(("visual.class_embedding",), ("vision_model.embeddings.class_embedding",), Identity()),
-    Rule(("visual.positional_embedding",), ("vision_model.embeddings.position_embedding.weight",), Identity()),
+    Rule(("visual.conv1.weight",), ("vision_model.embeddings.patch_embedding.weight",), Identity(), "vision"),
+    Rule(("visual.class_embedding",), ("vision_model.embeddings.class_embedding",), Identity(), "vision"),
+    Rule(("visual.positional_embedding",), ("vision_model.embeddings.position_embedding.weight",), Identity(),
+         "vision"),
     # "pre_layrnorm" is HF's own spelling.
-    Rule(("visual.ln_pre.{wb}",), ("vision_model.pre_layrnorm.{wb}",), Identity()),
-    Rule(("visual.ln_post.{wb}",), ("vision_model.post_layernorm.{wb}",), Identity()),
-    Rule(("visual.proj",), ("visual_projection.weight",), Transpose()),
+    Rule(("visual.ln_pre.{wb}",), ("vision_model.pre_layrnorm.{wb}",), Identity(), "vision"),
+    Rule(("visual.ln_post.{wb}",), ("vision_model.post_layernorm.{wb}",), Identity(), "vision"),
+    Rule(("visual.proj",), ("visual_projection.weight",), Transpose(), "vision"),
     # Shared.
-    Rule(("logit_scale",), ("logit_scale",), Identity()),
+    Rule(("logit_scale",), ("logit_scale",), Identity(), None),
 ) + tuple(
     Rule(
         tuple(openai_prefix + name for name in openai),
         tuple(hf_prefix + name for name in hf),
         op,
         tower=tower,
+        block=True,
     )
     for tower, (openai_prefix, hf_prefix) in _TOWER_BLOCKS.items()
     for openai, hf, op in _BLOCK_RULES
@@ -86,7 +92,7 @@ RULES: tuple[Rule, ...] = (
 
 # 0-dim integer tensors that OpenAI's TorchScript archives carry beside the
 # weights. They are not weights: each restates an architecture number (named
-# as in `roundtrip.config.Architecture`), so to-hf drops them and to-openai can
+# as in `roundtrip.architecture.Architecture`), so to-hf drops them and to-openai can
 # write them back from the config.
 OPENAI_ARCHIVE_ATTRIBUTES = {
     "input_resolution": "image_resolution",

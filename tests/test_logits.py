@@ -106,8 +106,8 @@ def test_verification_catches_a_wrong_mapping(demo_state_dict, monkeypatch):
     right_gap = openai_against_hf(demo_state_dict, DEMO)
     correct_to_hf = mapping.to_hf
 
-    def to_hf_with_q_and_k_swapped(state_dict):
-        hf_weights = correct_to_hf(state_dict)
+    def to_hf_with_q_and_k_swapped(state_dict, *towers):
+        hf_weights = correct_to_hf(state_dict, *towers)
         swapped = dict(hf_weights)
         for key in hf_weights:
             if ".q_proj." in key:

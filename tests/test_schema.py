@@ -14,7 +14,7 @@ from roundtrip.mapping import (
 from roundtrip.ops import Chunk, Concatenate, Identity, OperationError, Transpose
 from roundtrip.schema import PLACEHOLDERS, RULES
 
-from conftest import hf_clip_config, random_hf_model, resnet_clip_state_dict
+from conftest import assert_identical, hf_clip_config, random_hf_model, resnet_clip_state_dict
 
 SAMPLE_FIELDS = {"i": "7", "wb": "bias"}
 
@@ -177,3 +177,19 @@ VARIANT_KEYS = {
 def test_variants_clipmodel_cannot_hold_are_named_by_what_they_are(demo_state_dict, key):
     with pytest.raises(UnsupportedArchitecture, match=VARIANT_KEYS[key]):
         mapping.check_keys([*demo_state_dict, key], "openai")
+
+
+def test_one_tower_under_a_key_prefix_is_checked_and_mapped_on_its_own(demo_state_dict):
+    # What a format of Stable Diffusion's text encoders will declare: the text tower alone, embedded in a larger
+    # checkpoint under a prefix (SD 2.x's cond_stage_model.model. in OpenAI's layout).
+    prefix = "cond_stage_model.model."
+    text_only = {key: tensor for key, tensor in demo_state_dict.items()
+                 if not key.startswith("visual.") and key != "logit_scale"}
+    checkpoint = {**mapping.with_prefix(text_only, prefix), "model.diffusion_model.out.0.weight": torch.zeros(1)}
+    embedded = mapping.without_prefix(checkpoint, prefix)
+    assert mapping.check_keys(embedded, "openai", towers=("text",)) == {"text": 2}
+    hf = mapping.convert(embedded, "openai", "hf", towers=("text",))
+    assert all(key.startswith(("text_model.", "text_projection")) for key in hf)
+    assert_identical(mapping.convert(hf, "hf", "openai", towers=("text",)), text_only)
+    with pytest.raises(IncompleteCheckpoint, match="visual.conv1.weight"):
+        mapping.check_keys(embedded, "openai")  # a model with both towers needs the vision tower too

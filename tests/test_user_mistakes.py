@@ -188,8 +188,8 @@ from roundtrip import cli, mapping
 
 real_to_hf = mapping.to_hf
 
-def losing_to_hf(state_dict):
-    converted = real_to_hf(state_dict)
+def losing_to_hf(state_dict, *towers):
+    converted = real_to_hf(state_dict, *towers)
     converted.pop("text_model.final_layer_norm.bias")
     return converted
 
