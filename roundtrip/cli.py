@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import re
 import sys
@@ -102,7 +103,7 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
                            open_clip_config=options["open_clip_config"], report=report, progress=progress,
                            **({"max_shard_bytes": max_shard_size} if max_shard_size is not None else {}))
 
-        _run(ctx, run, debug)
+        _print_summary(_run(ctx, run, debug))
 
     command.__doc__ = f"{summary}\n{SOURCES}\n{details}"
     decorators = [
@@ -137,6 +138,64 @@ for _name, _help in COMMANDS.items():
     _command(_name, *_help, shards=_name == "hf")
 
 
+COMPARE_EXAMPLES = """
+  clipconv compare ViT-B-32.pt ViT-B-32-hf
+  clipconv compare laion-ViT-H-14/ my-port-hf --json > report.json
+  clipconv compare epoch_32.pt epoch_33.pt --open-clip-model-a ViT-B-16 --open-clip-model-b ViT-B-16 \\
+      --no-logits --weights-tolerance 1e-2"""
+
+
+def _side_options(function):
+    for side in ("b", "a"):
+        function = click.option(f"--open-clip-config-{side}", type=click.Path(path_type=Path), metavar="FILE",
+                                help=f"The open_clip model {side.upper()} (a checkpoint file) is, as a config.")(function)
+        function = click.option(f"--open-clip-model-{side}", metavar="NAME",
+                                help=f"The open_clip model {side.upper()} (a checkpoint file) is, by its registry "
+                                     "name.")(function)
+    return function
+
+
+@main.command("compare", epilog=f"\b\nExamples:{COMPARE_EXAMPLES}")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="Largest |difference| of logits for the same model.")
+@click.option("--weights-tolerance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Largest |difference| of a weight for the same model (0: every value equal, bit for bit).")
+@click.option("--no-logits", is_flag=True, help="Compare configs and tensors only: no model is built.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON object.")
+@_side_options
+@click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
+@click.pass_context
+def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: float, no_logits: bool,
+                    as_json: bool, debug: bool, **sides):
+    """Are A and B the same model? Exit 0 if so, 1 if not (or one cannot be read), 2 on usage errors.
+
+    A and B are any checkpoints clipconv reads, in any combination of formats. Both are mapped into A's key
+    layout and compared: each side's architecture (widths, layers, heads, MLP width, activation, LayerNorm
+    eps, patch, resolution, context, vocab, text pooling); each tensor (missing or extra, shape, dtype, and
+    values bit for bit in the wider dtype, else the largest |difference|); and the logits of each side's own
+    model code on the same tokens and images. A dtype that differs while every value is equal is reported,
+    not failed.
+    """
+    from roundtrip.compare import compare
+    from roundtrip.formats import SourceOptions
+
+    def run(report, progress):
+        options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"])
+                   for side in ("a", "b")}
+        return compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=not no_logits,
+                       options_a=options["a"], options_b=options["b"])
+
+    def error_as_json(message: str) -> None:  # CI reads stdout: one JSON object whatever happens
+        click.echo(json.dumps({"verdict": "error", "same": False, "error": message}))
+
+    result = _run(ctx, run, debug, error_as_json if as_json else None)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.text())
+    if not result.same:
+        ctx.exit(1)
+
+
 class _WriteProgress:
     """A progress bar over bytes written, opened when the total is first known."""
 
@@ -157,7 +216,9 @@ class _WriteProgress:
             self.bar = None
 
 
-def _run(ctx: click.Context, run, debug: bool) -> None:
+def _run(ctx: click.Context, run, debug: bool, on_error=None):
+    """`run(report, progress)`'s result; its failures as one line (a traceback with --debug) and exit code 1,
+    after `on_error(message)` if given."""
     from roundtrip.errors import ClipconvError
 
     ctx.obj["debug"] = ctx.obj.get("debug") or debug  # --debug before or after the command
@@ -171,17 +232,17 @@ def _run(ctx: click.Context, run, debug: bool) -> None:
     try:
         summary = run(report, progress)
     except ClipconvError as error:
-        _fail(ctx, error.message(_option_spelling))
+        _fail(ctx, error.message(_option_spelling), on_error)
     except OSError as error:
-        _fail(ctx, f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+        _fail(ctx, f"{error.filename or ''}: {error.strerror or error}".lstrip(": "), on_error)
     except Exception as error:  # noqa: BLE001 - a bug: still one line unless --debug
-        _fail(ctx, f"internal error: {type(error).__name__}: {error} (rerun with --debug for a traceback)")
+        _fail(ctx, f"internal error: {type(error).__name__}: {error} (rerun with --debug for a traceback)", on_error)
     finally:
         progress.close()
         # Files are written and closed; what is left in memory the OS frees at exit. Without this,
         # the interpreter's collections at exit walk the heap torch and transformers leave: ~1 s.
         gc.freeze()
-    _print_summary(summary)
+    return summary
 
 
 def tune_process() -> None:
@@ -225,7 +286,9 @@ def _option_spelling(parameter: str) -> str:
     return "--" + parameter.replace("_", "-")
 
 
-def _fail(ctx: click.Context, message: str) -> None:
+def _fail(ctx: click.Context, message: str, on_error=None) -> None:
+    if on_error:
+        on_error(message)
     if ctx.obj.get("debug"):
         traceback.print_exc()
     click.echo(f"clipconv: error: {message}", err=True)

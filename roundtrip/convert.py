@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from roundtrip import destination, dtypes, formats, mapping, verify, writers
-from roundtrip.architecture import Architecture, ArchitectureError, Shapes
+from roundtrip.architecture import Architecture
 from roundtrip.errors import InputError, VerificationError, one_line
-from roundtrip.formats import FORMATS, Format, Job, Source, SourceOptions
-from roundtrip.mapping import MappingError, OtherLayout
-from roundtrip.ops import OperationError
+from roundtrip.formats import FORMATS, Format, Job, SourceOptions
+from roundtrip.mapping import MappingError
 from roundtrip.provenance import METADATA_KEY, Provenance, Record
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
 from roundtrip.strided import Strided
 
 Report = Callable[[str], None]
 
-CONVERTED_BY = {"openai": "convert it with to-hf", "hf": "convert its folder with to-openai"}  # per key layout
 
 
 @dataclass
@@ -74,14 +72,16 @@ def convert(
     if source_format is target:
         raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
     report(f"Reading {source_path}")
-    read = source_format.read(source_path, options)
-    towers = tuple(tower for tower in source_format.towers if tower in target.towers)
-    tensors = mapping.without_prefix(read.tensors, source_format.key_prefix)
-    architecture, shapes = _architecture(read, tensors, towers, target)
+    loaded = formats.load(source_format, source_path, options, target.towers)
+    read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
+                                                   loaded.architecture, loaded.shapes)
+    problems = target.incompatibilities(architecture)
+    if problems:
+        raise InputError(read.path, f"{target.code} cannot represent this model: " + "; ".join(problems))
     restored = read.provenance.records.get(target.name) if read.provenance else None
     config, config_notes = target.make_config(architecture, read, restored, shapes)
-    weights = mapping.convert(mapping.convert(tensors, source_format.layout, "openai", towers), "openai",
-                              target.layout, towers)
+    openai_weights = mapping.convert(tensors, source_format.layout, "openai", towers)
+    weights = mapping.convert(openai_weights, "openai", target.layout, towers)
     attributes = _restored_attributes(restored, architecture) if target.keeps_attributes else {}
     cast = _cast(dtype, restored, target)
     provenance = (read.provenance or Provenance(formats.tool(), {})).adding(read.record(), formats.tool(),
@@ -90,16 +90,18 @@ def convert(
                       cast.summary({**weights, **attributes}), [], architecture,
                       notes=[*notes, *read.notes, *config_notes])
     sides = (source_format.side(read.config), target.side(config))
+    checked, checked_layout = weights, target.layout
     if verify_logits:
-        weights = _cast_once(weights, cast, read.release, sides)
-    # The logit check takes `weights` alone, the writer all it writes, under the target's key prefix.
+        checked, checked_layout = _cast_once(openai_weights, weights, target.layout, cast, read.release, sides)
+        weights = mapping.convert(checked, checked_layout, target.layout, towers)
+    # The logit check takes `checked` alone, the writer all it writes, under the target's key prefix.
     output = mapping.with_prefix(_in_order({**weights, **attributes}, restored), target.key_prefix)
     with destination.staged(placed, is_folder=target.output.is_folder) as staging, _background() as background:
         if verify_logits:
             # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
             report(f"Verifying logits of {sides[0].reference.name} against {sides[1].reference.name}, "
                    "alongside writing")
-            verification = background.submit(verify.max_logit_difference, weights, target.layout, *sides,
+            verification = background.submit(verify.max_logit_difference, checked, checked_layout, *sides,
                                              architecture)
         report(f"Writing {len(weights)} tensors")
         written = target.write(Job(staging, dest, read, output, cast, architecture, config,
@@ -112,31 +114,6 @@ def convert(
             verify.require_agreement(dest, summary.max_logit_difference)
         summary.extra_files = written.finish(summary.max_logit_difference)
     return summary
-
-
-def _architecture(read: Source, tensors: dict, towers: tuple[str, ...], target: Format) -> tuple[Architecture, Shapes]:
-    """The source's architecture, refused where the target's code cannot represent it."""
-    with _as_input_error(read.path):
-        mapping.check_keys(tensors, read.format.layout, towers)  # names missing keys as the source names them
-        shapes = Shapes.of(mapping.convert(tensors, read.format.layout, "openai", towers))
-    with _as_input_error(read.config_path):
-        architecture = read.format.architecture(read, shapes)
-    problems = target.incompatibilities(architecture)
-    if problems:
-        raise InputError(read.path, f"{target.code} cannot represent this model: " + "; ".join(problems))
-    return architecture, shapes
-
-
-@contextlib.contextmanager
-def _as_input_error(path: Path | str) -> Iterator[None]:
-    """Report mapping and config problems of a source as one-line errors naming it."""
-    try:
-        yield
-    except OtherLayout as error:
-        hint = f"; {CONVERTED_BY[error.found]}" if error.found else ""
-        raise InputError(path, f"{error}{hint}") from None
-    except (MappingError, ArchitectureError, OperationError) as error:
-        raise InputError(path, str(error)) from None
 
 
 def _in_order(weights: dict, restored: Record | None) -> dict:
@@ -167,12 +144,21 @@ def _cast(choice: str, restored: Record | None, target: Format) -> dtypes.Cast:
     return dtypes.Cast(floats_to=fallback.floats_to, recorded=restored.dtypes if restored else {})
 
 
-def _cast_once(weights: dict, cast: dtypes.Cast, release_input: Callable[[], None], sides) -> dict:
+def _cast_once(openai_weights: dict, weights: dict, layout: str, cast: dtypes.Cast,
+               release_input: Callable[[], None], sides) -> tuple[dict, str]:
     """The writer and the logit check both need the weights in their written dtypes: cast them once, up
     front, while the frameworks are imported, handing the input's pages back as they are cast (a view that
-    needed no cast reads its pages again when used)."""
+    needed no cast reads its pages again when used). Cast in OpenAI's layout, of which every other layout's
+    tensors are views (q/k/v slices of in_proj, projections transposed), so that the model is in memory once;
+    in the target's `layout` only where its recorded dtypes differ within what OpenAI's layout fuses.
+    Returns the cast weights and their layout."""
     verify.start_imports(verify.frameworks(*sides))
-    return cast.in_memory(weights, after_each=release_input)
+    try:
+        recorded = mapping.carried_back(cast.recorded, openai_weights, "openai", layout)
+    except MappingError:
+        return cast.in_memory(weights, after_each=release_input), layout
+    in_openai_layout = dtypes.Cast(floats_to=cast.floats_to, recorded=recorded)
+    return in_openai_layout.in_memory(openai_weights, after_each=release_input), "openai"
 
 
 @contextlib.contextmanager

@@ -6,22 +6,25 @@ with a source and a target entry; a new format is a new entry here (with its rea
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from roundtrip import (
-    hf_config, hf_extras, open_clip_config, openai_config, readers, verify, writers,
+    hf_config, hf_extras, mapping, open_clip_config, openai_config, readers, verify, writers,
 )
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes
 from roundtrip.destination import ONE_FILE, OutputKind
 from roundtrip.dtypes import Cast
 from roundtrip.errors import InputError
 from roundtrip.facts import HF_CONFIG, HF_SAFETENSORS_INDEX, OPEN_CLIP_CONFIG, PREPROCESSOR_CONFIG
+from roundtrip.mapping import MappingError, OtherLayout
+from roundtrip.ops import OperationError
 from roundtrip.preprocessing import Preprocessing
 from roundtrip.provenance import Provenance, Record
-from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
+from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
 from roundtrip.strided import Strided
 
 
@@ -351,7 +354,47 @@ OPEN_CLIP = Format(
 FORMATS = {entry.name: entry for entry in (HF, OPENAI, OPEN_CLIP)}
 
 
-def detect(path: Path, options: SourceOptions, target: Format) -> tuple[Format, list[str]]:
+@dataclass
+class Loaded:
+    """A source read and understood: its tensors (of `towers`, without its key prefix), shapes, architecture."""
+
+    source: Source
+    tensors: dict[str, Strided]
+    towers: tuple[str, ...]
+    shapes: Shapes
+    architecture: Architecture
+
+
+CONVERTED_BY = {"openai": "convert it with to-hf", "hf": "convert its folder with to-openai"}  # per key layout
+
+
+def load(entry: Format, path: Path, options: SourceOptions, towers: tuple[str, ...] = TOWERS) -> Loaded:
+    """Read the source at `path` as a checkpoint of `entry`, check its keys (of the towers it shares with
+    `towers`) and work out its architecture: each problem one InputError naming the file it is in."""
+    source = entry.read(path, options)
+    towers = tuple(tower for tower in entry.towers if tower in towers)
+    tensors = mapping.without_prefix(source.tensors, entry.key_prefix)
+    with _as_input_error(source.path):
+        mapping.check_keys(tensors, entry.layout, towers)  # names missing keys as the source names them
+        shapes = Shapes.of(mapping.convert(tensors, entry.layout, "openai", towers))
+    with _as_input_error(source.config_path):
+        architecture = entry.architecture(source, shapes)
+    return Loaded(source, tensors, towers, shapes, architecture)
+
+
+@contextlib.contextmanager
+def _as_input_error(path: Path | str) -> Iterator[None]:
+    """Report mapping and config problems of a source as one-line errors naming it."""
+    try:
+        yield
+    except OtherLayout as error:
+        hint = f"; {CONVERTED_BY[error.found]}" if error.found else ""
+        raise InputError(path, f"{error}{hint}") from None
+    except (MappingError, ArchitectureError, OperationError) as error:
+        raise InputError(path, str(error)) from None
+
+
+def detect(path: Path, options: SourceOptions, target: Format | None = None) -> tuple[Format, list[str]]:
     """The format of the source at `path` (and notes on how it was told), from what is there and the options."""
     if path.is_dir():
         found = [entry for entry, marker in ((OPEN_CLIP, OPEN_CLIP_CONFIG), (HF, HF_CONFIG)) if (path / marker).is_file()]
@@ -360,7 +403,7 @@ def detect(path: Path, options: SourceOptions, target: Format) -> tuple[Format, 
         if len(found) == 1:
             return found[0], []
         # A hub repository of open_clip's (LAION's, for one) often holds an HF copy too: read the one that is
-        # not the target, open_clip's own where both would do.
+        # not the target, open_clip's own where both would do (found lists open_clip first).
         chosen = next(entry for entry in found if entry is not target)
         return chosen, [f"{path} holds both an open_clip and a Hugging Face model; read as the {chosen.title}"]
     return (OPEN_CLIP if options.given() else OPENAI), []

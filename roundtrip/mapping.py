@@ -224,6 +224,20 @@ def convert(state_dict: Mapping, source: str, target: str, towers: tuple[str, ..
     return (to_hf if (source, target) == ("openai", "hf") else to_openai)(state_dict, towers)
 
 
+def carried_back(table: Mapping[str, object], keys: Iterable[str], layout: str, table_layout: str) -> dict:
+    """`table` (values by keys of `table_layout`, such as recorded dtypes) as values by `keys` of `layout`: each
+    key takes the value that the keys it maps to share; MappingError where they do not share one."""
+    if layout == table_layout:
+        return dict(table)
+    carried = {}
+    for step in plan(keys, READING[layout], ignored=OPTIONAL_KEYS[layout]):
+        values = {table[target] for target in step.targets if target in table}
+        if len(values) > 1:
+            raise MappingError(f"{describe_keys(step.targets)} have different values: {sorted(map(str, values))}")
+        carried.update({source: value for source in step.sources for value in values})
+    return carried
+
+
 def without_prefix(state_dict: Mapping, prefix: str) -> dict:
     """The tensors of `state_dict` under `prefix` (a model inside a larger checkpoint), named without it."""
     return {key[len(prefix):]: tensor for key, tensor in state_dict.items() if key.startswith(prefix)}

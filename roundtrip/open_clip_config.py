@@ -149,6 +149,15 @@ def _against(settings: Mapping, fixed: Mapping, known: set, where: str) -> list[
 def architecture(model_cfg: Mapping, shapes: Shapes) -> Architecture:
     """What open_clip builds from `model_cfg` (refused if CLIPModel cannot hold it), which must agree with the
     tensors' shapes."""
+    claimed = claimed_architecture(model_cfg)
+    problems = disagreements(claimed, shapes)
+    if problems:
+        raise ArchitectureError("the open_clip config does not fit the tensors: " + "; ".join(problems))
+    return claimed
+
+
+def claimed_architecture(model_cfg: Mapping) -> Architecture:
+    """What open_clip builds from `model_cfg`, refused if CLIPModel cannot hold it."""
     problems = unsupported(model_cfg)
     if problems:
         raise ArchitectureError("transformers' CLIPModel cannot hold this open_clip model: " + "; ".join(problems))
@@ -170,9 +179,9 @@ def architecture(model_cfg: Mapping, shapes: Shapes) -> Architecture:
                     activation),
         text_pool_token=pool_token,
     )
-    problems = disagreements(claimed, shapes) + head_problems(claimed)
+    problems = head_problems(claimed)
     if problems:
-        raise ArchitectureError("the open_clip config does not fit the tensors: " + "; ".join(problems))
+        raise ArchitectureError("the open_clip config cannot be built: " + "; ".join(problems))
     return claimed
 
 

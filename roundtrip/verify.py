@@ -9,7 +9,6 @@ first halve the weights to fp16 and would alone move logits by ~5e-3 for an fp32
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import importlib.util
 import sys
@@ -25,18 +24,17 @@ from roundtrip.architecture import Architecture
 from roundtrip.errors import VerificationError
 from roundtrip.facts import OPENAI_MEAN, OPENAI_STD, TOLERANCE
 from roundtrip.openai_config import clip_kwargs
-from roundtrip.schema import SHAPE_SOURCES
 
 if TYPE_CHECKING:
     import torch
 
 # The texts the text towers are probed with, and the ids clip.tokenize (and open_clip.tokenize, the same BPE)
 # gives them between its start and end-of-text tokens (a test compares). The empty text puts end-of-text,
-# where the models pool, at position 1, the caption further on, and the long one fills the context (truncated
-# as with truncate=True), so that every position embedding takes part. Spelled out: a check needs no tokenizer.
+# where the models pool, at position 1; the caption, repeated, fills any context up to 252 (truncated as with
+# truncate=True), so that every position embedding takes part and the models pool at the last position.
+# Spelled out: a check needs no tokenizer. (Two rows: each costs a text tower pass over the whole context.)
 _CAPTION = (320, 1125, 539, 320, 2368)
 PROBE_TEXTS = {
-    "a photo of a cat": _CAPTION,
     "": (),
     " ".join(["a photo of a cat"] * 50): _CAPTION * 50,
 }
@@ -100,30 +98,13 @@ def _in_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.is_floating_point() else tensor
 
 
-def through_last_pooled(tokens: torch.Tensor) -> torch.Tensor:
-    """The columns of `tokens` up to the last position a text tower pools at (end-of-text, the largest id).
-
-    Attention in the text towers is causal: no position sees one after it, so the columns left out
-    change no output.
-    """
-    return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
-
-
-def _with_positions(weights: Mapping, columns: int) -> dict:
-    """`weights` with the first `columns` rows of the text positions: OpenAI's and open_clip's models add all
-    the rows they have, so for fewer columns they are built for that many."""
-    positions, axis = SHAPE_SOURCES["context_length"]
-    return {**weights, positions: weights[positions].narrow(axis, 0, columns)}
-
-
-def openai_model(openai_weights: Mapping, _config, architecture: Architecture, columns: int):
-    """OpenAI's CLIP holding `openai_weights` (float32), built for token rows of `columns` columns."""
+def openai_model(openai_weights: Mapping, _config, architecture: Architecture):
+    """OpenAI's CLIP holding `openai_weights` (float32)."""
     import torch
 
-    kwargs = clip_kwargs(dataclasses.replace(architecture, context_length=columns))
     with torch.device("meta"):
-        model = openai_code("model").CLIP(**kwargs)  # no random init, no memory for weights
-    model.load_state_dict(_with_positions(openai_weights, columns), strict=True, assign=True)
+        model = openai_code("model").CLIP(**clip_kwargs(architecture))  # no random init, no memory for weights
+    model.load_state_dict(openai_weights, strict=True, assign=True)
     # The causal mask is a plain attribute made in __init__, so it was made on the meta device too.
     mask = model.build_attention_mask()
     for block in model.transformer.resblocks:
@@ -132,8 +113,8 @@ def openai_model(openai_weights: Mapping, _config, architecture: Architecture, c
 
 
 def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
-    """OpenAI's CLIP on `openai_weights`, for `tokens` of the full context or of fewer columns."""
-    return _openai_run(openai_model(_float32(openai_weights), None, architecture, tokens.shape[-1]), images, tokens)
+    """OpenAI's CLIP on `openai_weights`."""
+    return _openai_run(openai_model(_float32(openai_weights), None, architecture), images, tokens)
 
 
 def _openai_run(model, images, tokens) -> torch.Tensor:
@@ -143,20 +124,19 @@ def _openai_run(model, images, tokens) -> torch.Tensor:
         return model(images, tokens)[0]
 
 
-def open_clip_model(weights: Mapping, model_cfg: Mapping, architecture: Architecture, columns: int):
-    """open_clip's CLIP built from `model_cfg`, holding `weights` (float32), for rows of `columns` columns."""
+def open_clip_model(weights: Mapping, model_cfg: Mapping, architecture: Architecture):
+    """open_clip's CLIP built from `model_cfg`, holding `weights` (float32)."""
     import torch
     from open_clip.model import CLIP
     from open_clip.transformer import TextTransformer
 
     config = copy.deepcopy(dict(model_cfg))
     config.pop("custom_text", None)  # open_clip's factory takes it out before building, too
-    config["text_cfg"] = {**config["text_cfg"], "context_length": columns}
     with torch.device("meta"):
         model = CLIP(**config)
-    model.load_state_dict(_with_positions(weights, columns), strict=True, assign=True)
+    model.load_state_dict(weights, strict=True, assign=True)
     # A non-persistent buffer made in __init__, on the meta device: made again by open_clip's own code.
-    model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=columns))
+    model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=architecture.context_length))
     return model.eval()
 
 
@@ -167,7 +147,7 @@ def _open_clip_run(model, images, tokens) -> torch.Tensor:
         return model.get_logits(images, tokens)[0]
 
 
-def hf_model(hf_weights: Mapping, hf_config: dict, _architecture=None, _columns=None):
+def hf_model(hf_weights: Mapping, hf_config: dict, _architecture=None):
     """transformers' CLIPModel holding `hf_weights`, loaded as from_pretrained loads a folder."""
     import torch
     from transformers import CLIPConfig, CLIPModel
@@ -206,7 +186,7 @@ class Reference:
     name: str
     layout: str  # the key layout its weights come in
     frameworks: tuple[str, ...]  # what to import ahead, in a thread of its own
-    build: Callable  # (weights, config, architecture, columns) -> model
+    build: Callable  # (weights, config, architecture) -> model
     run: Callable  # (model, images, tokens) -> logits per image
     loads_slowly: bool = False  # built beside the other side's forward pass, as soon as imported
 
@@ -241,6 +221,16 @@ def start_imports(frameworks: tuple[str, ...]) -> Future:
     return imports
 
 
+def reference_logits(side: Side, weights: Mapping, layout: str, architecture: Architecture, images,
+                     tokens) -> torch.Tensor:
+    """The logits of one side's model, built from `weights` (keys of `layout`, any dtypes) and its config."""
+    from roundtrip.strided import as_torch
+
+    weights = {key: _in_float32(as_torch(tensor)) for key, tensor in weights.items()}  # one tensor at a time
+    model = side.reference.build(mapping.convert(weights, layout, side.reference.layout), side.config, architecture)
+    return side.reference.run(model, images, tokens)
+
+
 def frameworks(*sides: Side) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for side in sides for name in side.reference.frameworks))
 
@@ -253,20 +243,15 @@ def max_logit_difference(weights: Mapping, layout: str, source: Side, target: Si
     from roundtrip.strided import as_torch
 
     imports = start_imports(frameworks(source, target))
-    images, tokens = probe_images(architecture), through_last_pooled(probe_tokens(architecture))  # waits for torch
-    columns = tokens.shape[-1]
+    images, tokens = probe_images(architecture), probe_tokens(architecture)  # waits for torch
     weights = {key: _in_float32(as_torch(tensor)) for key, tensor in weights.items()}  # one tensor at a time
     # The side that loads slowly (transformers' from_pretrained) is built as soon as its framework is imported,
     # beside the other side's forward pass.
     beside, first = (source, target) if source.reference.loads_slowly else (target, source)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference") as loader:
         model = loader.submit(_once_imported, imports, beside.reference.build,
-                              mapping.convert(weights, layout, beside.reference.layout), beside.config, architecture,
-                              columns)
-        first_model = first.reference.build(mapping.convert(weights, layout, first.reference.layout), first.config,
-                                            architecture, columns)
-        first_logits = first.reference.run(first_model, images, tokens)
-        del first_model
+                              mapping.convert(weights, layout, beside.reference.layout), beside.config, architecture)
+        first_logits = reference_logits(first, weights, layout, architecture, images, tokens)
         beside_logits = beside.reference.run(model.result(), images, tokens)
     return (first_logits - beside_logits).abs().max().item()
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from roundtrip.dtypes import DTYPES, PARALLEL_CAST_ELEMENTS, Cast, ScratchSink, cast_into, dtype_of, raw_bytes
 from roundtrip.strided import Joined, Strided
 
-from strategies import cast_cases
+from roundtrip.testing import cast_cases
 
 
 class _FixedSpace:

@@ -15,7 +15,7 @@ from roundtrip import hf_config
 from roundtrip.examples import random_openai_state_dict
 
 from conftest import assert_refused, run_cli
-from strategies import architectures, openai_dtypes
+from roundtrip.testing import architectures, openai_dtypes
 
 VERIFICATION = pytest.mark.parametrize("options", [(), ("--no-verify",)], ids=["verified", "no-verify"])
 DELETIONS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

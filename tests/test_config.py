@@ -10,7 +10,7 @@ from roundtrip import hf_config
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes
 from roundtrip.hf_config import HF_DEFAULTS, HF_TOWER_DEFAULTS, resolved_hf_config
 
-from strategies import hf_configs
+from roundtrip.testing import hf_configs
 
 
 def transformers_reading(config: dict) -> dict:

@@ -12,7 +12,7 @@ from roundtrip import hf_config, mapping, verify
 from roundtrip.examples import DEMO, random_openai_model
 
 from conftest import import_clip
-from strategies import architectures, openai_dtypes, seeds
+from roundtrip.testing import architectures, openai_dtypes, seeds
 
 TOLERANCE = 1e-3
 END_OF_TEXT = 49407
@@ -133,29 +133,3 @@ def test_probe_tokens_are_clip_tokenize(context_length):
     architecture = dataclasses.replace(DEMO, vocab_size=verify.OPENAI_VOCAB_SIZE, context_length=context_length)
     expected = import_clip().tokenize(list(verify.PROBE_TEXTS), context_length=context_length, truncate=True)
     assert torch.equal(verify.probe_tokens(architecture), expected)
-
-
-@pytest.mark.parametrize("case", TOKEN_CASES)
-@pytest.mark.parametrize("config", ["legacy eos 2 (written by to-hf)", "eos 49407 (transformers default)"])
-def test_logits_through_the_last_pooled_position_equal_the_full_contexts(pooling_models, case, config):
-    # Causal attention: the columns after the last end-of-text must change no logit of either model, under
-    # either pooling config (to-openai checks a folder's own config, which may pool at the first 49407).
-    openai_model, hf_models = pooling_models
-    tokens = TOKEN_CASES[case]()
-    shortened = verify.through_last_pooled(tokens)
-    assert shortened.shape[1] < tokens.shape[1] or case.startswith("truncated")
-    images = verify.probe_images(DEMO)
-    weights = openai_model.state_dict()
-    full = verify.openai_logits(weights, DEMO, images, tokens)
-    assert (verify.openai_logits(weights, DEMO, images, shortened) - full).abs().max() <= 1e-5
-    hf_model = hf_models[config]
-    with torch.no_grad():
-        hf_full, hf_shortened = (hf_model(input_ids=t, pixel_values=images).logits_per_image for t in (tokens, shortened))
-    assert (hf_shortened - hf_full).abs().max() <= 1e-5
-
-
-def test_shortened_probe_keeps_every_end_of_text():
-    tokens = verify.probe_tokens(dataclasses.replace(DEMO, vocab_size=verify.OPENAI_VOCAB_SIZE))
-    shortened = verify.through_last_pooled(tokens)
-    assert torch.equal(shortened.argmax(dim=-1), tokens.argmax(dim=-1))
-    assert (tokens[:, shortened.shape[1]:] == 0).all()

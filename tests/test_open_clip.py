@@ -18,7 +18,7 @@ from roundtrip.examples import (
 )
 
 from conftest import assert_identical, assert_refused, hf_clip_config, listing, random_hf_model, run_cli
-from strategies import open_clip_model_configs, seeds
+from roundtrip.testing import open_clip_model_configs, seeds
 
 TOLERANCE = 1e-3
 MODEL_BUILDING = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from roundtrip import output_file
 from roundtrip.output_file import OutputFile, ReadBackError
 
-from strategies import byte_chunks
+from roundtrip.testing import byte_chunks
 
 SMALL_BLOCK = 3 * output_file.ALIGNMENT  # many block boundaries in little data
 

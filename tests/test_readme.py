@@ -13,6 +13,7 @@ from roundtrip.examples import DEMO, random_openai_model, save_torchscript_archi
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```(?P<language>\w+)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
 SETUP = "make install"  # the block of make targets is what CI itself runs, from a fresh clone
+TEST_FILE = re.compile(r"# (test_\w+\.py)\n")  # a Python block that is a test file, run by pytest
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -21,8 +22,10 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
 
 def test_code_blocks_are_found():
     # A control for the test below: it must not pass by finding nothing to run.
-    languages = [language for language, _ in code_blocks(README.read_text(encoding="utf-8"))]
-    assert languages.count("sh") >= 2 and languages.count("python") >= 2
+    blocks = code_blocks(README.read_text(encoding="utf-8"))
+    languages = [language for language, _ in blocks]
+    assert languages.count("sh") >= 3 and languages.count("python") >= 3
+    assert any(TEST_FILE.match(code) for language, code in blocks if language == "python")
 
 
 def test_every_shell_and_python_block_of_the_readme_runs_in_order(tmp_path):
@@ -36,9 +39,13 @@ def test_every_shell_and_python_block_of_the_readme_runs_in_order(tmp_path):
         if language == "sh" and SETUP in code:
             continue
         command = {"sh": ["bash", "-euo", "pipefail", "-c", code], "python": [sys.executable, "-c", code]}.get(language)
+        test_file = TEST_FILE.match(code) if language == "python" else None
+        if test_file:  # outside the package and its tests: only what the block imports
+            (tmp_path / test_file.group(1)).write_text(code, encoding="utf-8")
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file.group(1)]
         if command is None:
             continue
         done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True)
         assert done.returncode == 0, f"README block failed:\n{code}\n{done.stdout}\n{done.stderr}"
         ran += 1
-    assert ran >= 3
+    assert ran >= 5

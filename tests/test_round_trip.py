@@ -12,7 +12,7 @@ from roundtrip.examples import random_openai_state_dict
 from roundtrip.strided import Joined, as_torch
 
 from conftest import as_views, assert_identical, random_hf_model
-from strategies import architectures, openai_dtypes, seeds
+from roundtrip.testing import architectures, openai_dtypes, seeds
 
 MODEL_BUILDING = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

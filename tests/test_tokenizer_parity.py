@@ -18,7 +18,7 @@ from roundtrip.examples import DEMO
 
 from conftest import HF_FOLDER_FILES, convert_random_checkpoint, import_clip, listing
 from corpus import CORNER_CASES, stdlib_docstring_lines
-from strategies import texts
+from roundtrip.testing import texts
 
 END_OF_TEXT_ID = 49407
 

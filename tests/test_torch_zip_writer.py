@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from roundtrip import torch_zip
 from roundtrip.dtypes import DTYPES
 
-from strategies import tensor_specs
+from roundtrip.testing import tensor_specs
 
 
 class _StorageRef:

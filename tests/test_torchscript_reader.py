@@ -12,7 +12,7 @@ from roundtrip.examples import DEMO, random_openai_model, save_scripted_archive,
 from roundtrip.torch_zip import read_torchscript_state_dict
 
 from conftest import assert_identical
-from strategies import architectures, openai_dtypes
+from roundtrip.testing import architectures, openai_dtypes
 
 MAKERS = {"trace": save_torchscript_archive, "script": save_scripted_archive}
 

@@ -1,0 +1,249 @@
+"""Are two checkpoints the same model? The engine of `clipconv compare` and `roundtrip.testing.assert_equivalent`.
+
+Both are read with the readers conversion uses (nothing in them is run), understood by their formats' entries,
+and mapped by the schema into one key layout, A's. Then: their architectures, field by field; their tensors,
+one at a time (keys, shapes, dtypes, and values compared bit for bit in the wider dtype, else max |difference|),
+giving each one's memory back as it goes; and, unless left out, the logits of each side's own model code on
+the same tokens and images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from roundtrip import formats, mapping, verify
+from roundtrip.dtypes import DTYPES
+from roundtrip.formats import KINDS, Loaded, SourceOptions
+from roundtrip.strided import Joined, Strided
+
+TOLERANCE = verify.TOLERANCE  # of the logits, as conversion checks them
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """One tensor of either side, by its name in A's layout."""
+
+    name: str
+    status: str  # "identical", "equal within tolerance", "different", "shape differs", "only in A", "only in B"
+    a_dtype: str | None
+    b_dtype: str | None
+    a_shape: list[int] | None
+    b_shape: list[int] | None
+    max_abs_difference: float | None  # None where values cannot be compared
+
+    @property
+    def dtype_differs(self) -> bool:
+        return None not in (self.a_dtype, self.b_dtype) and self.a_dtype != self.b_dtype
+
+
+@dataclass(frozen=True)
+class SideReport:
+    path: str
+    format: str  # e.g. "OpenAI CLIP checkpoint, TorchScript archive"
+    architecture: dict[str, object]  # Architecture.semantics()
+
+
+@dataclass
+class Report:
+    """What `compare` found; `same` is the verdict, `causes` why not."""
+
+    a: SideReport
+    b: SideReport
+    tensors: list[TensorComparison]
+    tolerance: float
+    weights_tolerance: float
+    max_logit_difference: float | None = None  # None when logits were not compared
+    logits_note: str | None = None  # why logits were not compared
+    architecture_differences: list[str] = field(default_factory=list)
+
+    @property
+    def causes(self) -> list[str]:
+        causes = [f"architecture: {difference}" for difference in self.architecture_differences]
+        for status, what in (("only in A", "missing in B"), ("only in B", "missing in A"),
+                             ("shape differs", "shapes differ"), ("different", "values differ")):
+            names = [t.name for t in self.tensors if t.status == status]
+            if names:
+                causes.append(f"{len(names)} tensor(s) {what}: {mapping.describe_keys(names, limit=4)}")
+        if self.max_logit_difference is not None and not self.max_logit_difference <= self.tolerance:
+            causes.append(f"logits differ by {self.max_logit_difference:.3g} (tolerance {self.tolerance:g})")
+        return causes
+
+    @property
+    def same(self) -> bool:
+        return not self.causes
+
+    @property
+    def verdict(self) -> str:
+        if self.same:
+            return "same model"
+        return "different: " + "; ".join(self.causes)
+
+    def text(self) -> str:
+        """The report for people: a few lines, the verdict last."""
+        lines = [f"A             {self.a.path} ({self.a.format})", f"B             {self.b.path} ({self.b.format})"]
+        if self.architecture_differences:
+            lines += [f"architecture  {difference}" for difference in self.architecture_differences]
+        else:
+            lines.append("architecture  the same")
+        counts = {status: sum(t.status == status for t in self.tensors) for status in
+                  ("identical", "equal within tolerance", "different", "shape differs", "only in A", "only in B")}
+        retyped = sum(t.dtype_differs for t in self.tensors)
+        lines.append(f"tensors       {len(self.tensors)}: " + ", ".join(f"{n} {status}" for status, n in
+                                                                      counts.items() if n)
+                     + (f"; {retyped} in another dtype" if retyped else ""))
+        for tensor in self.tensors:
+            if tensor.status not in ("identical",):
+                difference = "" if tensor.max_abs_difference is None else \
+                    f", max |difference| {tensor.max_abs_difference:.3g}"
+                lines.append(f"  {tensor.status:<13} {tensor.name} ({_side_text(tensor, 'a')} / "
+                             f"{_side_text(tensor, 'b')}{difference})")
+        if self.max_logit_difference is not None:
+            lines.append(f"logits        max |difference| {self.max_logit_difference:.3g} "
+                         f"(tolerance {self.tolerance:g})")
+        else:
+            lines.append(f"logits        not compared ({self.logits_note})")
+        lines.append(f"verdict       {self.verdict}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """The whole report as plain JSON data (fields documented in the README)."""
+        return {
+            "verdict": "same" if self.same else "different",
+            "same": self.same,
+            "causes": self.causes,
+            "a": dataclasses.asdict(self.a),
+            "b": dataclasses.asdict(self.b),
+            "architecture_differences": self.architecture_differences,
+            "tolerance": self.tolerance,
+            "weights_tolerance": self.weights_tolerance,
+            "logits": {"max_abs_difference": _finite(self.max_logit_difference), "note": self.logits_note},
+            "tensors": [{**dataclasses.asdict(t), "max_abs_difference": _finite(t.max_abs_difference)}
+                        for t in self.tensors],
+        }
+
+
+def _side_text(tensor: TensorComparison, side: str) -> str:
+    dtype, shape = getattr(tensor, f"{side}_dtype"), getattr(tensor, f"{side}_shape")
+    return "absent" if dtype is None else f"{dtype} {shape}"
+
+
+def _finite(value: float | None):
+    """JSON has no NaN or infinity: those are written as strings."""
+    return value if value is None or math.isfinite(value) else str(value)
+
+
+def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weights_tolerance: float = 0.0,
+            logits: bool = True, options_a: SourceOptions = SourceOptions(),
+            options_b: SourceOptions = SourceOptions()) -> Report:
+    """Compare the checkpoints at `a` and `b` (any formats clipconv reads, in any combination)."""
+    sides = [formats.load(formats.detect(Path(path), options)[0], Path(path), options)
+             for path, options in ((a, options_a), (b, options_b))]
+    report = Report(_side(sides[0]), _side(sides[1]), [], tolerance, weights_tolerance)
+    report.architecture_differences = _architecture_differences(sides[0], sides[1])
+    layout = sides[0].source.format.layout
+    weights = [mapping.convert(side.tensors, side.source.format.layout, layout, side.towers) for side in sides]
+    report.tensors = _compare_tensors(weights[0], weights[1], weights_tolerance, [s.source.release for s in sides])
+    if not logits:
+        report.logits_note = "--no-logits"
+    elif sides[0].shapes != sides[1].shapes:
+        report.logits_note = "the shapes differ, so no probe fits both models"
+    else:
+        report.max_logit_difference = _logit_difference(sides, weights, layout)
+    return report
+
+
+def _side(loaded: Loaded) -> SideReport:
+    source = loaded.source
+    return SideReport(str(source.path), f"{source.format.title}, {KINDS.get(source.kind, source.kind)}",
+                      loaded.architecture.semantics())
+
+
+def _architecture_differences(a: Loaded, b: Loaded) -> list[str]:
+    first, second = a.architecture.semantics(), b.architecture.semantics()
+    return [f"{name} is {first[name]!r} in A, {second[name]!r} in B" for name in first if first[name] != second[name]]
+
+
+def _compare_tensors(a: dict, b: dict, weights_tolerance: float, releases) -> list[TensorComparison]:
+    compared = []
+    for name in [*a, *(key for key in b if key not in a)]:
+        compared.append(_compare_one(name, a.get(name), b.get(name), weights_tolerance))
+        for release in releases:  # hand the mapped pages back: two bigG checkpoints are 20 GB
+            release()
+    return compared
+
+
+def _compare_one(name: str, a, b, weights_tolerance: float) -> TensorComparison:
+    described = [(None, None) if t is None else (t.dtype.name, list(t.shape)) for t in (a, b)]
+    (a_dtype, a_shape), (b_dtype, b_shape) = described
+
+    def result(status: str, difference: float | None = None) -> TensorComparison:
+        return TensorComparison(name, status, a_dtype, b_dtype, a_shape, b_shape, difference)
+
+    if a is None or b is None:
+        return result("only in A" if b is None else "only in B")
+    if a_shape != b_shape:
+        return result("shape differs")
+    first, second = _wider(_values(a), _values(b))
+    if _same_bits(first, second):
+        return result("identical", 0.0)
+    difference = _max_abs_difference(first, second)
+    return result("equal within tolerance" if difference <= weights_tolerance else "different", difference)
+
+
+def _values(tensor):
+    """A tensor's values as a numpy array (bfloat16 widened to float32 exactly, by its bits)."""
+    import numpy
+
+    if isinstance(tensor, Joined):
+        return numpy.concatenate([_values(part) for part in tensor.parts])
+    if tensor.dtype.name == "bfloat16":
+        bits = dataclasses.replace(tensor, dtype=DTYPES["int16"]).numpy().view(numpy.uint16)
+        return (bits.astype(numpy.uint32) << 16).view(numpy.float32)
+    return tensor.numpy()
+
+
+def _wider(a, b):
+    """Both arrays in one dtype that holds every value of either exactly."""
+    import numpy
+
+    if a.dtype == b.dtype:
+        return a, b
+    common = numpy.float64 if numpy.float64 in (a.dtype, b.dtype) or a.dtype.kind != b.dtype.kind or \
+        a.dtype.kind != "f" else numpy.float32
+    return a.astype(common), b.astype(common)
+
+
+def _same_bits(a, b) -> bool:
+    import numpy
+
+    if a.dtype.kind != "f":
+        return bool(numpy.array_equal(a, b))
+    unsigned = numpy.dtype(f"u{a.dtype.itemsize}")
+    return bool(numpy.array_equal(numpy.ascontiguousarray(a).view(unsigned), numpy.ascontiguousarray(b).view(unsigned)))
+
+
+def _max_abs_difference(a, b) -> float:
+    import numpy
+
+    if a.size == 0:
+        return 0.0
+    with numpy.errstate(invalid="ignore", over="ignore"):
+        difference = numpy.abs(a.astype(numpy.float64) - b.astype(numpy.float64))
+    both_nan = numpy.isnan(a) & numpy.isnan(b) if a.dtype.kind == "f" else False
+    difference = numpy.where(both_nan, 0.0, difference)
+    difference = numpy.where(numpy.isnan(difference), numpy.inf, difference)  # NaN on one side only
+    return float(difference.max())
+
+
+def _logit_difference(sides: list[Loaded], weights: list[dict], layout: str) -> float:
+    """Each side's own model code, built from its own config, on the same probe tokens and images."""
+    architecture = sides[0].architecture
+    images, tokens = verify.probe_images(architecture), verify.probe_tokens(architecture)
+    logits = []
+    for side, side_weights in zip(sides, weights):
+        reference = side.source.format.side(side.source.config)
+        logits.append(verify.reference_logits(reference, side_weights, layout, side.architecture, images, tokens))
+    return (logits[0] - logits[1]).abs().max().item()

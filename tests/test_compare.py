@@ -1,0 +1,160 @@
+"""`clipconv compare` and `roundtrip.testing.assert_equivalent`: the same model is recognised across every pair of
+formats, and each kind of damage a port suffers is caught and named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from roundtrip import open_clip_config
+from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
+from roundtrip.testing import assert_equivalent
+
+from conftest import run_cli
+
+HF_WEIGHTS = "model.safetensors"
+
+
+def shallow_quickgelu() -> dict:
+    """An open_clip model OpenAI's code can build too (QuickGELU, heads of 64): every pair of formats."""
+    config = open_clip_config.registry_config("ViT-B-16-quickgelu")
+    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, demo_state_dict_file) -> dict[str, Path]:
+    """The same model in each format (an OpenAI state dict in OpenAI's fp16 mix, an HF folder transformers
+    wrote, an open_clip folder), each from its own code."""
+    from roundtrip.testing import write_checkpoint
+
+    folder = tmp_path_factory.mktemp("sources")
+    model_cfg = shallow_quickgelu()
+    save_open_clip_folder(random_open_clip_model(model_cfg).state_dict(), model_cfg, folder / "open_clip")
+    return {
+        "openai": demo_state_dict_file,
+        "hf": write_checkpoint(folder / "hf", DEMO, format="hf"),
+        "open_clip": folder / "open_clip",
+    }
+
+
+COMMANDS = {"hf": "to-hf", "openai": "to-openai", "open_clip": "to-open-clip"}
+PAIRS = [(source, target) for source in COMMANDS for target in COMMANDS if source != target]
+
+
+@pytest.mark.parametrize("source, target", PAIRS, ids=[f"{s}-to-{t}" for s, t in PAIRS])
+def test_a_checkpoint_and_its_conversion_are_the_same_model(tmp_path, sources, source, target):
+    converted = tmp_path / ("out.pt" if target == "openai" else "out")
+    assert run_cli(COMMANDS[target], sources[source], converted).exit_code == 0
+    result = run_cli("compare", sources[source], converted)
+    assert result.exit_code == 0, result.output
+    assert "verdict       same model" in result.stdout
+    assert_equivalent(sources[source], converted)
+
+
+def test_a_dtype_that_differs_while_every_value_is_equal_is_reported_not_failed(tmp_path, sources):
+    assert run_cli("to-hf", sources["openai"], tmp_path / "hf").exit_code == 0  # OpenAI's fp16 written as float32
+    result = run_cli("compare", sources["openai"], tmp_path / "hf", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    retyped = [t for t in report["tensors"] if t["a_dtype"] != t["b_dtype"]]
+    assert retyped and all(t["status"] == "identical" and t["b_dtype"] == "float32" for t in retyped)
+    assert report["verdict"] == "same" and report["logits"]["max_abs_difference"] <= 1e-3
+
+
+# ---- damage, each named ---------------------------------------------------------------------------------------
+
+
+def _edit_weights(edit):
+    def damage(folder: Path) -> None:
+        weights = load_file(folder / HF_WEIGHTS)
+        edit(weights)
+        save_file({key: tensor.contiguous() for key, tensor in weights.items()}, folder / HF_WEIGHTS)
+    return damage
+
+
+def _flip_one_element(weights) -> None:
+    weights["vision_model.encoder.layers.1.mlp.fc1.weight"][3, 5] *= -1
+
+
+def _swap_q_and_k(weights) -> None:
+    q, k = "text_model.encoder.layers.0.self_attn.q_proj.weight", "text_model.encoder.layers.0.self_attn.k_proj.weight"
+    weights[q], weights[k] = weights[k], weights[q]
+
+
+def _untransposed_projection(weights) -> None:
+    # DEMO's text projection is square (128 x 128): the shape cannot tell, as in kohya's SDXL converter.
+    weights["text_projection.weight"] = weights["text_projection.weight"].t()
+
+
+def _wrong_activation(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["hidden_act"] = "gelu"  # as the hub's MetaCLIP port shipped (transformers#26584)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _missing_tensor(weights) -> None:
+    del weights["text_model.final_layer_norm.bias"]
+
+
+DAMAGE = {
+    "a config with the wrong hidden_act": (_wrong_activation, ["vision.activation is 'quick_gelu' in A, 'gelu' in B",
+                                                               "logits differ"]),
+    "one flipped weight element": (_edit_weights(_flip_one_element),
+                                   ["values differ: visual.transformer.resblocks.1.mlp.c_fc.weight"]),
+    "q and k swapped": (_edit_weights(_swap_q_and_k), ["values differ: transformer.resblocks.0.attn.in_proj_weight"]),
+    "an untransposed square projection": (_edit_weights(_untransposed_projection), ["values differ: text_projection"]),
+    "a missing tensor": (_edit_weights(_missing_tensor), ["missing 1 tensor", "text_model.final_layer_norm.bias"]),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_damage_to_a_port_is_caught_and_named(tmp_path, sources, case):
+    damage, causes = DAMAGE[case]
+    assert run_cli("to-hf", sources["openai"], tmp_path / "port").exit_code == 0
+    damage(tmp_path / "port")
+    result = run_cli("compare", sources["openai"], tmp_path / "port")
+    assert result.exit_code == 1, result.output
+    for cause in causes:
+        assert cause in result.output, result.output
+    with pytest.raises(AssertionError) as raised:
+        assert_equivalent(sources["openai"], tmp_path / "port")
+    assert causes[0] in str(raised.value)
+
+
+def test_values_changed_by_a_cast_fail_unless_the_weights_tolerance_allows_them(tmp_path):
+    torch.save(random_openai_state_dict(DEMO, openai_dtypes=False), tmp_path / "fp32.pt")
+    assert run_cli("to-hf", tmp_path / "fp32.pt", tmp_path / "bf16", "--dtype", "bfloat16").exit_code == 0
+    strict = run_cli("compare", tmp_path / "fp32.pt", tmp_path / "bf16", "--no-logits")
+    assert strict.exit_code == 1 and "values differ" in strict.stdout
+    loose = run_cli("compare", tmp_path / "fp32.pt", tmp_path / "bf16", "--no-logits", "--weights-tolerance", "0.02")
+    assert loose.exit_code == 0, loose.output
+    assert "equal within tolerance" in loose.stdout
+
+
+def test_json_carries_the_verdict_the_tensor_table_and_the_logit_figure(tmp_path, sources):
+    port = tmp_path / "port"
+    assert run_cli("to-hf", sources["openai"], port).exit_code == 0
+    _edit_weights(_flip_one_element)(port)
+    result = run_cli("compare", sources["openai"], port, "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "different" and report["same"] is False and report["causes"]
+    (flipped,) = [t for t in report["tensors"] if t["status"] == "different"]
+    assert flipped["name"] == "visual.transformer.resblocks.1.mlp.c_fc.weight" and flipped["max_abs_difference"] > 0
+    assert len(report["tensors"]) == len(torch.load(sources["openai"], weights_only=True))
+    assert isinstance(report["logits"]["max_abs_difference"], float)
+    assert report["a"]["architecture"]["vision.heads"] == 2
+
+
+def test_usage_errors_exit_2_and_unreadable_sources_1(tmp_path, sources):
+    assert run_cli("compare", sources["openai"]).exit_code == 2
+    assert run_cli("compare", sources["openai"], sources["hf"], "--tolerance", "-1").exit_code == 2
+    result = run_cli("compare", sources["openai"], tmp_path / "missing")
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+    result = run_cli("compare", sources["openai"], tmp_path / "missing", "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["verdict"] == "error"
