@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch 2.14.1 + torchvision 0.29.1 is a matched pair (clip-anytorch imports torchvision).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast lint demo bench clean
 
 install: $(BIN)/clipconv
 
@@ -22,6 +22,10 @@ test: install
 # Everything except the full-depth released architectures.
 test-fast: install
 	$(BIN)/pytest -m "not released"
+
+# Style and correctness checks of ruff (configured in pyproject.toml); CI runs it beside the tests.
+lint: install
+	$(BIN)/ruff check .
 
 demo: install
 	$(BIN)/python -m roundtrip.demo

@@ -52,7 +52,7 @@ def copy_attention(hf_attention, openai_attention) -> None:
     weights = openai_attention.in_proj_weight.chunk(3, dim=0)
     biases = openai_attention.in_proj_bias.chunk(3, dim=0)
     for projection, weight, bias in zip(
-        (hf_attention.q_proj, hf_attention.k_proj, hf_attention.v_proj), weights, biases
+        (hf_attention.q_proj, hf_attention.k_proj, hf_attention.v_proj), weights, biases, strict=True
     ):
         projection.weight.data = weight
         projection.bias.data = bias

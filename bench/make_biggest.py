@@ -35,9 +35,9 @@ import torch
 
 from roundtrip import openai_config
 from roundtrip.architecture import Architecture
+from roundtrip.examples import DEMO
 from roundtrip.open_clip_config import registry_config
 from roundtrip.openai_config import from_clip_kwargs
-from roundtrip.examples import DEMO
 from roundtrip.verify import openai_code
 
 BIGG = from_clip_kwargs(embed_dim=1280, image_resolution=224, vision_layers=48, vision_width=1664,

@@ -29,10 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 BENCH = Path(__file__).resolve().parent
 CLIPCONV = str(Path(sys.executable).parent / "clipconv")
@@ -151,7 +151,8 @@ def biggest() -> list[str]:
             result = measure(argv, log)
             rows.append(f"| open_clip {BIGGEST} | clipconv {name} | {result.seconds:.1f} | {result.cpu_seconds:.1f} "
                         f"| {result.peak_rss_mb / 1024:.2f} |")
-            print(f"  {BIGGEST} {name}: {result.seconds:.1f} s, {result.peak_rss_mb:.0f} MB", file=sys.stderr, flush=True)
+            print(f"  {BIGGEST} {name}: {result.seconds:.1f} s, {result.peak_rss_mb:.0f} MB", file=sys.stderr,
+                  flush=True)
     return rows
 
 
@@ -169,7 +170,8 @@ def table(model: str, results: dict[str, list[Measurement]], floor: float) -> li
         share = rss[name] / rss[BASELINE]
         rss_text = at_most_if_floor(f"{rss[name]:.0f}", rss[name], floor)
         share_text = at_most_if_floor(f"{share:.0%}" if share >= 0.1 else f"{share:.1%}", rss[name], floor)
-        rows.append(f"| {MODELS[model].replace(OPEN_CLIP, 'open_clip ')} | {name} | {seconds[name]:.1f} | {cpu[name]:.1f} | {rss_text} | "
+        label = MODELS[model].replace(OPEN_CLIP, "open_clip ")
+        rows.append(f"| {label} | {name} | {seconds[name]:.1f} | {cpu[name]:.1f} | {rss_text} | "
                     f"{seconds[BASELINE] / seconds[name]:.2f}x | {share_text} |")
     return rows
 

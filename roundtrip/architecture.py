@@ -9,8 +9,8 @@ an HF config.json or an open_clip config spells it out (`roundtrip.openai_config
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 from roundtrip.mapping import check_keys
 from roundtrip.schema import SHAPE_SOURCES
@@ -90,7 +90,7 @@ class Shapes:
     text_mlp_width: int
 
     @classmethod
-    def of(cls, state_dict: Mapping) -> "Shapes":
+    def of(cls, state_dict: Mapping) -> Shapes:
         layers = check_keys(state_dict.keys(), "openai")
         dims = {name: _dim(state_dict, key, axis) for name, (key, axis) in SHAPE_SOURCES.items()}
         positions = dims.pop("vision_positions")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from roundtrip import __version__
-from roundtrip.dtypes import DTYPE_CHOICES
+from roundtrip import __version__, process
+from roundtrip.casting import DTYPE_CHOICES
 from roundtrip.facts import HF_SHARD_PATTERN
 
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -148,7 +148,8 @@ COMPARE_EXAMPLES = """
 def _side_options(function):
     for side in ("b", "a"):
         function = click.option(f"--open-clip-config-{side}", type=click.Path(path_type=Path), metavar="FILE",
-                                help=f"The open_clip model {side.upper()} (a checkpoint file) is, as a config.")(function)
+                                help=f"The open_clip model {side.upper()} (a checkpoint file) is, as a "
+                                     "config.")(function)
         function = click.option(f"--open-clip-model-{side}", metavar="NAME",
                                 help=f"The open_clip model {side.upper()} (a checkpoint file) is, by its registry "
                                      "name.")(function)
@@ -228,7 +229,7 @@ def _run(ctx: click.Context, run, debug: bool, on_error=None):
         progress.close()
         click.echo(f"{message} ...", err=True)
 
-    tune_process()
+    process.tune()
     try:
         summary = run(report, progress)
     except ClipconvError as error:
@@ -243,43 +244,6 @@ def _run(ctx: click.Context, run, debug: bool, on_error=None):
         # the interpreter's collections at exit walk the heap torch and transformers leave: ~1 s.
         gc.freeze()
     return summary
-
-
-def tune_process() -> None:
-    """Settings for this whole process, which computes in C (numpy, torch) beside threads that import
-    Python modules by the thousand; set here, as they are the program's to choose, not the library's."""
-    # torch's idle OpenMP workers sleep instead of spinning on a core the other threads need; read when
-    # torch loads, which is later, in the logit check.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # numpy asks for transparent huge pages for arrays from 4 MB. On a virtual machine that hands free
-    # memory back to its host, a fresh huge page is a host fault: 1.6 GB of arrays took 2.2-3.4 s to
-    # fill with them, 1.0-1.1 s without (bench/huge_pages.py). Read when numpy loads, once the input is.
-    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-    # A thread back from C waits at most 0.5 ms for the interpreter, not 5 ms, behind a thread running
-    # Python: a forward pass beside an import is hundreds of such returns.
-    sys.setswitchinterval(0.0005)
-    # Importing torch and transformers allocates ~670k objects; at the default thresholds the collector
-    # walks them over and over (0.5 s of a 3.5 s import here). Cycles are still collected, just rarely.
-    gc.set_threshold(100_000, 50, 100)
-    _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    """glibc hands freed memory back to the kernel eagerly: blocks from 128 KB up are unmapped when
-    freed, and a heap shrinks as soon as its top is free. A forward pass frees and allocates such
-    blocks at every step, so it faults its memory in again and again: keeping freed memory for reuse
-    cut page faults from ~380k to ~260k and system time by ~0.5 s for L/14, at the same peak
-    (`/usr/bin/time -f "%R %S %M" clipconv to-hf ...`). Other C libraries: nothing to do."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's <malloc.h>
-    mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest: blocks up to 32 MB come from the heaps
-    mallopt(m_trim_threshold, 2**31 - 1)  # never shrink a heap
-    mallopt(m_top_pad, 64 * 2**20)  # and grow it in steps of 64 MB
 
 
 def _option_spelling(parameter: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from roundtrip import formats, mapping, verify
 from roundtrip.dtypes import DTYPES
 from roundtrip.formats import KINDS, Loaded, SourceOptions
-from roundtrip.strided import Joined, Strided
+from roundtrip.strided import Joined
 
 TOLERANCE = verify.TOLERANCE  # of the logits, as conversion checks them
 
@@ -146,6 +146,8 @@ def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weigh
     layout = sides[0].source.format.layout
     weights = [mapping.convert(side.tensors, side.source.format.layout, layout, side.towers) for side in sides]
     report.tensors = _compare_tensors(weights[0], weights[1], weights_tolerance, [s.source.release for s in sides])
+    for side in sides:  # a damaged file is an error, not a difference
+        side.source.check()
     if not logits:
         report.logits_note = "--no-logits"
     elif sides[0].shapes != sides[1].shapes:
@@ -243,7 +245,7 @@ def _logit_difference(sides: list[Loaded], weights: list[dict], layout: str) -> 
     architecture = sides[0].architecture
     images, tokens = verify.probe_images(architecture), verify.probe_tokens(architecture)
     logits = []
-    for side, side_weights in zip(sides, weights):
+    for side, side_weights in zip(sides, weights, strict=True):
         reference = side.source.format.side(side.source.config)
         logits.append(verify.reference_logits(reference, side_weights, layout, side.architecture, images, tokens))
     return (logits[0] - logits[1]).abs().max().item()

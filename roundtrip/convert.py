@@ -9,12 +9,12 @@ then moves the result into place.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
-from roundtrip import destination, dtypes, formats, mapping, verify, writers
+from roundtrip import casting, destination, dtypes, formats, mapping, verify, writers
 from roundtrip.architecture import Architecture
 from roundtrip.errors import InputError, VerificationError, one_line
 from roundtrip.formats import FORMATS, Format, Job, SourceOptions
@@ -97,6 +97,8 @@ def convert(
     # The logit check takes `checked` alone, the writer all it writes, under the target's key prefix.
     output = mapping.with_prefix(_in_order({**weights, **attributes}, restored), target.key_prefix)
     with destination.staged(placed, is_folder=target.output.is_folder) as staging, _background() as background:
+        # The source's own checksums, beside the writing: a damaged file is refused before anything is kept.
+        intact = background.submit(read.check)
         if verify_logits:
             # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
             report(f"Verifying logits of {sides[0].reference.name} against {sides[1].reference.name}, "
@@ -112,6 +114,7 @@ def convert(
             # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
             summary.max_logit_difference = _logit_difference(verification, source_path)
             verify.require_agreement(dest, summary.max_logit_difference)
+        intact.result()
         summary.extra_files = written.finish(summary.max_logit_difference)
     return summary
 
@@ -137,14 +140,14 @@ def _restored_attributes(restored: Record | None, architecture: Architecture) ->
             if key in OPENAI_ARCHIVE_ATTRIBUTES and spec["value"] == numbers[OPENAI_ARCHIVE_ATTRIBUTES[key]]}
 
 
-def _cast(choice: str, restored: Record | None, target: Format) -> dtypes.Cast:
+def _cast(choice: str, restored: Record | None, target: Format) -> casting.Cast:
     if choice != "restore":
-        return dtypes.Cast.from_choice(choice)
-    fallback = dtypes.Cast.from_choice(target.fallback_dtype)
-    return dtypes.Cast(floats_to=fallback.floats_to, recorded=restored.dtypes if restored else {})
+        return casting.Cast.from_choice(choice)
+    fallback = casting.Cast.from_choice(target.fallback_dtype)
+    return casting.Cast(floats_to=fallback.floats_to, recorded=restored.dtypes if restored else {})
 
 
-def _cast_once(openai_weights: dict, weights: dict, layout: str, cast: dtypes.Cast,
+def _cast_once(openai_weights: dict, weights: dict, layout: str, cast: casting.Cast,
                release_input: Callable[[], None], sides) -> tuple[dict, str]:
     """The writer and the logit check both need the weights in their written dtypes: cast them once, up
     front, while the frameworks are imported, handing the input's pages back as they are cast (a view that
@@ -157,7 +160,7 @@ def _cast_once(openai_weights: dict, weights: dict, layout: str, cast: dtypes.Ca
         recorded = mapping.carried_back(cast.recorded, openai_weights, "openai", layout)
     except MappingError:
         return cast.in_memory(weights, after_each=release_input), layout
-    in_openai_layout = dtypes.Cast(floats_to=cast.floats_to, recorded=recorded)
+    in_openai_layout = casting.Cast(floats_to=cast.floats_to, recorded=recorded)
     return in_openai_layout.in_memory(openai_weights, after_each=release_input), "openai"
 
 

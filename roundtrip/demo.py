@@ -27,7 +27,8 @@ def main() -> None:
         save_torchscript_archive(model, source)
         original = model.state_dict()  # now with the archive's three metadata tensors
         runner = CliRunner()
-        for step, args in (("2.", ["to-hf", str(source), str(hf_folder)]), ("3.", ["to-openai", str(hf_folder), str(back)])):
+        steps = (("2.", ["to-hf", str(source), str(hf_folder)]), ("3.", ["to-openai", str(hf_folder), str(back)]))
+        for step, args in steps:
             print(f"\n{step} clipconv {' '.join(args)}")
             result = runner.invoke(clipconv, args, catch_exceptions=False)
             print(result.output.rstrip())

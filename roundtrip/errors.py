@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
 
 ONE_LINE_LIMIT = 400  # characters of a library's message that a one-line error quotes
 

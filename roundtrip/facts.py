@@ -6,6 +6,7 @@ modules can all import it without importing each other.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 # A Hugging Face model folder, as transformers' save_pretrained and the hub lay it out.
 HF_CONFIG = "config.json"
@@ -48,6 +49,15 @@ OPEN_CLIP_FOLDER_NAMES = frozenset({OPEN_CLIP_CONFIG, OPEN_CLIP_SAFETENSORS})
 
 def open_clip_folder_may_hold(name: str) -> bool:
     return name in OPEN_CLIP_FOLDER_NAMES
+
+
+@dataclass(frozen=True)
+class BPETable:
+    """A byte-level BPE tokenizer's vocabulary and merges (in rank order): what a tokenizer file holds, and what
+    OpenAI's clip package builds its tokenizer from."""
+
+    vocab: dict[str, int]
+    merges: list[tuple[str, str]]
 
 
 # clip's transform normalises images with these, so probe images look like what the model sees.

@@ -7,17 +7,24 @@ with a source and a target entry; a new format is a new entry here (with its rea
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from roundtrip import (
-    hf_config, hf_extras, mapping, open_clip_config, openai_config, readers, verify, writers,
+    hf_config,
+    hf_extras,
+    mapping,
+    open_clip_config,
+    openai_config,
+    readers,
+    verify,
+    writers,
 )
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes
+from roundtrip.casting import Cast
 from roundtrip.destination import ONE_FILE, OutputKind
-from roundtrip.dtypes import Cast
 from roundtrip.errors import InputError
 from roundtrip.facts import HF_CONFIG, HF_SAFETENSORS_INDEX, OPEN_CLIP_CONFIG, PREPROCESSOR_CONFIG
 from roundtrip.mapping import MappingError, OtherLayout
@@ -26,7 +33,6 @@ from roundtrip.preprocessing import Preprocessing
 from roundtrip.provenance import Provenance, Record
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
 from roundtrip.strided import Strided
-
 
 KINDS = {"torchscript": "TorchScript archive", "state_dict": "torch.save state dict",
          "safetensors": "safetensors file", "folder": "folder"}  # how a source is stored, for people
@@ -51,7 +57,7 @@ class Source:
     """A checkpoint as read: its tensors in its format's key layout and what its format says beside them."""
 
     path: Path
-    format: "Format"
+    format: Format
     kind: str  # how it is stored: "torchscript", "state_dict", "safetensors", "folder", ...
     tensors: dict[str, Strided]
     config: dict | None  # the format's own config file, as read (None for OpenAI's, which has none)
@@ -59,6 +65,7 @@ class Source:
     provenance: Provenance | None  # what clipconv recorded when it wrote this source
     hashed: Path  # the file whose SHA-256 a model card reports
     release: Callable[[], None]
+    check: Callable[[], None]  # every checksum its files carry (InputError naming the damaged record)
     attributes: dict[str, dict] = field(default_factory=dict)  # OpenAI's 0-dim TorchScript attributes
     key_order: list[str] = field(default_factory=list)  # as stored, attributes included; else that of `tensors`
     preprocessing: Preprocessing = Preprocessing()
@@ -135,7 +142,7 @@ def _read_openai(path: Path, options: SourceOptions) -> Source:
     attributes = {key: _describe_attribute(path, key, tensors.pop(key)) for key in OPENAI_ARCHIVE_ATTRIBUTES
                   if key in tensors}
     source = Source(path, OPENAI, checkpoint.kind, tensors, None, path, checkpoint.provenance, path,
-                    checkpoint.release, attributes, key_order=list(checkpoint.tensors))
+                    checkpoint.release, checkpoint.check, attributes, key_order=list(checkpoint.tensors))
     if checkpoint.kind != "torchscript" and all(t.dtype.name == "float32" for t in tensors.values()):
         # OpenAI's releases mix fp16 and fp32; an all-float32 state dict may be open_clip's, whose activation
         # and heads no tensor tells.
@@ -179,7 +186,7 @@ def _read_hf(path: Path, options: SourceOptions) -> Source:
     notes = _tokenizer_warnings(path)
     weights = folder.weight_files
     return Source(path, HF, "folder", folder.tensors, folder.config, path / HF_CONFIG, folder.provenance,
-                  weights[0] if len(weights) == 1 else path / HF_SAFETENSORS_INDEX, folder.release,
+                  weights[0] if len(weights) == 1 else path / HF_SAFETENSORS_INDEX, folder.release, folder.check,
                   preprocessing=_hf_preprocessing(path), notes=notes)
 
 
@@ -285,10 +292,11 @@ def _read_open_clip(path: Path, options: SourceOptions) -> Source:
     except ArchitectureError as error:
         raise InputError(config_path, str(error)) from None
     if problems:
-        raise InputError(config_path, "transformers' CLIPModel cannot hold this open_clip model: " + "; ".join(problems))
+        raise InputError(config_path, "transformers' CLIPModel cannot hold this open_clip model: "
+                                      + "; ".join(problems))
     whole = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     source = Source(path, OPEN_CLIP, kind, checkpoint.tensors, whole, config_path, checkpoint.provenance, hashed,
-                    checkpoint.release, preprocessing=preprocessing)
+                    checkpoint.release, checkpoint.check, preprocessing=preprocessing)
     source.tokenizer_note = _open_clip_tokenizer(model_cfg)
     if preprocessing.resize_mode != "shortest" or preprocessing.interpolation not in hf_extras.PIL_RESAMPLING:
         source.notes.append(f"open_clip resizes images with {preprocessing.interpolation}, resize_mode "
@@ -397,7 +405,8 @@ def _as_input_error(path: Path | str) -> Iterator[None]:
 def detect(path: Path, options: SourceOptions, target: Format | None = None) -> tuple[Format, list[str]]:
     """The format of the source at `path` (and notes on how it was told), from what is there and the options."""
     if path.is_dir():
-        found = [entry for entry, marker in ((OPEN_CLIP, OPEN_CLIP_CONFIG), (HF, HF_CONFIG)) if (path / marker).is_file()]
+        markers = ((OPEN_CLIP, OPEN_CLIP_CONFIG), (HF, HF_CONFIG))
+        found = [entry for entry, marker in markers if (path / marker).is_file()]
         if not found:
             raise InputError(path, f"is a folder with neither {HF_CONFIG} nor {OPEN_CLIP_CONFIG}: not a model folder")
         if len(found) == 1:

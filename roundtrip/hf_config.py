@@ -6,11 +6,17 @@ are spelled out here (tests/test_config.py checks them against CLIPConfig).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from numbers import Real
-from typing import Mapping
 
 from roundtrip.architecture import (
-    IMAGE_CHANNELS, Architecture, ArchitectureError, Shapes, Tower, disagreements, head_problems,
+    IMAGE_CHANNELS,
+    Architecture,
+    ArchitectureError,
+    Shapes,
+    Tower,
+    disagreements,
+    head_problems,
 )
 
 # transformers pools the text tower at argmax(input_ids), exactly like OpenAI, only when eos_token_id is this

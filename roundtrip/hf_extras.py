@@ -18,8 +18,16 @@ from pathlib import Path
 
 from roundtrip.architecture import Architecture
 from roundtrip.facts import (
-    MERGES_FILE, MERGES_HEADER, MODEL_CARD, PREPROCESSOR_CONFIG, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON,
-    TOLERANCE, VOCAB_FILE,
+    MERGES_FILE,
+    MERGES_HEADER,
+    MODEL_CARD,
+    PREPROCESSOR_CONFIG,
+    SPECIAL_TOKENS_MAP,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    TOLERANCE,
+    VOCAB_FILE,
+    BPETable,
 )
 from roundtrip.preprocessing import Preprocessing
 
@@ -37,12 +45,6 @@ MIN_CONTEXT_LENGTH = 2  # room for the start and end tokens
 # PIL.Image.Resampling's codes for open_clip's interpolation names; clip's Resize(n_px, BICUBIC) uses bicubic.
 PIL_RESAMPLING = {"bicubic": 3, "bilinear": 2}
 RESCALE_FACTOR = 1 / 255  # ToTensor: uint8 -> [0, 1]
-
-
-@dataclass(frozen=True)
-class BPETable:
-    vocab: dict[str, int]
-    merges: list[tuple[str, str]]  # in rank order
 
 
 @functools.lru_cache(maxsize=1)

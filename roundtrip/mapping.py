@@ -14,19 +14,19 @@ from __future__ import annotations
 import itertools
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Iterable, Mapping
+from functools import cache
 
 from roundtrip.ops import Operation, OperationError
 from roundtrip.schema import (
     BLOCK_FIELD,
     LAYOUTS,
-    TOWERS,
     OPTIONAL_KEYS,
     PLACEHOLDER_VALUES,
     PLACEHOLDERS,
     RULES,
+    TOWERS,
     UNSUPPORTED_VARIANTS,
     Rule,
 )
@@ -85,10 +85,11 @@ class Pattern:
     def expand(self, values: Mapping[str, Iterable[str]]) -> list[str]:
         """Every key this pattern gives with each field taking each of its `values`."""
         names = sorted(self.fields)
-        return [self.format(dict(zip(names, chosen))) for chosen in itertools.product(*(values[n] for n in names))]
+        choices = itertools.product(*(values[name] for name in names))
+        return [self.format(dict(zip(names, chosen, strict=True))) for chosen in choices]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compile(template: str) -> re.Pattern[str]:
     parts = _FIELD.split(template)  # literal, field, literal, field, ...
     regex = "".join(
@@ -195,7 +196,7 @@ def apply(state_dict: Mapping, conversions: tuple[Conversion, ...], ignored: Ite
             outputs = step.conversion.op(inputs)
         except OperationError as error:
             raise MappingError(f"{describe_keys(step.sources)}: {error}") from None
-        converted.update(zip(step.targets, outputs))
+        converted.update(zip(step.targets, outputs, strict=True))
     return converted
 
 

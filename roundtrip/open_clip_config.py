@@ -11,9 +11,9 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
-from typing import Mapping
 
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes, Tower, disagreements, head_problems
 from roundtrip.preprocessing import Preprocessing

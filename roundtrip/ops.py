@@ -3,18 +3,16 @@
 An operation takes the tensors matched by a rule's source patterns (in order)
 and returns the tensors for its target patterns (in order). Operations only
 move bytes: no arithmetic, so every conversion is bit-exact by construction.
-Inputs are `strided.Strided` views or torch tensors (both offer the methods used
-here); results are views of the inputs, or, for Concatenate on views, a `Joined`
-list of parts that writers write one after the other.
+Inputs are anything shaped like a torch tensor (torch tensors, or clipconv's views
+of file bytes, which offer the methods used here); results are views of the inputs,
+or, for Concatenate of a type that can list its parts (`joined`), such a list,
+which writers write one after the other. This module imports nothing of clipconv's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
-
-from roundtrip.dtypes import dtype_of
-from roundtrip.strided import Joined, Strided, as_torch
 
 
 class OperationError(ValueError):
@@ -29,7 +27,7 @@ class Identity:
     arity_out: int = 1
 
     @property
-    def inverse(self) -> "Identity":
+    def inverse(self) -> Identity:
         return self
 
     def __call__(self, tensors: Sequence) -> list:
@@ -44,7 +42,7 @@ class Transpose:
     arity_out: int = 1
 
     @property
-    def inverse(self) -> "Transpose":
+    def inverse(self) -> Transpose:
         return self
 
     def __call__(self, tensors: Sequence) -> list:
@@ -70,7 +68,7 @@ class Chunk:
         return self.parts
 
     @property
-    def inverse(self) -> "Concatenate":
+    def inverse(self) -> Concatenate:
         return Concatenate(parts=self.parts, dim=self.dim)
 
     def __call__(self, tensors: Sequence) -> list:
@@ -105,16 +103,17 @@ class Concatenate:
         first = tensors[0]
         for other in tensors[1:]:
             # Equal pieces, or Chunk would not give them back.
-            if tuple(other.shape) != tuple(first.shape) or dtype_of(other) != dtype_of(first):
+            if tuple(other.shape) != tuple(first.shape) or str(other.dtype) != str(first.dtype):
                 raise OperationError(
                     "cannot fuse tensors of different shapes or dtypes: "
-                    + ", ".join(f"{tuple(t.shape)} {dtype_of(t)}" for t in tensors)
+                    + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in tensors)
                 )
-        if self.dim == 0 and all(isinstance(tensor, Strided) for tensor in tensors):
-            return [Joined(tuple(tensors))]  # written part after part: nothing is computed
+        joined = getattr(type(first), "joined", None)
+        if self.dim == 0 and joined is not None and all(type(tensor) is type(first) for tensor in tensors):
+            return [joined(tuple(tensors))]  # views of bytes: written part after part, nothing computed
         import torch  # torch tensors (the logit check, tests) are really concatenated
 
-        return [torch.cat([as_torch(tensor) for tensor in tensors], dim=self.dim)]
+        return [torch.cat([t if isinstance(t, torch.Tensor) else t.torch() for t in tensors], dim=self.dim)]
 
 
 Operation = Identity | Transpose | Chunk | Concatenate

@@ -127,7 +127,7 @@ class OutputFile:
             self.closed = True
             self._release()
 
-    def __enter__(self) -> "OutputFile":
+    def __enter__(self) -> OutputFile:
         return self
 
     def __exit__(self, error_type, *_) -> None:

@@ -40,13 +40,13 @@ class Provenance:
         return json.dumps({"tool": self.tool, "records": {name: asdict(record) for name, record in
                                                           self.records.items()}}, separators=(",", ":"))
 
-    def adding(self, record: Record, tool: str, dropping: str) -> "Provenance":
+    def adding(self, record: Record, tool: str, dropping: str) -> Provenance:
         """These records plus `record`, without the one of format `dropping` (the output's own format)."""
         kept = {name: old for name, old in self.records.items() if name not in (record.format, dropping)}
         return Provenance(tool, {**kept, record.format: record})
 
     @classmethod
-    def from_json(cls, text: str) -> "Provenance":
+    def from_json(cls, text: str) -> Provenance:
         """Parse and check metadata read from a file (which may come from anyone)."""
         data = json.loads(text)
         if not isinstance(data, dict):

@@ -16,21 +16,31 @@ import re
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from roundtrip import safetensors_file, torch_zip
 from roundtrip.dtypes import dtype_of, raw_bytes
 from roundtrip.errors import InputError, one_line
 from roundtrip.facts import (
-    HF_CONFIG, HF_PICKLE, HF_PICKLE_INDEX, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, MERGES_FILE, MERGES_HEADER,
-    OPEN_CLIP_CONFIG, OPEN_CLIP_PICKLE, OPEN_CLIP_SAFETENSORS, TOKENIZER_JSON, VOCAB_FILE,
+    HF_CONFIG,
+    HF_PICKLE,
+    HF_PICKLE_INDEX,
+    HF_SAFETENSORS,
+    HF_SAFETENSORS_INDEX,
+    MERGES_FILE,
+    MERGES_HEADER,
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_PICKLE,
+    OPEN_CLIP_SAFETENSORS,
+    TOKENIZER_JSON,
+    VOCAB_FILE,
+    BPETable,
 )
-from roundtrip.hf_extras import BPETable
 from roundtrip.provenance import METADATA_KEY, Provenance
 from roundtrip.strided import Strided
-from roundtrip.torch_zip import ArchiveError
+from roundtrip.torch_zip import ArchiveError, DamagedArchive
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file starts with its header's length
@@ -48,6 +58,10 @@ class TensorFile:
     kind: str  # "torchscript", "state_dict" (torch.save, zip or legacy pickle) or "safetensors"
     release: Callable[[], None] = lambda: None  # give memory-mapped pages back; they reload on use
     provenance: Provenance | None = None  # what clipconv recorded in a safetensors file it wrote
+    # Every checksum the format carries, checked (a zip's CRC-32 per record; safetensors and legacy pickles
+    # carry none): InputError naming the file and the damaged record. Seconds for GBs: the caller runs it
+    # beside its other work, and before it keeps any output.
+    check: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -55,12 +69,16 @@ class HFFolder:
     config: dict
     tensors: dict[str, Strided]
     provenance: Provenance | None
-    releases: list[Callable[[], None]]  # give memory-mapped pages back; they reload on use
+    files: list[TensorFile]  # one per weight file, in the order of `weight_files`
     weight_files: list[Path]
 
     def release(self) -> None:
-        for release in self.releases:
-            release()
+        for file in self.files:
+            file.release()
+
+    def check(self) -> None:
+        for file in self.files:
+            file.check()
 
 
 def read_tensor_file(path: Path) -> TensorFile:
@@ -68,10 +86,11 @@ def read_tensor_file(path: Path) -> TensorFile:
     head = _require_file(path)
     if _looks_like_safetensors(head, path):
         tensors, metadata, release = _read_safetensors(path)
-        return TensorFile(tensors, "safetensors", release, _provenance(path, {metadata}))
-    content, torchscript, release = _read_torch_file(path)
-    kind = "torchscript" if torchscript else "state_dict"
-    return TensorFile(_unwrap_state_dict(path, content), kind, release)
+        return TensorFile(tensors, "safetensors", release, _provenance(path, metadata))
+    contents = _read_torch_file(path)
+    kind = "torchscript" if contents.torchscript else "state_dict"
+    return TensorFile(_unwrap_state_dict(path, contents.content), kind, contents.release,
+                      check=lambda: _checked(path, contents.check))
 
 
 def _looks_like_safetensors(head: bytes, path: Path) -> bool:
@@ -80,20 +99,26 @@ def _looks_like_safetensors(head: bytes, path: Path) -> bool:
             and int.from_bytes(head[:SAFETENSORS_LENGTH_BYTES], "little") < path.stat().st_size)
 
 
-def _read_torch_file(path: Path) -> tuple[object, bool, Callable[[], None]]:
-    """(what it holds, whether it is TorchScript, a page-release function), running nothing from it."""
-    if not zipfile.is_zipfile(path):  # torch.save's format before PyTorch 1.6
-        return _load_pickle(path), False, _nothing_to_release
+def _read_torch_file(path: Path) -> torch_zip.Contents:
+    """What a torch.save file or TorchScript archive holds, running nothing from it."""
+    if not zipfile.is_zipfile(path):  # torch.save's format before PyTorch 1.6, which has no checksums
+        return torch_zip.Contents(_load_pickle(path), False, _nothing, _nothing)
+    return _checked(path, lambda: torch_zip.read(path))
+
+
+def _checked(path: Path, read: Callable):
+    """`read()`, its archive's problems as one-line InputErrors naming `path`."""
     try:
-        contents = torch_zip.read(path)
+        return read()
+    except DamagedArchive as error:
+        raise InputError(path, str(error)) from None
     except ArchiveError as error:
         raise InputError(path, f"refused: {error}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise InputError(path, f"is not a readable PyTorch checkpoint ({one_line(error)})") from None
-    return contents.content, contents.torchscript, contents.release
 
 
-def _nothing_to_release() -> None:
+def _nothing() -> None:
     pass
 
 
@@ -168,21 +193,23 @@ def read_hf_folder(folder: Path) -> HFFolder:
         raise InputError(folder, "does not exist")
     config = _read_config(folder)
     weight_files, weight_map = _weight_files(folder)
-    tensors, provenances, releases = {}, set(), []
+    tensors, files = {}, []
     for file in weight_files:
-        file_tensors, provenance, release = _read_weight_file(file)
-        releases.append(release)
+        read = _read_weight_file(file)
+        files.append(read)
+        file_tensors = read.tensors
         twice = sorted(set(file_tensors) & set(tensors))
         if twice:
             raise InputError(file, f"tensor {twice[0]} is also in another shard")
         if weight_map is not None:
             _check_against_index(file, set(file_tensors), weight_map)
         tensors.update(file_tensors)
-        provenances.add(provenance)
+        if read.provenance != files[0].provenance:
+            raise InputError(file, "shards disagree about their clipconv provenance")
     if weight_map is not None and set(weight_map) != set(tensors):
         missing = sorted(set(weight_map) - set(tensors))
         raise InputError(folder, f"the shard index lists tensors no shard holds: {', '.join(missing[:5])}")
-    return HFFolder(config, tensors, _provenance(weight_files[0], provenances), releases, weight_files)
+    return HFFolder(config, tensors, files[0].provenance, files, weight_files)
 
 
 @dataclass
@@ -222,11 +249,11 @@ def _check_against_index(file: Path, found: set[str], weight_map: dict[str, str]
         raise InputError(file, f"holds tensor {unlisted[0]} but {where}")
 
 
-def _read_weight_file(file: Path) -> tuple[dict[str, Strided], str | None, Callable[[], None]]:
+def _read_weight_file(file: Path) -> TensorFile:
     if file.suffix == ".bin":
-        content, _, release = _read_torch_file(file)
-        return _unwrap_state_dict(file, content), None, release
-    return _read_safetensors(file)
+        return read_tensor_file(file)
+    tensors, metadata, release = _read_safetensors(file)
+    return TensorFile(tensors, "safetensors", release, _provenance(file, metadata))
 
 
 def _read_config(folder: Path) -> dict:
@@ -288,10 +315,7 @@ def _read_safetensors(file: Path) -> tuple[dict[str, Strided], str | None, Calla
     return tensors, metadata.get(METADATA_KEY), release
 
 
-def _provenance(file: Path, found: set) -> Provenance | None:
-    if len(found) > 1:
-        raise InputError(file, "shards disagree about their clipconv provenance")
-    (text,) = found
+def _provenance(file: Path, text: str | None) -> Provenance | None:
     if text is None:
         return None
     try:

@@ -17,12 +17,13 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
+from roundtrip.casting import Cast, cast_into
 from roundtrip.dtypes import DTYPES as ELEMENT_TYPES
-from roundtrip.dtypes import Cast, DType, cast_into
+from roundtrip.dtypes import DType
 from roundtrip.output_file import OutputFile
 from roundtrip.strided import Strided
 

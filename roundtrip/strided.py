@@ -58,25 +58,31 @@ class Strided(_TensorShaped):
     start: int = 0  # in bytes
 
     @classmethod
-    def of_buffer(cls, buffer, dtype: DType, shape: tuple[int, ...], start: int = 0) -> "Strided":
+    def of_buffer(cls, buffer, dtype: DType, shape: tuple[int, ...], start: int = 0) -> Strided:
         """A contiguous tensor whose bytes start at `start`."""
         return cls(buffer, dtype, tuple(shape), contiguous_strides(tuple(shape)), start)
 
     @classmethod
-    def of_numpy(cls, array: "numpy.ndarray") -> "Strided":
+    def of_numpy(cls, array: numpy.ndarray) -> Strided:
         return cls.of_buffer(bytearray(array.tobytes()), DTYPES[array.dtype.name], array.shape)
+
+    @staticmethod
+    def joined(parts: tuple[Strided, ...]) -> Joined:
+        """Views fused along the first axis, listed, not computed (Concatenate's result for views)."""
+        return Joined(parts)
 
     def is_contiguous(self) -> bool:
         # As torch decides it: extents of 1 may have any stride.
         expected = contiguous_strides(self.shape)
-        return all(extent == 1 or stride == want for extent, stride, want in zip(self.shape, self.strides, expected))
+        pairs = zip(self.shape, self.strides, expected, strict=True)
+        return all(extent == 1 or stride == want for extent, stride, want in pairs)
 
-    def t(self) -> "Strided":
+    def t(self) -> Strided:
         if self.dim() != 2:
             raise ValueError(f"t() expects a matrix, got shape {self.shape}")
         return Strided(self.buffer, self.dtype, self.shape[::-1], self.strides[::-1], self.start)
 
-    def chunk(self, parts: int, dim: int = 0) -> list["Strided"]:
+    def chunk(self, parts: int, dim: int = 0) -> list[Strided]:
         """Equal parts along `dim` (the caller checks that they divide it)."""
         step = self.shape[dim] // parts
         shape = (*self.shape[:dim], step, *self.shape[dim + 1:])
@@ -86,7 +92,7 @@ class Strided(_TensorShaped):
             for part in range(parts)
         ]
 
-    def as_strided(self, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> "Strided":
+    def as_strided(self, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> Strided:
         """A view of this one's elements, as torch.as_strided (offset in elements)."""
         return Strided(self.buffer, self.dtype, tuple(shape), tuple(strides), self.start + offset * self.dtype.itemsize)
 
@@ -95,7 +101,7 @@ class Strided(_TensorShaped):
         assert self.is_contiguous()
         return memoryview(self.buffer).cast("B")[self.start : self.start + self.numel() * self.dtype.itemsize]
 
-    def numpy(self) -> "numpy.ndarray":
+    def numpy(self) -> numpy.ndarray:
         """A numpy view (bfloat16 is not a numpy type: use `torch`)."""
         import numpy
 
@@ -105,14 +111,14 @@ class Strided(_TensorShaped):
         return numpy.ndarray(self.shape, self.dtype.numpy, buffer=self.buffer, offset=self.start,
                              strides=tuple(stride * item for stride in self.strides))
 
-    def torch(self) -> "torch.Tensor":
+    def torch(self) -> torch.Tensor:
         """A torch view of the same bytes."""
         import torch
 
         dtype = self.dtype.torch()
         if self.numel() == 0:
             return torch.empty(self.shape, dtype=dtype)
-        extent = 1 + sum((size - 1) * stride for size, stride in zip(self.shape, self.strides))
+        extent = 1 + sum((size - 1) * stride for size, stride in zip(self.shape, self.strides, strict=True))
         flat = torch.frombuffer(self.buffer, dtype=dtype, count=extent, offset=self.start)
         return flat.as_strided(self.shape, self.strides)
 
@@ -138,7 +144,7 @@ class Joined(_TensorShaped):
         return dtype_of(self.parts[0])
 
 
-def as_torch(tensor) -> "torch.Tensor":
+def as_torch(tensor) -> torch.Tensor:
     """A torch tensor for a `Strided` view (same bytes), a `Joined` one (concatenated) or a torch tensor."""
     import torch
 

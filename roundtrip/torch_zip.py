@@ -16,6 +16,12 @@ Tensors are `Strided` views of one private memory map of the file (no tensor
 library is imported to read it); `release()` hands its
 pages back to the kernel (they are read again if used again), so a converter
 that streams tensor by tensor keeps its memory flat however large the file.
+
+Every record carries a CRC-32 in the zip's central directory. Members read
+through `zipfile` (data.pkl, code/) are checked by it; `check()` checks every
+record against its CRC-32, the mapped ones included, so that a converter can
+run it beside its other work and refuse a damaged file before its output is
+moved into place.
 """
 
 from __future__ import annotations
@@ -29,13 +35,15 @@ import pickle
 import re
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable, Mapping
 
-from roundtrip.dtypes import DTYPES, Cast, DType, ScratchSink, cast_into, scratch_space
+from roundtrip.casting import Cast, ScratchSink, cast_into, scratch_space
+from roundtrip.dtypes import DTYPES, DType
 from roundtrip.output_file import OutputFile
 from roundtrip.strided import Strided, contiguous_strides
 
@@ -46,10 +54,19 @@ MAX_CODE_BYTES = 16 * 2**20  # a declaration file larger than this is not a real
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 HEADER_PREFETCH_BYTES = 4096  # a local header with torch's names and padding; longer ones are read on use
+CRC_CHUNK_BYTES = 16 * 2**20  # zlib lets go of the interpreter while it sums each chunk
+BAD_CRC = re.compile(r"Bad CRC-32 for file '(?P<name>[^']*)'")  # zipfile's message
 
 
 class ArchiveError(ValueError):
     """The archive is malformed or holds something this reader does not accept."""
+
+
+class DamagedArchive(ArchiveError):
+    """A record's bytes do not match the CRC-32 the archive gives for them."""
+
+    def __init__(self, name: str):
+        super().__init__(f"record {name}: CRC-32 mismatch: the file is damaged")
 
 
 class ScriptObject:
@@ -68,7 +85,7 @@ class ScriptObject:
         self.state = state
 
 
-@lru_cache(maxsize=None)
+@cache
 def _script_class(qualified_name: str) -> type:
     return type(qualified_name.rpartition(".")[2], (ScriptObject,), {"qualified_name": qualified_name})
 
@@ -98,6 +115,7 @@ class Contents:
     content: object  # what torch.save pickled; for a TorchScript archive, the module's state dict
     torchscript: bool
     release: Callable[[], None]  # hand the file's mapped pages back to the kernel
+    check: Callable[[], None]  # every record against its CRC-32; raises DamagedArchive
 
 
 def read_torchscript_state_dict(path: Path) -> dict[str, Strided]:
@@ -112,9 +130,16 @@ def read(path: Path) -> Contents:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
         torchscript = is_torchscript(archive)
         reader = _ArchiveReader(archive, members, mapped, torchscript)
-        root = reader.unpickle_data()
-        content = reader.state_dict(root) if torchscript else root
-    return Contents(content, torchscript, lambda: mapped.madvise(mmap.MADV_DONTNEED))
+        try:
+            root = reader.unpickle_data()
+            content = reader.state_dict(root) if torchscript else root
+        except zipfile.BadZipFile as error:  # zipfile checks what it reads itself: data.pkl, code/
+            damaged = BAD_CRC.search(str(error))
+            if damaged:
+                raise DamagedArchive(damaged["name"]) from None
+            raise
+    return Contents(content, torchscript, lambda: mapped.madvise(mmap.MADV_DONTNEED),
+                    lambda: reader.check_records(path))
 
 
 def _prefetch_local_headers(fd: int, infos) -> None:
@@ -138,7 +163,7 @@ def _check_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     if len(tops) != 1 or not all("/" in name for name in names):
         raise ArchiveError("entries are not under one top-level folder, as torch.jit.save writes them")
     (top,) = tops
-    members = {name[len(top) + 1:]: info for name, info in zip(names, infos)}
+    members = {name[len(top) + 1:]: info for name, info in zip(names, infos, strict=True)}
     for required in ("data.pkl",):
         if required not in members:
             raise ArchiveError(f"archive member {top}/{required} is missing")
@@ -210,6 +235,21 @@ class _ArchiveReader:
             raise ArchiveError(f"zip entry {info.filename} runs past the end of the file")
         return start
 
+    def check_records(self, path: Path) -> None:
+        """Every record's bytes against the CRC-32 the central directory gives, in chunks (zlib lets go of
+        the interpreter while it sums them)."""
+        for info in self.members.values():
+            if info.compress_type != zipfile.ZIP_STORED:
+                _read_compressed(path, info)
+                continue
+            start, crc = self._data_offset(info), 0
+            view = memoryview(self.mapped)[start: start + info.file_size]
+            for offset in range(0, info.file_size, CRC_CHUNK_BYTES):
+                crc = zlib.crc32(view[offset: offset + CRC_CHUNK_BYTES], crc)
+            view.release()
+            if crc != info.CRC:
+                raise DamagedArchive(info.filename)
+
     # -- code/ -------------------------------------------------------------------------------------------
 
     def declaration(self, qualified_name: str) -> Declaration:
@@ -253,6 +293,15 @@ class _ArchiveReader:
         for name, value in module.state.items():
             if isinstance(value, ScriptObject) and self.declaration(value.qualified_name).is_module:
                 self._collect(value, f"{prefix}{name}.", tensors, depth + 1)
+
+
+def _read_compressed(path: Path, info: zipfile.ZipInfo) -> None:
+    """Inflate a compressed record, which makes zipfile check its CRC-32."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.read(info.filename)
+    except zipfile.BadZipFile as error:
+        raise DamagedArchive(info.filename) if BAD_CRC.search(str(error)) else ArchiveError(str(error)) from None
 
 
 def _parse_code(member: str, source: bytes) -> ast.Module:
@@ -342,7 +391,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     if backward_hooks:
         raise ArchiveError("tensor backward hooks are not supported")
     if 0 not in size:
-        last = storage_offset + sum((extent - 1) * step for extent, step in zip(size, stride))
+        last = storage_offset + sum((extent - 1) * step for extent, step in zip(size, stride, strict=True))
         if last >= storage.numel():
             raise ArchiveError(
                 f"a tensor view (offset {storage_offset}, size {list(size)}, stride {list(stride)}) "

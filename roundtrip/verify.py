@@ -12,12 +12,13 @@ import copy
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from roundtrip import mapping
 from roundtrip.architecture import Architecture
@@ -42,7 +43,7 @@ OPENAI_VOCAB_SIZE = 49408
 PROBE_IMAGES = 1  # one forward pass per tower on a small batch is enough
 
 
-@lru_cache(maxsize=None)
+@cache
 def openai_code(name: str) -> ModuleType:
     """One module of OpenAI's `clip` package ("model"), loaded from its file.
 
@@ -207,7 +208,7 @@ class Side:
     config: object = None
 
 
-@lru_cache(maxsize=None)
+@cache
 def start_imports(frameworks: tuple[str, ...]) -> Future:
     """Import `frameworks` in a thread of their own, from now on (once).
 

@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from roundtrip import safetensors_file, torch_zip
-from roundtrip.dtypes import Cast, dtype_of
-from roundtrip.errors import OutputError
+from roundtrip.casting import Cast
 from roundtrip.destination import OutputKind
+from roundtrip.dtypes import dtype_of
+from roundtrip.errors import OutputError
 from roundtrip.facts import (
-    HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, HF_SHARD, OPEN_CLIP_CONFIG, OPEN_CLIP_SAFETENSORS,
-    hf_folder_may_hold, open_clip_folder_may_hold,
+    HF_CONFIG,
+    HF_SAFETENSORS,
+    HF_SAFETENSORS_INDEX,
+    HF_SHARD,
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_SAFETENSORS,
+    hf_folder_may_hold,
+    open_clip_folder_may_hold,
 )
 from roundtrip.safetensors_file import Written
 
@@ -50,12 +57,13 @@ def write_hf_folder(
         names = [HF_SAFETENSORS]
     else:
         names = [HF_SHARD.format(index=n, count=len(shards)) for n in range(1, len(shards) + 1)]
-    written = _write_weight_files(folder, dict(zip(names, shards)), tensors, metadata, cast, sum(sizes.values()),
-                                  progress, after_each, read_back)
+    files = dict(zip(names, shards, strict=True))
+    written = _write_weight_files(folder, files, tensors, metadata, cast, sum(sizes.values()), progress, after_each,
+                                  read_back)
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(sizes.values())},
-            "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
+            "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key in shard},
         }
         _write_json(folder / HF_SAFETENSORS_INDEX, index)
     return written

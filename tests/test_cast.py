@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roundtrip.dtypes import DTYPES, PARALLEL_CAST_ELEMENTS, Cast, ScratchSink, cast_into, dtype_of, raw_bytes
+from roundtrip.casting import PARALLEL_CAST_ELEMENTS, Cast, ScratchSink, cast_into
+from roundtrip.dtypes import DTYPES, dtype_of, raw_bytes
 from roundtrip.strided import Joined, Strided
-
 from roundtrip.testing import cast_cases
 
 

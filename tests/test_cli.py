@@ -17,8 +17,18 @@ from roundtrip.readers import read_hf_folder
 from roundtrip.strided import as_torch
 
 from conftest import (
-    HF_FOLDER_FILES, assert_identical, assert_nothing_left, assert_refused, hf_clip_config, import_clip, listing,
-    random_hf_model, read_json, resnet_clip_state_dict, run_cli, save_legacy_pytorch_bin,
+    HF_FOLDER_FILES,
+    assert_identical,
+    assert_nothing_left,
+    assert_refused,
+    hf_clip_config,
+    import_clip,
+    listing,
+    random_hf_model,
+    read_json,
+    resnet_clip_state_dict,
+    run_cli,
+    save_legacy_pytorch_bin,
 )
 
 TOLERANCE = 1e-3
@@ -284,4 +294,5 @@ def test_no_verify_converts_every_way_without_importing_torch_transformers_clip_
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] == "", f"{args[0]} --no-verify imported {done.stdout.splitlines()[-1]}"
-    assert_identical(torch.load(tmp_path / "back.pt", weights_only=True), torch.load(demo_state_dict_file, weights_only=True))
+    assert_identical(torch.load(tmp_path / "back.pt", weights_only=True),
+                     torch.load(demo_state_dict_file, weights_only=True))

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 
 from roundtrip import hf_config
 from roundtrip.examples import random_openai_state_dict
+from roundtrip.testing import architectures, openai_dtypes
 
 from conftest import assert_refused, run_cli
-from roundtrip.testing import architectures, openai_dtypes
 
 VERIFICATION = pytest.mark.parametrize("options", [(), ("--no-verify",)], ids=["verified", "no-verify"])
 DELETIONS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

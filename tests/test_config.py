@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from roundtrip import hf_config
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes
 from roundtrip.hf_config import HF_DEFAULTS, HF_TOWER_DEFAULTS, resolved_hf_config
-
 from roundtrip.testing import hf_configs
 
 

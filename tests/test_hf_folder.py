@@ -36,7 +36,7 @@ def test_processor_and_pipeline_load_offline_and_reproduce_openais_zero_shot(dem
     with torch.no_grad():
         logits, _ = model(clip.clip._transform(DEMO.image_resolution)(picture)[None],
                           clip.tokenize([PIPELINE_TEMPLATE.format(label) for label in LABELS]))
-    expected = dict(zip(LABELS, logits.softmax(dim=-1)[0].tolist()))
+    expected = dict(zip(LABELS, logits.softmax(dim=-1)[0].tolist(), strict=True))
     assert max(abs(scores[label] - expected[label]) for label in LABELS) <= 1e-3
 
 

@@ -24,8 +24,17 @@ from roundtrip.torch_zip import read_torchscript_state_dict
 
 from conftest import assert_nothing_left, assert_refused, listing, run_cli
 from hostile import (
-    SystemCall, edited_archive, f32_entry, integer, mini_archive_members, module, safetensors_bytes, system_call,
-    tensor, valid_mini_pickle, write_zip,
+    SystemCall,
+    edited_archive,
+    f32_entry,
+    integer,
+    mini_archive_members,
+    module,
+    safetensors_bytes,
+    system_call,
+    tensor,
+    valid_mini_pickle,
+    write_zip,
 )
 
 MARKER = "pwned"  # a payload that ran would create this file
@@ -424,6 +433,18 @@ def _file_with_config(config):
     return build
 
 
+def _folder_with(*options):
+    return lambda tmp_path, weights: [*_folder()(tmp_path, weights), *options]
+
+
+def _folder_without(name: str):
+    def build(tmp_path, weights):
+        arguments = _folder()(tmp_path, weights)
+        (arguments[0] / name).unlink()
+        return arguments
+    return build
+
+
 _LAYER_SCALE = _open_clip_config(**{"vision_cfg.ls_init_value": 1e-4, "text_cfg.ls_init_value": 1e-4})
 _CLIPA = _open_clip_config(**{"vision_cfg.no_ln_pre": True, "vision_cfg.pool_type": "avg"})
 
@@ -461,11 +482,8 @@ OPEN_CLIP_SOURCES = {
     "a registry model whose layers disagree": (_file("--open-clip-model", "ViT-B-32"),
                                                "vision.layers is 12, the tensors say 1"),
     "a config file that is not open_clip's": (_file_with_config({"hidden_size": 3}), "has no model_cfg"),
-    "options for a folder": (lambda tmp_path, weights: [*_folder()(tmp_path, weights), "--open-clip-model", "ViT-B-32"],
-                             "are for checkpoint files"),
-    "a folder without weights": (lambda tmp_path, weights: [_folder()(tmp_path, weights)[0],
-                                                            (tmp_path / "source" / "open_clip_model.safetensors").unlink()][:1],
-                                 "has no weights"),
+    "options for a folder": (_folder_with("--open-clip-model", "ViT-B-32"), "are for checkpoint files"),
+    "a folder without weights": (_folder_without("open_clip_model.safetensors"), "has no weights"),
 }
 
 

@@ -117,7 +117,7 @@ def processors(folders) -> dict[tuple[int, str], object]:
 def pixel_values(processors):
     """(transformers, clip) pixel values of a case, computed once for every test that looks at it."""
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def of_case(n: int, backend: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         picture = image(*images_for(n)[name])
         return hf_pixels(processors[n, backend], picture), clip_pixels(picture, n)

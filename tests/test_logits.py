@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 
 from roundtrip import hf_config, mapping, verify
 from roundtrip.examples import DEMO, random_openai_model
+from roundtrip.testing import architectures, openai_dtypes, seeds
 
 from conftest import import_clip
-from roundtrip.testing import architectures, openai_dtypes, seeds
 
 TOLERANCE = 1e-3
 END_OF_TEXT = 49407

@@ -14,11 +14,15 @@ from safetensors.torch import load_file
 from roundtrip import hf_config, mapping, open_clip_config, verify
 from roundtrip.architecture import Shapes
 from roundtrip.examples import (
-    DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder, training_checkpoint,
+    DEMO,
+    random_open_clip_model,
+    random_openai_state_dict,
+    save_open_clip_folder,
+    training_checkpoint,
 )
+from roundtrip.testing import open_clip_model_configs, seeds
 
 from conftest import assert_identical, assert_refused, hf_clip_config, listing, random_hf_model, run_cli
-from roundtrip.testing import open_clip_model_configs, seeds
 
 TOLERANCE = 1e-3
 MODEL_BUILDING = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 
 from roundtrip import output_file
 from roundtrip.output_file import OutputFile, ReadBackError
-
 from roundtrip.testing import byte_chunks
 
 SMALL_BLOCK = 3 * output_file.ALIGNMENT  # many block boundaries in little data

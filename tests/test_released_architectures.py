@@ -16,8 +16,13 @@ import torch
 
 from roundtrip import open_clip_config, verify
 from roundtrip.architecture import Shapes
-from roundtrip.examples import RELEASED, random_open_clip_model, random_openai_model, save_open_clip_folder, \
-    save_torchscript_archive
+from roundtrip.examples import (
+    RELEASED,
+    random_open_clip_model,
+    random_openai_model,
+    save_open_clip_folder,
+    save_torchscript_archive,
+)
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
 
 from conftest import assert_identical, run_cli

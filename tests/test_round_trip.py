@@ -5,14 +5,13 @@ from __future__ import annotations
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from roundtrip import mapping
-from roundtrip import hf_config, openai_config
+from roundtrip import hf_config, mapping, openai_config
 from roundtrip.architecture import Shapes
 from roundtrip.examples import random_openai_state_dict
 from roundtrip.strided import Joined, as_torch
+from roundtrip.testing import architectures, openai_dtypes, seeds
 
 from conftest import as_views, assert_identical, random_hf_model
-from roundtrip.testing import architectures, openai_dtypes, seeds
 
 MODEL_BUILDING = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 
 from roundtrip import mapping
 from roundtrip.mapping import (
-    TO_HF, TO_OPENAI, Conversion, IncompleteCheckpoint, MappingError, OtherLayout, Pattern, UnsupportedArchitecture,
+    TO_HF,
+    TO_OPENAI,
+    Conversion,
+    IncompleteCheckpoint,
+    MappingError,
+    OtherLayout,
+    Pattern,
+    UnsupportedArchitecture,
 )
 from roundtrip.ops import Chunk, Concatenate, Identity, OperationError, Transpose
 from roundtrip.schema import PLACEHOLDERS, RULES

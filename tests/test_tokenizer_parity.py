@@ -15,10 +15,10 @@ from hypothesis import given, settings
 
 from roundtrip import hf_extras
 from roundtrip.examples import DEMO
+from roundtrip.testing import texts
 
 from conftest import HF_FOLDER_FILES, convert_random_checkpoint, import_clip, listing
 from corpus import CORNER_CASES, stdlib_docstring_lines
-from roundtrip.testing import texts
 
 END_OF_TEXT_ID = 49407
 
@@ -76,7 +76,7 @@ def openai_cleaned(line: str) -> str:
 
 
 def mismatches(lines, expected, actual) -> list[str]:
-    return [repr(line) for line, want, got in zip(lines, expected, actual) if want != got]
+    return [repr(line) for line, want, got in zip(lines, expected, actual, strict=True) if want != got]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from roundtrip import torch_zip
 from roundtrip.dtypes import DTYPES
-
 from roundtrip.testing import tensor_specs
 
 
@@ -40,7 +39,8 @@ class _TorchPickler(pickle.Pickler):
 def pickled_with_torch(specs: dict) -> bytes:
     """data.pkl for these (dtype name, shape) specs, pickling torch's real storage classes and rebuild function."""
     state = OrderedDict(
-        (key, _TensorReduce(_StorageRef(getattr(torch, DTYPES[dtype].storage), str(number), int(torch.Size(shape).numel())), shape))
+        (key, _TensorReduce(_StorageRef(getattr(torch, DTYPES[dtype].storage), str(number),
+                                        int(torch.Size(shape).numel())), shape))
         for number, (key, (dtype, shape)) in enumerate(specs.items())
     )
     buffer = io.BytesIO()

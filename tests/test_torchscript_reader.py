@@ -9,10 +9,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from roundtrip.examples import DEMO, random_openai_model, save_scripted_archive, save_torchscript_archive
+from roundtrip.testing import architectures, openai_dtypes
 from roundtrip.torch_zip import read_torchscript_state_dict
 
 from conftest import assert_identical
-from roundtrip.testing import architectures, openai_dtypes
 
 MAKERS = {"trace": save_torchscript_archive, "script": save_scripted_archive}
 
@@ -34,7 +34,8 @@ def test_reader_matches_torch_jit_load(tmp_path, maker, halved):
     assert {"input_resolution", "context_length", "vocab_size"} <= set(found)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(architectures(), openai_dtypes)
 def test_reader_matches_torch_jit_load_on_random_architectures(tmp_path, architecture, halved):
     path = tmp_path / "model.pt"

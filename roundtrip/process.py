@@ -1,0 +1,59 @@
+"""Settings of the `clipconv` process, which computes in C (numpy, torch) beside threads that import Python
+modules by the thousand. The program's to choose, not the library's: `clipconv` applies them, `import
+roundtrip` does not. docs/performance.md gives what each buys, measured on a whole conversion.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+
+def passive_openmp_workers() -> None:
+    """torch's idle OpenMP workers sleep instead of spinning on a core the other threads need (read when
+    torch loads, which is later, in the logit check)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def no_transparent_huge_pages() -> None:
+    """numpy asks for transparent huge pages for arrays from 4 MB; on a virtual machine that hands free memory
+    back to its host, a fresh huge page is a fault in the host (read when numpy loads)."""
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+
+def short_switch_interval() -> None:
+    """A thread back from C waits at most 0.5 ms for the interpreter, not 5 ms, behind a thread running
+    Python: a forward pass beside an import is hundreds of such returns."""
+    sys.setswitchinterval(0.0005)
+
+
+def rare_garbage_collection() -> None:
+    """Importing torch and transformers allocates ~670k objects; at the default thresholds the collector walks
+    them over and over. Cycles are still collected, just rarely."""
+    gc.set_threshold(100_000, 50, 100)
+
+
+def keep_freed_memory() -> None:
+    """glibc hands freed memory back to the kernel eagerly (blocks from 128 KB up are unmapped when freed, a
+    heap shrinks as soon as its top is free); a forward pass frees and allocates such blocks at every step, so
+    it would fault its memory in again and again. Other C libraries: nothing to do."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's <malloc.h>
+    mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest: blocks up to 32 MB come from the heaps
+    mallopt(m_trim_threshold, 2**31 - 1)  # never shrink a heap
+    mallopt(m_top_pad, 64 * 2**20)  # and grow it in steps of 64 MB
+
+
+SETTINGS = (passive_openmp_workers, no_transparent_huge_pages, short_switch_interval, rare_garbage_collection,
+            keep_freed_memory)
+
+
+def tune() -> None:
+    for setting in SETTINGS:
+        setting()
