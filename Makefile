@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch 2.14.1 + torchvision 0.29.1 is a matched pair (clip-anytorch imports torchvision).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint fuzz mutate demo bench clean
 
 install: $(BIN)/clipconv
 
@@ -27,6 +27,17 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 
+# Many more mutated inputs than make test tries (tests/test_fuzz.py); minutes, not part of make test.
+FUZZ_EXAMPLES ?= 2000
+fuzz: install
+	CLIPCONV_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics
+
+# Mutation testing of the modules that carry the promises ([tool.mutmut] in pyproject.toml); hours, not part
+# of make test. The score and the survivors judged harmless are in docs/mutation.md.
+mutate: install
+	rm -rf mutants
+	$(BIN)/mutmut run; $(BIN)/mutmut results
+
 demo: install
 	$(BIN)/python -m roundtrip.demo
 
@@ -36,4 +47,4 @@ bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info mutants

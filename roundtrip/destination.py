@@ -153,7 +153,11 @@ def _move_into_place(new: Path, dest: Path) -> None:
     else:
         old = dest.parent / f".{dest.name}.clipconv-old-{os.getpid()}-{new.name.rsplit('-', 1)[1]}"
         os.replace(dest, old)  # the old DEST survives until the new one is in place
-        os.replace(new, dest)
+        try:
+            os.replace(new, dest)
+        except OSError:
+            os.replace(old, dest)  # and comes back if it cannot be
+            raise
         _remove(old)
     _fsync_folder(dest.parent)
 

@@ -13,9 +13,11 @@ import hashlib
 import json
 import pickle
 import re
+import struct
 import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,10 @@ TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as trai
 DATA_PARALLEL_PREFIX = "module."  # what nn.DataParallel / DDP put before every key
 
 HASH_CHUNK_BYTES = 16 * 2**20  # each chunk is one wait for the interpreter, which other threads hold
+# What Python's zipfile raises on a damaged zip's structure, besides BadZipFile: a central directory or local
+# header with impossible fields (a version, a compression method, an offset), a stream that will not inflate.
+ZIP_PROBLEMS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError, RuntimeError,
+                struct.error, UnicodeDecodeError, OverflowError)
 
 
 @dataclass
@@ -101,8 +107,8 @@ def _looks_like_safetensors(head: bytes, path: Path) -> bool:
 
 def _read_torch_file(path: Path) -> torch_zip.Contents:
     """What a torch.save file or TorchScript archive holds, running nothing from it."""
-    if not zipfile.is_zipfile(path):  # torch.save's format before PyTorch 1.6, which has no checksums
-        return torch_zip.Contents(_load_pickle(path), False, _nothing, _nothing)
+    if not _checked(path, lambda: zipfile.is_zipfile(path)):  # torch.save's format before PyTorch 1.6
+        return torch_zip.Contents(_load_pickle(path), False, _nothing, _nothing)  # (which has no checksums)
     return _checked(path, lambda: torch_zip.read(path))
 
 
@@ -114,7 +120,7 @@ def _checked(path: Path, read: Callable):
         raise InputError(path, str(error)) from None
     except ArchiveError as error:
         raise InputError(path, f"refused: {error}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
+    except ZIP_PROBLEMS as error:
         raise InputError(path, f"is not a readable PyTorch checkpoint ({one_line(error)})") from None
 
 

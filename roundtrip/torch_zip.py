@@ -52,10 +52,14 @@ STORAGE_DTYPES = {dtype.storage: dtype for dtype in DTYPES.values()}  # torch.Fl
 LIST_BUILDERS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
 MAX_CODE_BYTES = 16 * 2**20  # a declaration file larger than this is not a real model's
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
+ZIP_LOCAL_HEADER = struct.Struct("<4s2xH18xHH")  # signature, flags, ..., file name length, extra field length
+UTF8_NAME_FLAG = 0x800  # general purpose bit 11: the name is UTF-8 (else cp437)
 HEADER_PREFETCH_BYTES = 4096  # a local header with torch's names and padding; longer ones are read on use
 CRC_CHUNK_BYTES = 16 * 2**20  # zlib lets go of the interpreter while it sums each chunk
-BAD_CRC = re.compile(r"Bad CRC-32 for file '(?P<name>[^']*)'")  # zipfile's message
+BAD_CRC = re.compile(r"Bad CRC-32 for file")  # zipfile's message
+# What zipfile raises opening or reading a member whose bytes or headers are damaged: a bad CRC-32, a broken
+# compressed stream, a local header that is not the member's, flags or a method it cannot read.
+ZIPFILE_DAMAGE = (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError, struct.error)
 
 
 class ArchiveError(ValueError):
@@ -63,10 +67,15 @@ class ArchiveError(ValueError):
 
 
 class DamagedArchive(ArchiveError):
-    """A record's bytes do not match the CRC-32 the archive gives for them."""
+    """A record's bytes do not match the CRC-32 the archive gives for them, or its headers contradict the
+    archive's directory."""
 
-    def __init__(self, name: str):
-        super().__init__(f"record {name}: CRC-32 mismatch: the file is damaged")
+    def __init__(self, name: str, error: BaseException | str | None = None):
+        if error is None or BAD_CRC.search(str(error)) or isinstance(error, zlib.error):
+            super().__init__(f"record {name}: CRC-32 mismatch: the file is damaged")
+        else:
+            super().__init__(f"record {name}: its zip headers contradict the archive's directory ({error}): "
+                             "the file is damaged")
 
 
 class ScriptObject:
@@ -130,14 +139,8 @@ def read(path: Path) -> Contents:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
         torchscript = is_torchscript(archive)
         reader = _ArchiveReader(archive, members, mapped, torchscript)
-        try:
-            root = reader.unpickle_data()
-            content = reader.state_dict(root) if torchscript else root
-        except zipfile.BadZipFile as error:  # zipfile checks what it reads itself: data.pkl, code/
-            damaged = BAD_CRC.search(str(error))
-            if damaged:
-                raise DamagedArchive(damaged["name"]) from None
-            raise
+        root = reader.unpickle_data()
+        content = reader.state_dict(root) if torchscript else root
     return Contents(content, torchscript, lambda: mapped.madvise(mmap.MADV_DONTNEED),
                     lambda: reader.check_records(path))
 
@@ -167,7 +170,7 @@ def _check_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     for required in ("data.pkl",):
         if required not in members:
             raise ArchiveError(f"archive member {top}/{required} is missing")
-    if "byteorder" in members and archive.read(members["byteorder"]).strip() != b"little":
+    if "byteorder" in members and read_member(archive, members["byteorder"]).strip() != b"little":
         raise ArchiveError("tensor data is not little-endian")
     return members
 
@@ -182,7 +185,7 @@ class _ArchiveReader:
     # -- data.pkl ----------------------------------------------------------------------------------------
 
     def unpickle_data(self) -> ScriptObject:
-        unpickler = _AllowListUnpickler(io.BytesIO(self.archive.read(self.members["data.pkl"])), self)
+        unpickler = _AllowListUnpickler(io.BytesIO(read_member(self.archive, self.members["data.pkl"])), self)
         try:
             root = unpickler.load()
         except ArchiveError:
@@ -220,35 +223,45 @@ class _ArchiveReader:
         if numel == 0:
             return Strided.of_buffer(bytearray(), dtype, (0,))
         if info.compress_type != zipfile.ZIP_STORED:
-            return Strided.of_buffer(bytearray(self.archive.read(info)), dtype, (numel,))
+            return Strided.of_buffer(bytearray(read_member(self.archive, info)), dtype, (numel,))
         return Strided.of_buffer(self.mapped, dtype, (numel,), start=self._data_offset(info))
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
         header = self.mapped[info.header_offset: info.header_offset + ZIP_LOCAL_HEADER.size]
         if len(header) != ZIP_LOCAL_HEADER.size:
             raise ArchiveError(f"zip entry {info.filename} lies beyond the end of the file")
-        signature, name_length, extra_length = ZIP_LOCAL_HEADER.unpack(header)
+        signature, flags, name_length, extra_length = ZIP_LOCAL_HEADER.unpack(header)
         if signature != b"PK\x03\x04":
             raise ArchiveError(f"zip entry {info.filename} has no local header")
-        start = info.header_offset + ZIP_LOCAL_HEADER.size + name_length + extra_length
+        name_start = info.header_offset + ZIP_LOCAL_HEADER.size
+        name = self.mapped[name_start: name_start + name_length].decode(
+            "utf-8" if flags & UTF8_NAME_FLAG else "cp437", errors="replace")
+        if name != info.orig_filename:  # as zipfile checks: a local header that is not its record's
+            raise DamagedArchive(info.filename, f"the local header names {name!r}")
+        if info.compress_size != info.file_size:  # a stored record's two sizes are one
+            raise DamagedArchive(info.filename, f"stored {info.compress_size} bytes of {info.file_size}")
+        start = name_start + name_length + extra_length
         if start + info.file_size > len(self.mapped):
             raise ArchiveError(f"zip entry {info.filename} runs past the end of the file")
         return start
 
     def check_records(self, path: Path) -> None:
-        """Every record's bytes against the CRC-32 the central directory gives, in chunks (zlib lets go of
-        the interpreter while it sums them)."""
-        for info in self.members.values():
-            if info.compress_type != zipfile.ZIP_STORED:
-                _read_compressed(path, info)
-                continue
-            start, crc = self._data_offset(info), 0
-            view = memoryview(self.mapped)[start: start + info.file_size]
-            for offset in range(0, info.file_size, CRC_CHUNK_BYTES):
-                crc = zlib.crc32(view[offset: offset + CRC_CHUNK_BYTES], crc)
-            view.release()
-            if crc != info.CRC:
-                raise DamagedArchive(info.filename)
+        """Every record as zipfile would open it (local header, flags, method) and its bytes against the
+        CRC-32 the central directory gives: compressed ones inflated by zipfile, stored ones summed from the
+        map in chunks (zlib lets go of the interpreter while it sums them)."""
+        with zipfile.ZipFile(path) as archive:
+            for info in self.members.values():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    read_member(archive, info)
+                    continue
+                _open_member(archive, info)
+                start, crc = self._data_offset(info), 0
+                view = memoryview(self.mapped)[start: start + info.file_size]
+                for offset in range(0, info.file_size, CRC_CHUNK_BYTES):
+                    crc = zlib.crc32(view[offset: offset + CRC_CHUNK_BYTES], crc)
+                view.release()
+                if crc != info.CRC:
+                    raise DamagedArchive(info.filename)
 
     # -- code/ -------------------------------------------------------------------------------------------
 
@@ -265,7 +278,7 @@ class _ArchiveReader:
             raise ArchiveError(f"archive member {member} (declaring {qualified_name}) is missing")
         if info.file_size > MAX_CODE_BYTES:
             raise ArchiveError(f"archive member {member} is implausibly large ({info.file_size} bytes)")
-        for node in _parse_code(member, self.archive.read(info)).body:
+        for node in _parse_code(member, read_member(self.archive, info)).body:
             if isinstance(node, ast.ClassDef) and node.name == class_name:
                 return _declaration_of(node)
         raise ArchiveError(f"{member} does not declare class {class_name}")
@@ -295,13 +308,21 @@ class _ArchiveReader:
                 self._collect(value, f"{prefix}{name}.", tensors, depth + 1)
 
 
-def _read_compressed(path: Path, info: zipfile.ZipInfo) -> None:
-    """Inflate a compressed record, which makes zipfile check its CRC-32."""
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes through zipfile, which checks its CRC-32: damage as DamagedArchive naming it."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            archive.read(info.filename)
-    except zipfile.BadZipFile as error:
-        raise DamagedArchive(info.filename) if BAD_CRC.search(str(error)) else ArchiveError(str(error)) from None
+        return archive.read(info)
+    except ZIPFILE_DAMAGE as error:
+        raise DamagedArchive(info.filename, error) from None
+
+
+def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """zipfile's checks of a member's local header, flags and method, without reading its data."""
+    try:
+        with archive.open(info):
+            pass
+    except ZIPFILE_DAMAGE as error:
+        raise DamagedArchive(info.filename, error) from None
 
 
 def _parse_code(member: str, source: bytes) -> ast.Module:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from roundtrip import open_clip_config, output_file, safetensors_file
+from roundtrip import destination, open_clip_config, output_file, safetensors_file, verify
 from roundtrip.examples import random_open_clip_model, save_open_clip_folder
 from roundtrip.strided import as_torch
 from roundtrip.torch_zip import read_torchscript_state_dict
@@ -104,6 +104,8 @@ OPENAI_FILES = {
     "TorchScript storage record too long": (_resize_record(16), "storage record data/0 holds"),
     "TorchScript view past its storage": (_mini(module({"w": tensor("0", 4, 2, (2, 2), (2, 1))})),
                                           "reaches element 5 of a storage of 4"),
+    "TorchScript view one element past its storage": (_mini(module({"w": tensor("0", 4, 1, (2, 2), (2, 1))})),
+                                                      "reaches element 4 of a storage of 4"),
     "TorchScript negative stride": (_mini(module({"w": tensor("0", 4, 0, (2, 2), (-1, 1))})),
                                     "negative or non-integer"),
     "TorchScript storage of another type than its record": (
@@ -495,3 +497,50 @@ def test_open_clip_sources_clipmodel_cannot_hold_or_that_contradict_themselves_a
     before = listing(tmp_path)
     assert_refused(run_cli("to-hf", arguments[0], tmp_path / "out", *arguments[1:]), message)
     assert listing(tmp_path) == before
+
+
+# ---- promises no other test held (each kills a hand-made mutation of the code) ---------------------------------
+
+
+def test_logits_that_differ_by_1e_2_are_refused_at_the_real_tolerance(tmp_path, demo_state_dict_file, monkeypatch):
+    # The tolerance itself, not a patched one: a check loosened to 1e-1 would let this through.
+    real = verify.reference_logits
+    monkeypatch.setattr(verify, "reference_logits", lambda *arguments: real(*arguments) + 1e-2)
+    assert_refused(run_cli("to-hf", demo_state_dict_file, tmp_path / "hf"), "logits differ", "by 0.01")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_written_file_and_the_folder_it_lands_in_are_fsynced(tmp_path, demo_state_dict_file, monkeypatch):
+    synced, real_fsync = [], os.fsync
+
+    def fsync(descriptor):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
+        return real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    assert run_cli("to-openai", tmp_path / "hf", tmp_path / "back.pt", "--no-verify").exit_code == 0
+    staged = {(path.parent.name.split(".clipconv-new-")[0], path.name) for path in synced}
+    for written in (tmp_path / "hf").iterdir():  # synced under its staging folder's name, before the swap
+        assert (".hf", written.name) in staged, written.name
+    assert any(path.name.startswith(".back.pt.clipconv-new-") for path in synced)  # the .pt file
+    assert synced.count(tmp_path) >= 2  # the folder, after each swap
+
+
+def test_the_old_dest_survives_when_neither_the_exchange_nor_the_rename_works(tmp_path, demo_state_dict_file,
+                                                                              monkeypatch):
+    dest = tmp_path / "hf"
+    assert run_cli("to-hf", demo_state_dict_file, dest, "--no-verify").exit_code == 0
+    before = {path.name: path.read_bytes() for path in dest.iterdir()}
+    real_replace = os.replace
+
+    def replace(source, target):
+        if Path(target) == dest and ".clipconv-new-" in str(source):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # the new one cannot be moved in
+        return real_replace(source, target)
+
+    monkeypatch.setattr(destination, "_exchange", lambda first, second: False)  # no renameat2 here
+    monkeypatch.setattr(os, "replace", replace)
+    assert_refused(run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify"), "could not be written")
+    assert {path.name: path.read_bytes() for path in dest.iterdir()} == before
+    assert [path.name for path in tmp_path.iterdir()] == ["hf"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given
@@ -98,9 +100,30 @@ def test_chunk_refuses_a_size_not_divisible_by_its_parts():
         Chunk(3, 0)([torch.zeros(4, 2)])
 
 
-def test_concatenate_refuses_pieces_that_chunk_would_not_give_back():
-    with pytest.raises(OperationError, match="different shapes or dtypes"):
-        Concatenate(3, 0)([torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.float16)])
+@pytest.mark.parametrize("odd", [0, 2], ids=["first", "last"])
+def test_concatenate_refuses_pieces_that_chunk_would_not_give_back(odd):
+    pieces = [torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 2)]
+    pieces[odd] = pieces[odd].half()
+    shapes = ", ".join(f"(2, 2) {piece.dtype}" for piece in pieces)
+    with pytest.raises(OperationError, match=re.escape(f"cannot fuse tensors of different shapes or dtypes: {shapes}")):
+        Concatenate(3, 0)(pieces)
+
+
+def test_transpose_refuses_a_tensor_that_is_not_a_matrix():
+    with pytest.raises(OperationError, match=re.escape("expected a matrix to transpose, got shape (2, 2, 2)")):
+        Transpose()([torch.zeros(2, 2, 2)])
+
+
+def test_chunk_refuses_an_axis_the_tensor_does_not_have():
+    with pytest.raises(OperationError, match=re.escape("cannot split shape (6,) into 3 equal parts along dim 1")):
+        Chunk(3, 1)([torch.zeros(6)])
+
+
+def test_chunk_and_concatenate_work_along_the_axis_they_name():
+    matrix = torch.arange(8.0).reshape(2, 4)
+    halves = Chunk(2, 1)([matrix])
+    assert [tuple(half.shape) for half in halves] == [(2, 2), (2, 2)]
+    assert torch.equal(Concatenate(2, 1)(halves)[0], matrix)
 
 
 def test_unknown_key_is_named(demo_state_dict):
