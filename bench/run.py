@@ -1,6 +1,6 @@
 """`make bench`: wall time and peak memory of clipconv against the module-copying baseline.
 
-Usage: .venv/bin/python bench/run.py [--models B32,L14,H14] [--rounds 3] [--no-biggest]
+Usage: .venv/bin/python bench/run.py [--models B32,L14,H14] [--rounds 3] [--no-biggest] [--no-settings]
 
 For each model, a checkpoint with random weights is created on first use and cached in
 ${XDG_CACHE_HOME:-~/.cache}/clipconv-bench/: OpenAI's ViT-B/32 and ViT-L/14 as state dicts in OpenAI's
@@ -8,7 +8,8 @@ fp16/fp32 mix, open_clip's ViT-H-14 as a hub folder in float32. Then every varia
 directions with and without verification, bench/baseline_module_copy.py done the OpenAI or the open_clip way,
 and `cp` of the weights file as the physical floor) runs once per round as a fresh subprocess, round-robin,
 so that noise from other work on the machine spreads over all variants alike. Last, open_clip's ViT-bigG-14
-(10.2 GB of float32, written by bench/make_biggest.py) is converted without verification, both ways, once.
+(10.2 GB of float32, written by bench/make_biggest.py) is converted without verification, both ways, once,
+and each process setting of roundtrip/process.py is left out in turn on ViT-L/14 (what each one buys).
 Prints medians and ratios to the baseline as markdown tables. Not part of `make test`: nothing here asserts.
 
 Peak RSS is the child's own `ru_maxrss` from `os.wait4` on its pid. Linux carries
@@ -190,6 +191,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternating (default: 3)")
     parser.add_argument("--no-biggest", action="store_true", help=f"leave out open_clip's {BIGGEST} (10.2 GB)")
+    parser.add_argument("--no-settings", action="store_true", help="leave out the process settings' comparison")
     arguments = parser.parse_args(argv)
     arguments.models = arguments.models.split(",")
     unknown = [model for model in arguments.models if model not in MODELS]
@@ -198,12 +200,43 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return arguments
 
 
+# Each process setting of roundtrip/process.py, and the two at exit (gc.freeze, os._exit after success), left
+# out one at a time: what each buys on a whole verified L/14 conversion.
+_CLI = "import sys, gc; import roundtrip.cli as cli, roundtrip.process as process; sys.argv[0] = 'clipconv'; "
+SETTING_VARIANTS = {
+    "all settings": _CLI + "cli.run()",
+    **{f"without {name}": _CLI + f"process.SETTINGS = tuple(s for s in process.SETTINGS if s.__name__ != '{name}'); "
+       "cli.run()" for name in ("passive_openmp_workers", "no_transparent_huge_pages", "short_switch_interval",
+                                "rare_garbage_collection", "keep_freed_memory")},
+    "without gc.freeze": _CLI + "gc.freeze = lambda: None; cli.run()",
+    "without the quick exit": _CLI + "cli.main()",
+    "without any": _CLI + "process.SETTINGS = (); gc.freeze = lambda: None; cli.main()",
+}
+
+
+def process_settings(rounds: int) -> list[str]:
+    """Rows of what each process setting buys: to-hf of ViT-L/14 with verification, every variant alternating."""
+    source = checkpoint(MODELS["L14"])
+    commands = {name: (lambda dest, code=code: [sys.executable, "-c", code, "to-hf", source, dest])
+                for name, code in SETTING_VARIANTS.items()}
+    with tempfile.TemporaryDirectory(prefix="work-", dir=cache_dir()) as workdir:
+        results = benchmark(commands, rounds, Path(workdir))
+    base = statistics.median(m.seconds for m in results["all settings"])
+    rows = []
+    for name, runs in results.items():
+        seconds = statistics.median(m.seconds for m in runs)
+        rows.append(f"| {name} | {seconds:.1f} | {statistics.median(m.cpu_seconds for m in runs):.1f} | "
+                    f"{(seconds / base - 1) * 100:+.0f}% |")
+    return rows
+
+
 def main(argv: list[str]) -> None:
     arguments = parse_arguments(argv)
     results = {model: benchmark_model(model, arguments.rounds) for model in arguments.models}
     biggest_rows = [] if arguments.no_biggest else biggest()
+    setting_rows = [] if arguments.no_settings else process_settings(arguments.rounds)
     floor = rss_floor_mb()
-    options = " --no-biggest" if arguments.no_biggest else ""
+    options = (" --no-biggest" if arguments.no_biggest else "") + (" --no-settings" if arguments.no_settings else "")
     print(f"\nCommand: bench/run.py --models {','.join(arguments.models)} --rounds {arguments.rounds}{options}")
     print(f"Machine: {machine()}")
     print(f"Medians of {arguments.rounds} alternating runs; speed-up = baseline time / variant time (from the"
@@ -218,6 +251,12 @@ def main(argv: list[str]) -> None:
         print("| checkpoint | variant | wall s | CPU s | peak RSS GB |")
         print("|---|---|---|---|---|")
         print("\n".join(biggest_rows))
+    if setting_rows:
+        print(f"\nProcess settings, ViT-L/14 to-hf with verification, medians of {arguments.rounds} alternating runs "
+              "(time against all settings: the share of the whole conversion each one saves):\n")
+        print("| variant | median wall s | median CPU s | time vs all settings |")
+        print("|---|---|---|---|")
+        print("\n".join(setting_rows))
 
 
 if __name__ == "__main__":
