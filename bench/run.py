@@ -8,8 +8,9 @@ fp16/fp32 mix, open_clip's ViT-H-14 as a hub folder in float32. Then every varia
 directions with and without verification, bench/baseline_module_copy.py done the OpenAI or the open_clip way,
 and `cp` of the weights file as the physical floor) runs once per round as a fresh subprocess, round-robin,
 so that noise from other work on the machine spreads over all variants alike. Last, open_clip's ViT-bigG-14
-(10.2 GB of float32, written by bench/make_biggest.py) is converted without verification, both ways, once,
-and each process setting of roundtrip/process.py is left out in turn on ViT-L/14 (what each one buys).
+(10.2 GB of float32, written by bench/make_biggest.py) is converted without verification, both ways, and
+compared with its HF folder without logits, once each,
+and each process setting of roundtrip/process.py is applied alone on ViT-L/14 (what each one buys).
 Prints medians and ratios to the baseline as markdown tables. Not part of `make test`: nothing here asserts.
 
 Peak RSS is the child's own `ru_maxrss` from `os.wait4` on its pid. Linux carries
@@ -137,7 +138,8 @@ def benchmark_model(model: str, rounds: int) -> dict[str, list[Measurement]]:
 
 
 def biggest() -> list[str]:
-    """open_clip's ViT-bigG-14 converted without verification, to HF and back: rows of a table."""
+    """open_clip's ViT-bigG-14 converted without verification, to HF and back, and compared with its HF folder
+    without logits: rows of a table."""
     source = cache_dir() / f"{BIGGEST}-open_clip.pt"
     if not source.exists():
         print(f"Creating {source} (first use, 10.2 GB) ...", file=sys.stderr, flush=True)
@@ -148,6 +150,8 @@ def biggest() -> list[str]:
         for name, argv in (
             ("to-hf --no-verify", [CLIPCONV, "to-hf", source, hf_folder, "--open-clip-model", BIGGEST, "--no-verify"]),
             ("to-open-clip --no-verify", [CLIPCONV, "to-open-clip", hf_folder, back, "--no-verify"]),
+            ("compare --no-logits (the source and its HF folder)",
+             [CLIPCONV, "compare", source, hf_folder, "--open-clip-model-a", BIGGEST, "--no-logits"]),
         ):
             result = measure(argv, log)
             rows.append(f"| open_clip {BIGGEST} | clipconv {name} | {result.seconds:.1f} | {result.cpu_seconds:.1f} "
@@ -200,17 +204,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return arguments
 
 
-# Each process setting of roundtrip/process.py, and the two at exit (gc.freeze, os._exit after success), left
-# out one at a time: what each buys on a whole verified L/14 conversion.
-_CLI = "import sys, gc; import roundtrip.cli as cli, roundtrip.process as process; sys.argv[0] = 'clipconv'; "
+# The process settings of roundtrip/process.py, each alone and all together, against none: what each buys on
+# a whole verified L/14 conversion (settings whose gain is under 5% are not kept; docs/performance.md).
+_CLI = "import sys; import roundtrip.cli as cli, roundtrip.process as process; sys.argv[0] = 'clipconv'; "
+SETTING_NAMES = ("passive_openmp_workers", "no_transparent_huge_pages", "rare_garbage_collection", "keep_freed_memory")
 SETTING_VARIANTS = {
-    "all settings": _CLI + "cli.run()",
-    **{f"without {name}": _CLI + f"process.SETTINGS = tuple(s for s in process.SETTINGS if s.__name__ != '{name}'); "
-       "cli.run()" for name in ("passive_openmp_workers", "no_transparent_huge_pages", "short_switch_interval",
-                                "rare_garbage_collection", "keep_freed_memory")},
-    "without gc.freeze": _CLI + "gc.freeze = lambda: None; cli.run()",
-    "without the quick exit": _CLI + "cli.main()",
-    "without any": _CLI + "process.SETTINGS = (); gc.freeze = lambda: None; cli.main()",
+    "no settings": _CLI + "process.SETTINGS = (); cli.main()",
+    **{f"only {name}": _CLI + f"process.SETTINGS = tuple(s for s in process.SETTINGS if s.__name__ == '{name}'); "
+       "cli.main()" for name in SETTING_NAMES},
+    "all settings": _CLI + "cli.main()",
 }
 
 
@@ -221,12 +223,12 @@ def process_settings(rounds: int) -> list[str]:
                 for name, code in SETTING_VARIANTS.items()}
     with tempfile.TemporaryDirectory(prefix="work-", dir=cache_dir()) as workdir:
         results = benchmark(commands, rounds, Path(workdir))
-    base = statistics.median(m.seconds for m in results["all settings"])
+    base = statistics.median(m.seconds for m in results["no settings"])
     rows = []
     for name, runs in results.items():
         seconds = statistics.median(m.seconds for m in runs)
         rows.append(f"| {name} | {seconds:.1f} | {statistics.median(m.cpu_seconds for m in runs):.1f} | "
-                    f"{(seconds / base - 1) * 100:+.0f}% |")
+                    f"{(1 - seconds / base) * 100:.0f}% |")
     return rows
 
 
@@ -247,14 +249,14 @@ def main(argv: list[str]) -> None:
     for model, model_results in results.items():
         print("\n".join(table(model, model_results, floor)))
     if biggest_rows:
-        print("\nWithout verification, once each (the HF folder of the first is the source of the second):\n")
+        print("\nWithout verification, once each (the HF folder of the first is the source of the others):\n")
         print("| checkpoint | variant | wall s | CPU s | peak RSS GB |")
         print("|---|---|---|---|---|")
         print("\n".join(biggest_rows))
     if setting_rows:
         print(f"\nProcess settings, ViT-L/14 to-hf with verification, medians of {arguments.rounds} alternating runs "
-              "(time against all settings: the share of the whole conversion each one saves):\n")
-        print("| variant | median wall s | median CPU s | time vs all settings |")
+              "(the share of the whole conversion's time each saves, against none):\n")
+        print("| variant | median wall s | median CPU s | time saved vs no settings |")
         print("|---|---|---|---|")
         print("\n".join(setting_rows))
 

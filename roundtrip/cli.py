@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 import re
 import sys
 import traceback
@@ -240,9 +238,6 @@ def _run(ctx: click.Context, run, debug: bool, on_error=None):
         _fail(ctx, f"internal error: {type(error).__name__}: {error} (rerun with --debug for a traceback)", on_error)
     finally:
         progress.close()
-        # Files are written and closed; what is left in memory the OS frees at exit. Without this,
-        # the interpreter's collections at exit walk the heap torch and transformers leave: ~1 s.
-        gc.freeze()
     return summary
 
 
@@ -283,21 +278,6 @@ def _files(names: list[str]) -> str:
     return f"{shards[0]} ... {shards[-1]} ({len(shards)} shards), " + ", ".join(others)
 
 
-def run() -> None:
-    """The installed `clipconv` command: `main`, and once it has succeeded, an exit that skips tearing
-    the interpreter down. Everything is written, fsynced and reported by then; what is left is torch's
-    and transformers' thousands of modules and their libraries' destructors (L/14 to-hf: 0.15-0.18 s
-    from the last output to the exit, against 0.31-0.38 s; bench/exit_after_output.py). A failure
-    exits the usual way."""
-    try:
-        main()
-    except SystemExit as stop:
-        if stop.code not in (0, None):
-            raise
-    sys.stdout.flush()  # click.echo flushes; anything printed otherwise may not have been
-    sys.stderr.flush()
-    os._exit(0)
-
 
 if __name__ == "__main__":
-    run()
+    main()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 
 
 def passive_openmp_workers() -> None:
@@ -20,12 +19,6 @@ def no_transparent_huge_pages() -> None:
     """numpy asks for transparent huge pages for arrays from 4 MB; on a virtual machine that hands free memory
     back to its host, a fresh huge page is a fault in the host (read when numpy loads)."""
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-
-
-def short_switch_interval() -> None:
-    """A thread back from C waits at most 0.5 ms for the interpreter, not 5 ms, behind a thread running
-    Python: a forward pass beside an import is hundreds of such returns."""
-    sys.setswitchinterval(0.0005)
 
 
 def rare_garbage_collection() -> None:
@@ -50,8 +43,7 @@ def keep_freed_memory() -> None:
     mallopt(m_top_pad, 64 * 2**20)  # and grow it in steps of 64 MB
 
 
-SETTINGS = (passive_openmp_workers, no_transparent_huge_pages, short_switch_interval, rare_garbage_collection,
-            keep_freed_memory)
+SETTINGS = (passive_openmp_workers, no_transparent_huge_pages, rare_garbage_collection, keep_freed_memory)
 
 
 def tune() -> None:
