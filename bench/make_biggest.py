@@ -14,7 +14,9 @@ Memory stays low in two passes:
    from uninitialised tensors, so it lays out the archive without touching them.
 2. Each tensor's bytes are then written in place, chunk by chunk, at its offset
    in the archive: random normal values (std 0.02), LayerNorm weights 1 and
-   logit_scale log(100), as OpenAI's initialisation has them.
+   logit_scale log(100), as OpenAI's initialisation has them. Their CRC-32 replaces the one torch.save
+   recorded for the unwritten record, where the zip keeps it: the central directory, and the data
+   descriptor after the record (or the local header, for a record without one).
 
 `--tiny` writes roundtrip.examples.DEMO (OpenAI's layout) instead (seconds; to check this script);
 `--layers N` keeps bigG's widths with N layers per tower (to check memory use).
@@ -29,7 +31,9 @@ import os
 import re
 import struct
 import zipfile
+import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -47,6 +51,10 @@ CHUNK_ELEMENTS = 2**24  # 64 MB of float32 in memory at a time
 INIT_STD = 0.02
 LAYER_NORM_WEIGHT = re.compile(r"(^|\.)ln_\w+\.weight$")
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, skipped fields, name length, extra length
+ZIP_CENTRAL_HEADER = struct.Struct("<4s24x3H12x")  # signature, skipped fields, name, extra, comment lengths
+LOCAL_CRC_OFFSET, CENTRAL_CRC_OFFSET = 14, 16
+DATA_DESCRIPTOR_FLAG = 0x08
+DATA_DESCRIPTOR_SIGNATURE = b"PK\x07\x08"  # optional before a descriptor's CRC-32
 
 
 def layout(architecture: Architecture) -> dict[str, torch.Size]:
@@ -75,18 +83,51 @@ def write_archive_without_data(shapes: dict[str, torch.Size], dest: Path) -> Non
         torch.save(placeholders, dest)
 
 
-def data_offsets(dest: Path) -> list[int]:
-    """Byte offset of each storage record, in the order torch.save numbered them (state-dict order)."""
+class Record(NamedTuple):
+    """Where one storage record of the archive lies, and where its CRC-32 is kept."""
+
+    info: zipfile.ZipInfo
+    data_offset: int
+    central_offset: int  # of its entry in the central directory
+
+
+def data_records(dest: Path) -> list[Record]:
+    """The storage records, in the order torch.save numbered them (state-dict order)."""
     with zipfile.ZipFile(dest) as archive, dest.open("rb") as file:
-        records = {int(info.filename.rsplit("/", 1)[1]): info.header_offset
+        central_offsets, position = {}, archive.start_dir
+        for info in archive.infolist():  # the central directory's order
+            file.seek(position)
+            signature, *lengths = ZIP_CENTRAL_HEADER.unpack(file.read(ZIP_CENTRAL_HEADER.size))
+            assert signature == b"PK\x01\x02", "not a zip central directory header"
+            central_offsets[info.filename] = position
+            position += ZIP_CENTRAL_HEADER.size + sum(lengths)
+        records = {int(info.filename.rsplit("/", 1)[1]): info
                    for info in archive.infolist() if re.search(r"/data/\d+$", info.filename)}
-        offsets = []
+        found = []
         for number in range(len(records)):
-            file.seek(records[number])
+            info = records[number]
+            file.seek(info.header_offset)
             signature, name_length, extra_length = ZIP_LOCAL_HEADER.unpack(file.read(ZIP_LOCAL_HEADER.size))
             assert signature == b"PK\x03\x04", "not a zip local file header"
-            offsets.append(records[number] + ZIP_LOCAL_HEADER.size + name_length + extra_length)
-    return offsets
+            data_offset = info.header_offset + ZIP_LOCAL_HEADER.size + name_length + extra_length
+            found.append(Record(info, data_offset, central_offsets[info.filename]))
+    return found
+
+
+def record_crc(file, record: Record, crc: int) -> None:
+    """Write `crc` wherever the zip keeps the record's CRC-32."""
+    packed = struct.pack("<I", crc)
+    file.seek(record.central_offset + CENTRAL_CRC_OFFSET)
+    file.write(packed)
+    if not record.info.flag_bits & DATA_DESCRIPTOR_FLAG:
+        file.seek(record.info.header_offset + LOCAL_CRC_OFFSET)
+        file.write(packed)
+        return
+    descriptor = record.data_offset + record.info.file_size
+    file.seek(descriptor)
+    has_signature = file.read(len(DATA_DESCRIPTOR_SIGNATURE)) == DATA_DESCRIPTOR_SIGNATURE
+    file.seek(descriptor + (len(DATA_DESCRIPTOR_SIGNATURE) if has_signature else 0))
+    file.write(packed)
 
 
 def fill_chunks(key: str, numel: int, generator: torch.Generator):
@@ -103,10 +144,13 @@ def fill_chunks(key: str, numel: int, generator: torch.Generator):
 def write_data(shapes: dict[str, torch.Size], dest: Path, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
     with dest.open("r+b") as file:
-        for (key, shape), offset in zip(shapes.items(), data_offsets(dest), strict=True):
-            file.seek(offset)
+        for (key, shape), record in zip(shapes.items(), data_records(dest), strict=True):
+            file.seek(record.data_offset)
+            crc = 0
             for chunk in fill_chunks(key, shape.numel(), generator):
                 file.write(chunk.numpy().data)
+                crc = zlib.crc32(chunk.numpy().data, crc)
+            record_crc(file, record, crc)
 
 
 def main() -> None:

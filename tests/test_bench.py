@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from roundtrip import safetensors_file
@@ -35,3 +36,13 @@ def test_baseline_module_copy_writes_the_weights_clipconv_writes(tmp_path, demo_
 def test_biggest_checkpoint_layout_is_openais_state_dict(demo_state_dict):
     layout = _bench_module("make_biggest").layout(DEMO)
     assert layout == {key: tensor.shape for key, tensor in demo_state_dict.items()}
+
+
+def test_biggest_checkpoint_records_carry_their_crc(tmp_path):
+    """make_biggest writes the data after torch.save laid the archive out: every CRC-32 must be the data's."""
+    done = subprocess.run([sys.executable, BENCH / "make_biggest.py", tmp_path / "tiny.pt", "--tiny"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(tmp_path / "tiny.pt") as archive:
+        assert archive.testzip() is None
+    assert run_cli("to-hf", tmp_path / "tiny.pt", tmp_path / "hf", "--no-verify").exit_code == 0
