@@ -544,3 +544,30 @@ def test_the_old_dest_survives_when_neither_the_exchange_nor_the_rename_works(tm
     assert_refused(run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify"), "could not be written")
     assert {path.name: path.read_bytes() for path in dest.iterdir()} == before
     assert [path.name for path in tmp_path.iterdir()] == ["hf"]
+
+
+def test_folders_are_swapped_in_one_exchange(tmp_path, monkeypatch):
+    """renameat2(RENAME_EXCHANGE), which Linux offers: both paths exist at every instant. Relative paths, as a
+    DEST given on the command line is, are taken from the working directory."""
+    monkeypatch.chdir(tmp_path)
+    first, second = Path("first"), Path("second")
+    first.mkdir()
+    second.mkdir()
+    (first / "a").write_text("first")
+    assert destination._exchange(first, second)
+    assert (second / "a").read_text() == "first" and not any(first.iterdir())
+
+
+def test_overwrite_never_moves_the_old_dest_aside_where_it_can_be_exchanged(tmp_path, demo_state_dict_file,
+                                                                           monkeypatch):
+    dest = tmp_path / "hf"
+    assert run_cli("to-hf", demo_state_dict_file, dest, "--no-verify").exit_code == 0
+    real_replace = os.replace
+
+    def replace(source, target):
+        assert Path(source) != dest, "the old DEST was moved aside: not one atomic exchange"
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify").exit_code == 0
+    assert [path.name for path in tmp_path.iterdir()] == ["hf"]
