@@ -571,3 +571,19 @@ def test_overwrite_never_moves_the_old_dest_aside_where_it_can_be_exchanged(tmp_
     monkeypatch.setattr(os, "replace", replace)
     assert run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify").exit_code == 0
     assert [path.name for path in tmp_path.iterdir()] == ["hf"]
+
+
+def test_staging_of_a_running_clipconv_is_left_alone_and_ours_from_a_failed_call_is_removed(
+        tmp_path, demo_state_dict_file):
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        theirs = tmp_path / f".hf.clipconv-new-{running.pid}-abc123"
+        ours = tmp_path / f".hf.clipconv-new-{os.getpid()}-def456"  # run_cli runs in this process
+        theirs.mkdir()
+        ours.mkdir()
+        assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+        assert theirs.is_dir() and not ours.exists()
+        assert running.poll() is None  # asked whether it runs, not signalled
+    finally:
+        running.kill()
+        running.wait()

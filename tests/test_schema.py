@@ -223,3 +223,9 @@ def test_one_tower_under_a_key_prefix_is_checked_and_mapped_on_its_own(demo_stat
     assert_identical(mapping.convert(hf, "hf", "openai", towers=("text",)), text_only)
     with pytest.raises(IncompleteCheckpoint, match="visual.conv1.weight"):
         mapping.check_keys(embedded, "openai")  # a model with both towers needs the vision tower too
+
+
+def test_key_lists_name_a_few_then_count_the_rest():
+    assert mapping.describe_keys(["c", "a", "b"], limit=2) == "a, b (and 1 more)"
+    assert mapping.describe_keys(["a", "b"], limit=2, total=10**6) == "a, b (and 999998 more)"
+    assert mapping.describe_keys(["b", "a"]) == "a, b"
