@@ -278,6 +278,5 @@ def _files(names: list[str]) -> str:
     return f"{shards[0]} ... {shards[-1]} ({len(shards)} shards), " + ", ".join(others)
 
 
-
 if __name__ == "__main__":
     main()

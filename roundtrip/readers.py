@@ -13,11 +13,9 @@ import hashlib
 import json
 import pickle
 import re
-import struct
 import sys
 import warnings
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +48,9 @@ TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as trai
 DATA_PARALLEL_PREFIX = "module."  # what nn.DataParallel / DDP put before every key
 
 HASH_CHUNK_BYTES = 16 * 2**20  # each chunk is one wait for the interpreter, which other threads hold
-# What Python's zipfile raises on a damaged zip's structure, besides BadZipFile: a central directory or local
-# header with impossible fields (a version, a compression method, an offset), a stream that will not inflate.
-ZIP_PROBLEMS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError, RuntimeError,
-                struct.error, UnicodeDecodeError, OverflowError)
+# What Python's zipfile raises on a damaged zip's structure: what it raises on a damaged member, and on a
+# central directory with impossible fields (a version, an offset, a name).
+ZIP_PROBLEMS = (*torch_zip.ZIPFILE_DAMAGE, OSError, ValueError, UnicodeDecodeError, OverflowError)
 
 
 @dataclass
