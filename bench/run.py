@@ -204,15 +204,17 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return arguments
 
 
-# The process settings of roundtrip/process.py, each alone and all together, against none: what each buys on
-# a whole verified L/14 conversion (settings whose gain is under 5% are not kept; docs/performance.md).
+# The process settings of roundtrip/process.py (and the exit that `clipconv`, cli.run, ends with), each alone and
+# all together, against none: what each buys on a whole verified L/14 conversion (settings whose gain is under 5%
+# are not kept; docs/performance.md).
 _CLI = "import sys; import roundtrip.cli as cli, roundtrip.process as process; sys.argv[0] = 'clipconv'; "
 SETTING_NAMES = ("passive_openmp_workers", "no_transparent_huge_pages", "rare_garbage_collection", "keep_freed_memory")
 SETTING_VARIANTS = {
     "no settings": _CLI + "process.SETTINGS = (); cli.main()",
     **{f"only {name}": _CLI + f"process.SETTINGS = tuple(s for s in process.SETTINGS if s.__name__ == '{name}'); "
        "cli.main()" for name in SETTING_NAMES},
-    "all settings": _CLI + "cli.main()",
+    "only exit_without_teardown": _CLI + "process.SETTINGS = (); cli.run()",  # cli.run ends with it
+    "all settings": _CLI + "cli.run()",
 }
 
 

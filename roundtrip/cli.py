@@ -278,5 +278,15 @@ def _files(names: list[str]) -> str:
     return f"{shards[0]} ... {shards[-1]} ({len(shards)} shards), " + ", ".join(others)
 
 
+def run() -> None:
+    """The installed `clipconv` command: `main`, then an exit that skips the interpreter's teardown."""
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code or 0
+    process.exit_without_teardown(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
+from typing import NoReturn
 
 
 def passive_openmp_workers() -> None:
@@ -41,6 +43,15 @@ def keep_freed_memory() -> None:
     mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest: blocks up to 32 MB come from the heaps
     mallopt(m_trim_threshold, 2**31 - 1)  # never shrink a heap
     mallopt(m_top_pad, 64 * 2**20)  # and grow it in steps of 64 MB
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process once the command is done, without tearing the interpreter down. By then every output is
+    written, fsynced and moved into place (or, on failure, removed); what teardown would add is freeing the
+    ~400k objects of torch and transformers module by module: 1.7-1.9 s after a verified conversion."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 SETTINGS = (passive_openmp_workers, no_transparent_huge_pages, rare_garbage_collection, keep_freed_memory)

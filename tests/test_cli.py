@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,9 +67,14 @@ def test_installed_command_reports_and_exits_as_main_does(tmp_path, demo_state_d
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"Wrote {tmp_path / 'hf'} " in done.stdout
+    same = subprocess.run([clipconv, "compare", demo_state_dict_file, tmp_path / "hf", "--no-logits", "--json"],
+                          capture_output=True, text=True)
+    assert same.returncode == 0 and json.loads(same.stdout)["same"] is True, same.stderr
     failed = subprocess.run([clipconv, "to-hf", tmp_path / "missing.pt", tmp_path / "other"],
                             capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr.splitlines()[-1].startswith("clipconv: error: "), failed.stderr
+    misused = subprocess.run([clipconv, "compare", demo_state_dict_file], capture_output=True, text=True)
+    assert misused.returncode == 2 and "Missing argument 'B'" in misused.stderr, misused.stderr
 
 
 def test_torchscript_archive_converts_and_comes_back_bit_exact(tmp_path, demo_archive):
