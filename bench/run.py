@@ -4,13 +4,14 @@ Usage: .venv/bin/python bench/run.py [--models B32,L14,H14] [--rounds 3] [--no-b
 
 For each model, a checkpoint with random weights is created on first use and cached in
 ${XDG_CACHE_HOME:-~/.cache}/clipconv-bench/: OpenAI's ViT-B/32 and ViT-L/14 as state dicts in OpenAI's
-fp16/fp32 mix, open_clip's ViT-H-14 as a hub folder in float32. Then every variant (clipconv in both
-directions with and without verification, bench/baseline_module_copy.py done the OpenAI or the open_clip way,
-and `cp` of the weights file as the physical floor) runs once per round as a fresh subprocess, round-robin,
-so that noise from other work on the machine spreads over all variants alike. Last, open_clip's ViT-bigG-14
-(10.2 GB of float32, written by bench/make_biggest.py) is converted without verification, both ways, and
-compared with its HF folder without logits, once each,
-and each process setting of roundtrip/process.py is applied alone on ViT-L/14 (what each one buys).
+fp16/fp32 mix, open_clip's ViT-H-14 as a hub folder in float32. Then every variant runs once per round as a
+fresh subprocess, round-robin, so that noise from other work on the machine spreads over all variants alike:
+clipconv in both directions with and without verification, bench/baseline_module_copy.py done the OpenAI or
+the open_clip way, and what bounds a conversion from below (`cp` of the weights file; `dd` writing as many
+bytes as to-hf writes, with O_DIRECT and fsync as clipconv does; importing the frameworks of the logit check).
+Last, open_clip's ViT-bigG-14 (10.2 GB of float32, written by bench/make_biggest.py) is converted without
+verification, both ways, and compared with its HF folder without logits, once each, and each process setting
+of roundtrip/process.py is applied alone on ViT-L/14 (what each one buys).
 Prints medians and ratios to the baseline as markdown tables. Not part of `make test`: nothing here asserts.
 
 Peak RSS is the child's own `ru_maxrss` from `os.wait4` on its pid. Linux carries
@@ -35,6 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from roundtrip.facts import HF_SAFETENSORS
+from roundtrip.output_file import BLOCK_BYTES  # the blocks clipconv writes in
 
 BENCH = Path(__file__).resolve().parent
 CLIPCONV = str(Path(sys.executable).parent / "clipconv")
@@ -73,10 +77,16 @@ def checkpoint(architecture: str) -> Path:
 
 
 def variants(source: Path, hf_folder: Path, open_clip: bool) -> dict[str, Command]:
-    """What runs for one model: both directions with and without the logit check, the baseline, `cp`."""
+    """What runs for one model: both directions with and without the logit check, the baseline, and what
+    bounds to-hf from below: `cp` of the source's weights (reading), writing to-hf's weights file durably as
+    clipconv does (writing), and importing the frameworks its logit check runs (verification)."""
     back = "to-open-clip" if open_clip else "to-openai"
     baseline = [sys.executable, BENCH / "baseline_module_copy.py", *(["--open-clip"] if open_clip else []), source]
     weights = source / OPEN_CLIP_WEIGHTS if open_clip else source
+    blocks = -(-(hf_folder / HF_SAFETENSORS).stat().st_size // BLOCK_BYTES)
+    source_side = "OPEN_CLIP" if open_clip else "OPENAI"
+    imports = (f"import importlib; from roundtrip import verify; [importlib.import_module(name) for name in "
+               f"verify.frameworks(verify.Side(verify.{source_side}), verify.Side(verify.HF))]")
     return {
         "clipconv to-hf": lambda dest: [CLIPCONV, "to-hf", source, dest],
         "clipconv to-hf --no-verify": lambda dest: [CLIPCONV, "to-hf", source, dest, "--no-verify"],
@@ -84,6 +94,10 @@ def variants(source: Path, hf_folder: Path, open_clip: bool) -> dict[str, Comman
         f"clipconv {back} --no-verify": lambda dest: [CLIPCONV, back, hf_folder, dest, "--no-verify"],
         BASELINE: lambda dest: [*baseline, dest],
         "cp (copy the weights file)": lambda dest: ["cp", weights, dest],
+        f"dd (write {HF_SAFETENSORS}'s size, O_DIRECT + fsync)": lambda dest: [
+            "dd", "if=/dev/zero", f"of={dest}", f"bs={BLOCK_BYTES}", f"count={blocks}", "oflag=direct",
+            "conv=fsync", "status=none"],
+        "import the logit check's frameworks": lambda dest: [sys.executable, "-c", imports],
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 def _bench_module(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -46,3 +48,19 @@ def test_biggest_checkpoint_records_carry_their_crc(tmp_path):
     with zipfile.ZipFile(tmp_path / "tiny.pt") as archive:
         assert archive.testzip() is None
     assert run_cli("to-hf", tmp_path / "tiny.pt", tmp_path / "hf", "--no-verify").exit_code == 0
+
+
+def test_floor_commands_write_as_many_bytes_as_to_hf_and_import_the_checks_frameworks(tmp_path, demo_state_dict_file):
+    run = _bench_module("run")
+    hf_folder = tmp_path / "hf"
+    assert run_cli("to-hf", demo_state_dict_file, hf_folder, "--no-verify").exit_code == 0
+    commands = run.variants(demo_state_dict_file, hf_folder, open_clip=False)
+    dd = next(command for name, command in commands.items() if name.startswith("dd "))
+    subprocess.run(dd(tmp_path / "written"), check=True)
+    weights_size = (hf_folder / "model.safetensors").stat().st_size
+    assert weights_size <= (tmp_path / "written").stat().st_size < weights_size + run.BLOCK_BYTES
+    imports = commands["import the logit check's frameworks"](tmp_path / "unused")
+    done = subprocess.run([*imports[:-1], imports[-1] + "; import json, sys; print(json.dumps(list(sys.modules)))"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert {"torch", "transformers.models.clip.modeling_clip"} <= set(json.loads(done.stdout))
