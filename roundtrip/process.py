@@ -1,6 +1,7 @@
 """Settings of the `clipconv` process, which computes in C (numpy, torch) beside threads that import Python
 modules by the thousand. The program's to choose, not the library's: `clipconv` applies them, `import
-roundtrip` does not. docs/performance.md gives what each buys, measured on a whole conversion.
+roundtrip` does not; the same holds for the exit without teardown that `clipconv` ends with. docs/performance.md
+gives what each buys, measured on a whole conversion.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def keep_freed_memory() -> None:
 def exit_without_teardown(code: int) -> NoReturn:
     """End the process once the command is done, without tearing the interpreter down. By then every output is
     written, fsynced and moved into place (or, on failure, removed); what teardown would add is freeing the
-    ~400k objects of torch and transformers module by module (docs/performance.md: 22% of a verified L/14)."""
+    ~400k objects of torch and transformers module by module."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
