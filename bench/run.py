@@ -226,7 +226,7 @@ SETTING_NAMES = ("passive_openmp_workers", "no_transparent_huge_pages", "rare_ga
 SETTING_VARIANTS = {
     "no settings": _CLI + "process.SETTINGS = (); cli.main()",
     **{f"only {name}": _CLI + f"process.SETTINGS = tuple(s for s in process.SETTINGS if s.__name__ == '{name}'); "
-       "cli.main()" for name in SETTING_NAMES},
+       "process.tune(); cli.main()" for name in SETTING_NAMES},
     "only exit_without_teardown": _CLI + "process.SETTINGS = (); cli.run()",  # cli.run ends with it
     "all settings": _CLI + "cli.run()",
 }

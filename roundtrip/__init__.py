@@ -7,8 +7,8 @@ File level (what the CLI runs): roundtrip.convert(src, dest, to="hf" | "openai" 
 
 __version__ = "0.1.0"
 
-_PUBLIC = {"to_hf": "mapping", "to_openai": "mapping", "convert": "convert", "convert_to_hf": "convert",
-           "convert_to_openai": "convert", "convert_to_open_clip": "convert"}
+_PUBLIC = {"to_hf": "mapping", "to_openai": "mapping", "convert": "pipeline", "convert_to_hf": "pipeline",
+           "convert_to_openai": "pipeline", "convert_to_open_clip": "pipeline"}
 __all__ = [*_PUBLIC, "__version__"]
 
 

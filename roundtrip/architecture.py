@@ -55,10 +55,12 @@ class Architecture:
     text_pool_token: int | None = None
 
     def describe(self) -> str:
+        vision, text = self.vision, self.text
         return (
-            f"ViT {self.vision.width} wide x {self.vision.layers} layers, patch {self.patch_size}, "
-            f"{self.image_resolution}px; text {self.text.width} wide x {self.text.layers} layers, "
-            f"context {self.context_length}, vocab {self.vocab_size}; embed {self.embed_dim}"
+            f"ViT {vision.width} wide x {vision.layers} layers, {vision.heads} heads, patch {self.patch_size}, "
+            f"{self.image_resolution}px, {vision.activation}; text {text.width} wide x {text.layers} layers, "
+            f"{text.heads} heads, context {self.context_length}, vocab {self.vocab_size}, {text.activation}; "
+            f"embed {self.embed_dim}"
         )
 
     def semantics(self) -> dict[str, object]:

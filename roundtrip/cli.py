@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -14,22 +13,23 @@ from roundtrip import __version__, process
 from roundtrip.casting import DTYPE_CHOICES
 from roundtrip.facts import HF_SHARD_PATTERN
 
-SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
 # Per target format: its command, what it does, examples; the options are the same for every command.
 COMMANDS = {
     "hf": ("to-hf", "Convert SOURCE into a Hugging Face CLIPModel folder DEST.", """
     DEST gets config.json and model.safetensors (or shards with an index above
-    --max-shard-size), OpenAI's tokenizer, a preprocessor_config.json and a model
-    card (README.md), so CLIPProcessor and pipeline() load it directly.""", """
+    --max-shard-size), a preprocessor_config.json, a model card (README.md) and
+    OpenAI's tokenizer where it fits the model (OpenAI's 49408 tokens, and no
+    other tokenizer named by an open_clip config; else the summary says why it
+    was left out), so CLIPProcessor and pipeline() load it directly.""", """
   clipconv to-hf ViT-B-32.pt clip-vit-base-patch32
   clipconv to-hf laion-ViT-H-14/ ViT-H-14-hf
   clipconv to-hf epoch_32.pt out --open-clip-model ViT-B-16-quickgelu
   clipconv to-hf ViT-L-14.pt big --max-shard-size 500MB --no-verify"""),
     "openai": ("to-openai", "Convert SOURCE into an OpenAI CLIP state-dict file DEST.", """
     DEST is one .pt file that clip.load(DEST, jit=False) and
-    clip.model.build_model accept. Models OpenAI's code cannot build (gelu,
-    heads other than width // 64, another MLP width or LayerNorm eps) are refused
+    clip.model.build_model accept (a DEST ending in .safetensors gets the same
+    state dict as safetensors). Models OpenAI's code cannot build (gelu, heads
+    other than width // 64, another MLP width or LayerNorm eps) are refused
     with every difference listed.""", """
   clipconv to-openai clip-vit-base-patch32 ViT-B-32.pt
   clipconv to-openai my-hf-finetune finetuned.pt --dtype float16
@@ -43,31 +43,32 @@ COMMANDS = {
 }
 SOURCES = """
     SOURCE is any checkpoint clipconv reads: an OpenAI TorchScript archive or
-    torch.save state dict (also wrapped as {"state_dict": ...}, "module."
-    prefixes stripped), a Hugging Face CLIPModel folder, an open_clip folder
+    torch.save state dict, a Hugging Face CLIPModel folder, an open_clip folder
     (open_clip_config.json beside its weights), or an open_clip checkpoint file
-    with --open-clip-model NAME or --open-clip-config FILE (an open_clip model's
-    activation and heads are not in its tensors: they are never guessed).
+    (a state dict, or a training run's epoch_N.pt) with --open-clip-model NAME
+    or --open-clip-config FILE, unless an open_clip_config.json lies beside it.
+    An open_clip model's activation and heads are not in its tensors: they are
+    never guessed. A file that looks like a training run's ({"state_dict": ...},
+    "module." prefixes) is read as OpenAI's only with --openai-architecture.
 
-    DEST must not exist, or with --overwrite hold only what this command writes;
-    it is never SOURCE, inside it, or a folder holding it. Unless --no-verify is
-    given, the source's own model code and the target's compute the logits of the
-    converted weights, which must agree within 1e-3; otherwise nothing is written."""
+    DEST must not exist, or with --overwrite be this command's own earlier
+    output; it is never SOURCE, inside it, or a folder holding it. Unless
+    --no-verify is given, the source's own model code and the target's compute
+    the logits of the converted weights, which must agree within 1e-3;
+    otherwise nothing is written. Ctrl-C, SIGTERM or SIGHUP stop it leaving
+    nothing behind (exit 130, 143, 129)."""
 
 
 class ByteSize(click.ParamType):
     name = "size"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-        unit = match.group(2).upper() if match else None
-        if match and not unit:
-            self.fail(f"{value!r} needs a unit, like {value}MB, {value}GB or {value}B for bytes", param, ctx)
-        if not match or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
-            self.fail(f"{value!r} is not a size like 5GB, 500MB or 2GiB", param, ctx)
-        return int(float(match.group(1)) * SIZE_UNITS[unit])
+        from roundtrip.writers import byte_size
+
+        try:
+            return byte_size(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,6 +82,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     to-hf         any source -> Hugging Face CLIPModel folder
     to-openai     any source -> OpenAI state dict that clip.load accepts
     to-open-clip  any source -> open_clip folder (open_clip_config.json + weights)
+    compare       are two checkpoints, in any formats, the same model?
 
     Every direction comes from one schema; a round trip gives back every tensor
     bit for bit. After converting, the logits of the source's model code and the
@@ -93,12 +95,13 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
     """The `clipconv to-...` command that converts into format `name`."""
 
     def command(ctx, source: Path, dest: str, debug: bool, max_shard_size: int | None = None, **options):
-        from roundtrip.convert import convert
+        from roundtrip.pipeline import convert
 
         def run(report, progress):
             return convert(source, dest, name, dtype=options["dtype"], verify_logits=not options["no_verify"],
                            overwrite=options["overwrite"], open_clip_model=options["open_clip_model"],
-                           open_clip_config=options["open_clip_config"], report=report, progress=progress,
+                           open_clip_config=options["open_clip_config"],
+                           openai_architecture=options["openai_architecture"], report=report, progress=progress,
                            **({"max_shard_bytes": max_shard_size} if max_shard_size is not None else {}))
 
         _print_summary(_run(ctx, run, debug))
@@ -120,8 +123,11 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
         click.option("--open-clip-config", type=click.Path(path_type=Path), metavar="FILE",
                      help="The open_clip model SOURCE (a checkpoint file) is, as a model config JSON or an "
                           "open_clip_config.json."),
-        click.option("--overwrite", is_flag=True, help="Replace DEST if it exists and holds only what this "
-                     "command writes (only once the new one is complete)."),
+        click.option("--openai-architecture", is_flag=True,
+                     help="SOURCE (a checkpoint file) is OpenAI's architecture (QuickGELU, heads of 64), though it "
+                          "looks like a training run's."),
+        click.option("--overwrite", is_flag=True, help="Replace DEST if clipconv wrote it with this command "
+                     "(only once the new one is complete)."),
         click.option("--no-verify", is_flag=True, help="Skip the logit comparison and the read-back of the "
                      "written bytes (faster: no model is built, torch is not even imported)."),
         click.option("--debug", is_flag=True, help="Show a traceback when something fails."),
@@ -145,6 +151,9 @@ COMPARE_EXAMPLES = """
 
 def _side_options(function):
     for side in ("b", "a"):
+        function = click.option(f"--openai-architecture-{side}", is_flag=True,
+                                help=f"{side.upper()} (a checkpoint file) is OpenAI's architecture (QuickGELU, heads "
+                                     "of 64).")(function)
         function = click.option(f"--open-clip-config-{side}", type=click.Path(path_type=Path), metavar="FILE",
                                 help=f"The open_clip model {side.upper()} (a checkpoint file) is, as a "
                                      "config.")(function)
@@ -154,7 +163,8 @@ def _side_options(function):
     return function
 
 
-@main.command("compare", epilog=f"\b\nExamples:{COMPARE_EXAMPLES}")
+@main.command("compare", epilog=f"\b\nExamples:{COMPARE_EXAMPLES}",
+              short_help="Are A and B the same model? Exit 0 if so, 1 if not.")
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @click.option("--tolerance", type=click.FloatRange(min=0), default=1e-3, show_default=True,
@@ -181,8 +191,8 @@ def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: 
     from roundtrip.formats import SourceOptions
 
     def run(report, progress):
-        options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"])
-                   for side in ("a", "b")}
+        options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"],
+                                       sides[f"openai_architecture_{side}"]) for side in ("a", "b")}
         return compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=not no_logits,
                        options_a=options["a"], options_b=options["b"])
 
@@ -218,7 +228,7 @@ class _WriteProgress:
 def _run(ctx: click.Context, run, debug: bool, on_error=None):
     """`run(report, progress)`'s result; its failures as one line (a traceback with --debug) and exit code 1,
     after `on_error(message)` if given."""
-    from roundtrip.errors import ClipconvError
+    from roundtrip.errors import ClipconvError, Interrupted
 
     ctx.obj["debug"] = ctx.obj.get("debug") or debug  # --debug before or after the command
     progress = _WriteProgress()
@@ -227,9 +237,11 @@ def _run(ctx: click.Context, run, debug: bool, on_error=None):
         progress.close()
         click.echo(f"{message} ...", err=True)
 
-    process.tune()
     try:
-        summary = run(report, progress)
+        with process.stopped_by_signals():
+            summary = run(report, progress)
+    except Interrupted as stop:  # what was being written is gone already
+        _fail(ctx, f"stopped by {stop.name}; anything unfinished was removed", on_error, stop.exit_code)
     except ClipconvError as error:
         _fail(ctx, error.message(_option_spelling), on_error)
     except OSError as error:
@@ -241,17 +253,17 @@ def _run(ctx: click.Context, run, debug: bool, on_error=None):
     return summary
 
 
-def _option_spelling(parameter: str) -> str:
-    return "--" + parameter.replace("_", "-")
+def _option_spelling(parameter: str, value: str | None = None) -> str:
+    return "--" + parameter.replace("_", "-") + (f" {value}" if value else "")
 
 
-def _fail(ctx: click.Context, message: str, on_error=None) -> None:
+def _fail(ctx: click.Context, message: str, on_error=None, code: int = 1) -> None:
     if on_error:
         on_error(message)
     if ctx.obj.get("debug"):
         traceback.print_exc()
     click.echo(f"clipconv: error: {message}", err=True)
-    ctx.exit(1)
+    ctx.exit(code)
 
 
 def _print_summary(summary) -> None:
@@ -279,7 +291,9 @@ def _files(names: list[str]) -> str:
 
 
 def run() -> None:
-    """The installed `clipconv` command: `main`, then an exit that skips the interpreter's teardown."""
+    """The installed `clipconv` command: `main` in the process settings of `roundtrip.process`, then an exit that
+    skips the interpreter's teardown."""
+    process.tune()
     code = 0
     try:
         main()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from roundtrip import formats, mapping, verify
 from roundtrip.dtypes import DTYPES
+from roundtrip.errors import ClipconvError
 from roundtrip.formats import KINDS, Loaded, SourceOptions
 from roundtrip.strided import Joined
 
@@ -44,6 +45,7 @@ class SideReport:
     path: str
     format: str  # e.g. "OpenAI CLIP checkpoint, TorchScript archive"
     architecture: dict[str, object]  # Architecture.semantics()
+    notes: list[str] = field(default_factory=list)  # how it was read: what was assumed, which config was used
 
 
 @dataclass
@@ -83,7 +85,10 @@ class Report:
 
     def text(self) -> str:
         """The report for people: a few lines, the verdict last."""
-        lines = [f"A             {self.a.path} ({self.a.format})", f"B             {self.b.path} ({self.b.format})"]
+        lines = []
+        for name, side in (("A", self.a), ("B", self.b)):
+            lines.append(f"{name}             {side.path} ({side.format})")
+            lines += [f"  note        {note}" for note in side.notes]
         if self.architecture_differences:
             lines += [f"architecture  {difference}" for difference in self.architecture_differences]
         else:
@@ -139,8 +144,7 @@ def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weigh
             logits: bool = True, options_a: SourceOptions = SourceOptions(),
             options_b: SourceOptions = SourceOptions()) -> Report:
     """Compare the checkpoints at `a` and `b` (any formats clipconv reads, in any combination)."""
-    sides = [formats.load(formats.detect(Path(path), options)[0], Path(path), options)
-             for path, options in ((a, options_a), (b, options_b))]
+    sides = [_load(Path(path), options, side) for path, options, side in ((a, options_a, "a"), (b, options_b, "b"))]
     report = Report(_side(sides[0]), _side(sides[1]), [], tolerance, weights_tolerance)
     report.architecture_differences = _architecture_differences(sides[0], sides[1])
     layout = sides[0].source.format.layout
@@ -157,10 +161,21 @@ def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weigh
     return report
 
 
+def _load(path: Path, options: SourceOptions, side: str) -> Loaded:
+    """One side read and understood; its refusals name the side's own options."""
+    try:
+        detected = formats.detect(path, options)
+        loaded = formats.load(detected.format, path, detected.options)
+    except ClipconvError as error:
+        raise error.on_side(side) from None
+    loaded.source.notes[:0] = detected.notes
+    return loaded
+
+
 def _side(loaded: Loaded) -> SideReport:
     source = loaded.source
     return SideReport(str(source.path), f"{source.format.title}, {KINDS.get(source.kind, source.kind)}",
-                      loaded.architecture.semantics())
+                      loaded.architecture.semantics(), list(source.notes))
 
 
 def _architecture_differences(a: Loaded, b: Loaded) -> list[str]:

@@ -1,12 +1,13 @@
 """The formats clipconv converts between, each one declared entry: how it is recognised and read, which key
 layout it uses, how its config maps to and from an architecture, what it cannot represent, how it is written,
-and which model code is its reference for the logit check. Every conversion is `roundtrip.convert.convert`
+and which model code is its reference for the logit check. Every conversion is `roundtrip.pipeline.convert`
 with a source and a target entry; a new format is a new entry here (with its reader, writer and config module).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,9 +25,16 @@ from roundtrip import (
 )
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes
 from roundtrip.casting import Cast
-from roundtrip.destination import ONE_FILE, OutputKind
-from roundtrip.errors import InputError
-from roundtrip.facts import HF_CONFIG, HF_SAFETENSORS_INDEX, OPEN_CLIP_CONFIG, PREPROCESSOR_CONFIG
+from roundtrip.destination import OutputKind
+from roundtrip.errors import InputError, Remedy
+from roundtrip.facts import (
+    HF_CONFIG,
+    HF_SAFETENSORS_INDEX,
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_PICKLE,
+    OPEN_CLIP_SAFETENSORS,
+    PREPROCESSOR_CONFIG,
+)
 from roundtrip.mapping import MappingError, OtherLayout
 from roundtrip.ops import OperationError
 from roundtrip.preprocessing import Preprocessing
@@ -44,12 +52,19 @@ class SourceOptions:
 
     open_clip_model: str | None = None  # a name in open_clip's registry
     open_clip_config: Path | None = None  # a model config or open_clip_config.json
+    openai_architecture: bool = False  # OpenAI's choices (QuickGELU, heads of 64), whatever the file looks like
 
     def given(self) -> bool:
+        """Whether an open_clip model is named."""
         return bool(self.open_clip_model or self.open_clip_config)
 
     def files(self) -> list[Path]:
         return [self.open_clip_config] if self.open_clip_config else []
+
+
+# What a checkpoint file that is not OpenAI's can be: the options that say what it is, for a refusal to name.
+ARCHITECTURE_OPTIONS = Remedy(
+    (("open_clip_model", "NAME"), ("open_clip_config", "FILE"), ("openai_architecture", None)), "to say which it is")
 
 
 @dataclass
@@ -71,6 +86,7 @@ class Source:
     preprocessing: Preprocessing = Preprocessing()
     notes: list[str] = field(default_factory=list)
     tokenizer_note: str | None = None  # why OpenAI's tokenizer is not this model's, when its config says so
+    not_released: list[str] = field(default_factory=list)  # signs that OpenAI never shipped it (a training run's)
 
     def record(self) -> Record:
         """This source as the way back to its format needs it."""
@@ -143,7 +159,11 @@ def _read_openai(path: Path, options: SourceOptions) -> Source:
                   if key in tensors}
     source = Source(path, OPENAI, checkpoint.kind, tensors, None, path, checkpoint.provenance, path,
                     checkpoint.release, checkpoint.check, attributes, key_order=list(checkpoint.tensors))
-    if checkpoint.kind != "torchscript" and all(t.dtype.name == "float32" for t in tensors.values()):
+    if checkpoint.kind == "torchscript" or options.openai_architecture:
+        return source
+    source.not_released = [*checkpoint.packing, *([f"named {path.name}, as open_clip names its weights"]
+                                                  if path.name in (OPEN_CLIP_SAFETENSORS, OPEN_CLIP_PICKLE) else [])]
+    if all(t.dtype.name == "float32" for t in tensors.values()):
         # OpenAI's releases mix fp16 and fp32; an all-float32 state dict may be open_clip's, whose activation
         # and heads no tensor tells.
         source.notes.append("read as OpenAI's CLIP (QuickGELU, heads of 64); for an open_clip checkpoint pass "
@@ -158,6 +178,11 @@ def _describe_attribute(path: Path, key: str, tensor: Strided) -> dict:
 
 
 def _openai_architecture(source: Source, shapes: Shapes) -> Architecture:
+    if source.not_released:
+        # Most likely an open_clip training run's (GELU for most of them): its tensors do not say.
+        raise InputError(source.path, f"is not a checkpoint as OpenAI released them ({'; '.join(source.not_released)})"
+                                      ": it looks like a training run's, and its tensors do not say its activation "
+                                      "or heads", ARCHITECTURE_OPTIONS)
     architecture = openai_config.architecture(shapes)
     problems = openai_config.incompatibilities(architecture)
     if problems:
@@ -172,8 +197,10 @@ def _no_config(architecture: Architecture, source: Source, restored: Record | No
 
 
 def _write_openai(job: Job) -> Written:
-    expected = writers.write_openai_file(job.staging, job.weights, job.cast, job.progress, after_each=job.after_each,
-                                         read_back=job.read_back)
+    # The file's content follows its name: safetensors where DEST says so, else torch.save's zip for clip.load.
+    expected = writers.write_openai_file(job.staging, job.weights, job.metadata, job.cast, job.progress,
+                                         after_each=job.after_each, read_back=job.read_back,
+                                         as_safetensors=Path(job.dest).suffix == ".safetensors")
     writers.confirm_tensors(readers.read_tensor_file(job.staging).tensors, expected, job.dest)
     return Written([Path(job.dest).name])
 
@@ -274,15 +301,15 @@ def tool() -> str:
 
 def _read_open_clip(path: Path, options: SourceOptions) -> Source:
     if path.is_dir():
-        if options.given():
-            raise InputError(path, f"is a folder with its own {OPEN_CLIP_CONFIG}; --open-clip-model and "
-                                   "--open-clip-config are for checkpoint files")
         folder = readers.read_open_clip_folder(path)
         config, checkpoint, hashed, config_path = folder.config, folder.weights, folder.weights_path, \
             path / OPEN_CLIP_CONFIG
         kind = "folder"
     else:
         checkpoint, hashed = readers.read_tensor_file(path), path
+        if checkpoint.kind == "torchscript":
+            raise InputError(path, "is an OpenAI TorchScript archive, whose architecture OpenAI's code fixes: "
+                                   "convert it without --open-clip-model or --open-clip-config")
         config, config_path = _named_config(options)
         kind = checkpoint.kind
     try:
@@ -292,16 +319,18 @@ def _read_open_clip(path: Path, options: SourceOptions) -> Source:
     except ArchitectureError as error:
         raise InputError(config_path, str(error)) from None
     if problems:
-        raise InputError(config_path, "transformers' CLIPModel cannot hold this open_clip model: "
-                                      + "; ".join(problems))
+        raise InputError(config_path, "clipconv does not convert this open_clip model (transformers' CLIPModel "
+                                      "cannot hold it): " + "; ".join(problems))
     whole = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     source = Source(path, OPEN_CLIP, kind, checkpoint.tensors, whole, config_path, checkpoint.provenance, hashed,
                     checkpoint.release, checkpoint.check, preprocessing=preprocessing)
     source.tokenizer_note = _open_clip_tokenizer(model_cfg)
-    if preprocessing.resize_mode != "shortest" or preprocessing.interpolation not in hf_extras.PIL_RESAMPLING:
+    if preprocessing.resize_mode not in hf_extras.RESIZE_MODES or \
+            preprocessing.interpolation not in hf_extras.PIL_RESAMPLING:
         source.notes.append(f"open_clip resizes images with {preprocessing.interpolation}, resize_mode "
                             f"{preprocessing.resize_mode}, which CLIPImageProcessor cannot reproduce; "
-                            "preprocessor_config.json resizes the shortest side (bicubic)")
+                            "preprocessor_config.json holds the nearest it can (bicubic; the shortest side unless "
+                            "squashed)")
     return source
 
 
@@ -341,7 +370,7 @@ def _write_open_clip(job: Job) -> Written:
 
 
 OPENAI = Format(
-    name="openai", title="OpenAI CLIP checkpoint", layout="openai", output=ONE_FILE,
+    name="openai", title="OpenAI CLIP checkpoint", layout="openai", output=writers.OPENAI_FILE,
     reference=verify.OPENAI, read=_read_openai, architecture=_openai_architecture,
     incompatibilities=openai_config.incompatibilities, make_config=_no_config, write=_write_openai,
     fallback_dtype="keep", code="OpenAI's CLIP code", keeps_attributes=True,
@@ -402,17 +431,47 @@ def _as_input_error(path: Path | str) -> Iterator[None]:
         raise InputError(path, str(error)) from None
 
 
-def detect(path: Path, options: SourceOptions, target: Format | None = None) -> tuple[Format, list[str]]:
-    """The format of the source at `path` (and notes on how it was told), from what is there and the options."""
+@dataclass(frozen=True)
+class Detected:
+    """What a source is, as told by what is there and the options: its format, the options to read it with, and
+    notes on how it was told."""
+
+    format: Format
+    options: SourceOptions
+    notes: list[str] = field(default_factory=list)
+
+
+def detect(path: Path, options: SourceOptions, target: Format | None = None) -> Detected:
+    """The format of the source at `path`, from what is there and the options."""
+    if not (path.exists() or path.is_symlink()):
+        raise InputError(path, "does not exist")
     if path.is_dir():
-        markers = ((OPEN_CLIP, OPEN_CLIP_CONFIG), (HF, HF_CONFIG))
-        found = [entry for entry, marker in markers if (path / marker).is_file()]
-        if not found:
-            raise InputError(path, f"is a folder with neither {HF_CONFIG} nor {OPEN_CLIP_CONFIG}: not a model folder")
-        if len(found) == 1:
-            return found[0], []
-        # A hub repository of open_clip's (LAION's, for one) often holds an HF copy too: read the one that is
-        # not the target, open_clip's own where both would do (found lists open_clip first).
-        chosen = next(entry for entry in found if entry is not target)
-        return chosen, [f"{path} holds both an open_clip and a Hugging Face model; read as the {chosen.title}"]
-    return (OPEN_CLIP if options.given() else OPENAI), []
+        return _detect_folder(path, options, target)
+    if options.given() and options.openai_architecture:
+        raise InputError(path, "is named both an open_clip model and OpenAI's architecture: give one of them")
+    if options.given():
+        return Detected(OPEN_CLIP, options)
+    sibling = path.parent / OPEN_CLIP_CONFIG
+    if not options.openai_architecture and sibling.is_file():
+        # open_clip's folders keep the config beside the weights: it says what the tensors do not.
+        return Detected(OPEN_CLIP, dataclasses.replace(options, open_clip_config=sibling),
+                        [f"read as an open_clip model by the {OPEN_CLIP_CONFIG} beside it ({sibling})"])
+    return Detected(OPENAI, options)
+
+
+def _detect_folder(path: Path, options: SourceOptions, target: Format | None) -> Detected:
+    markers = ((OPEN_CLIP, OPEN_CLIP_CONFIG), (HF, HF_CONFIG))
+    found = [entry for entry, marker in markers if (path / marker).is_file()]
+    if not found:
+        raise InputError(path, f"is a folder with neither {HF_CONFIG} nor {OPEN_CLIP_CONFIG}: not a model folder")
+    if options.given() or options.openai_architecture:
+        raise InputError(path, f"is a model folder with its own {HF_CONFIG if HF in found else OPEN_CLIP_CONFIG}; "
+                               "--open-clip-model, --open-clip-config and --openai-architecture are for checkpoint "
+                               "files")
+    if len(found) == 1:
+        return Detected(found[0], options)
+    # A hub repository of open_clip's (LAION's, for one) often holds an HF copy too: read the one that is
+    # not the target, open_clip's own where both would do (found lists open_clip first).
+    chosen = next(entry for entry in found if entry is not target)
+    return Detected(chosen, options, [f"{path} holds both an open_clip and a Hugging Face model; read as the "
+                                      f"{chosen.title}"])

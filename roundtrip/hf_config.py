@@ -132,5 +132,11 @@ def config(architecture: Architecture) -> dict:
 
 
 def incompatibilities(architecture: Architecture) -> list[str]:
-    """What transformers' CLIPModel cannot hold: heads that do not split their tower's width."""
-    return head_problems(architecture)
+    """What transformers' CLIPModel cannot hold: heads that do not split their tower's width, and text pooling at
+    the first token 2, which its config cannot say (eos_token_id 2 means argmax pooling)."""
+    problems = head_problems(architecture)
+    if architecture.text_pool_token == ARGMAX_POOLING_EOS_ID:
+        problems.append(f"text pooling is at the first token {ARGMAX_POOLING_EOS_ID} (open_clip's pool_type 'eos' with "
+                        f"eos_id {ARGMAX_POOLING_EOS_ID}, as in the MetaCLIP 2 worldwide models), and CLIPModel reads "
+                        f"eos_token_id {ARGMAX_POOLING_EOS_ID} as pooling at the largest token id")
+    return problems

@@ -44,6 +44,10 @@ BPE_MERGES = 49152 - 256 - 2  # how many of its merges clip.simple_tokenizer use
 MIN_CONTEXT_LENGTH = 2  # room for the start and end tokens
 # PIL.Image.Resampling's codes for open_clip's interpolation names; clip's Resize(n_px, BICUBIC) uses bicubic.
 PIL_RESAMPLING = {"bicubic": 3, "bilinear": 2}
+# open_clip's resize modes that CLIPImageProcessor reproduces: "shortest" (clip's: shortest side, centre crop) and
+# "squash" (both sides to the resolution, no crop); not "longest", which pads.
+SQUASH = "squash"
+RESIZE_MODES = ("shortest", SQUASH)
 RESCALE_FACTOR = 1 / 255  # ToTensor: uint8 -> [0, 1]
 
 
@@ -139,14 +143,17 @@ def tokenizer_json(bpe: BPETable) -> dict:
 
 def preprocessor_files(image_resolution: int, preprocessing: Preprocessing = Preprocessing()) -> dict[str, str]:
     """CLIPImageProcessor settings for clip's transform (Resize(n, BICUBIC), CenterCrop(n), RGB, ToTensor,
-    Normalize), with the model's own normalisation and, where PIL has it, its resampling filter."""
+    Normalize), with the model's own normalisation and, where PIL has it, its resampling filter; for open_clip's
+    resize_mode "squash", both sides resized to n and no crop."""
+    squash = preprocessing.resize_mode == SQUASH
     config = {
         "image_processor_type": "CLIPImageProcessor",
         "processor_class": "CLIPProcessor",
         "do_resize": True,
-        "size": {"shortest_edge": image_resolution},
+        "size": {"height": image_resolution, "width": image_resolution} if squash else
+                {"shortest_edge": image_resolution},
         "resample": PIL_RESAMPLING.get(preprocessing.interpolation, PIL_RESAMPLING["bicubic"]),
-        "do_center_crop": True,
+        "do_center_crop": not squash,
         "crop_size": {"height": image_resolution, "width": image_resolution},
         "do_convert_rgb": True,
         "do_rescale": True,
@@ -171,7 +178,9 @@ def preprocessing_of(config) -> Preprocessing:
     if not all(isinstance(value, list) and len(value) == 3 and all(isinstance(x, (int, float)) for x in value)
                for value in (mean, std)):
         raise ValueError("image_mean and image_std should be three numbers each")
-    return Preprocessing(tuple(mean), tuple(std), interpolation)
+    size = config.get("size")
+    squash = isinstance(size, dict) and {"height", "width"} <= size.keys() and config.get("do_center_crop") is False
+    return Preprocessing(tuple(mean), tuple(std), interpolation, SQUASH if squash else default.resize_mode)
 
 
 def processing_files(architecture: Architecture, preprocessing: Preprocessing = Preprocessing(),

@@ -160,7 +160,8 @@ def claimed_architecture(model_cfg: Mapping) -> Architecture:
     """What open_clip builds from `model_cfg`, refused if CLIPModel cannot hold it."""
     problems = unsupported(model_cfg)
     if problems:
-        raise ArchitectureError("transformers' CLIPModel cannot hold this open_clip model: " + "; ".join(problems))
+        raise ArchitectureError("clipconv does not convert this open_clip model (transformers' CLIPModel cannot hold "
+                                "it): " + "; ".join(problems))
     vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
     activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
     vision_width = _number(vision, "width", VISION_WIDTH, "vision_cfg")

@@ -1,15 +1,22 @@
 """Settings of the `clipconv` process, which computes in C (numpy, torch) beside threads that import Python
 modules by the thousand. The program's to choose, not the library's: `clipconv` applies them, `import
-roundtrip` does not; the same holds for the exit without teardown that `clipconv` ends with. docs/performance.md
-gives what each buys, measured on a whole conversion.
+roundtrip` does not; the same holds for the exit without teardown that `clipconv` ends with, and for stopping
+on SIGTERM and SIGHUP as on Ctrl-C. docs/performance.md gives what each setting buys, measured on a whole
+conversion.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import NoReturn
+
+from roundtrip.errors import Interrupted
 
 
 def passive_openmp_workers() -> None:
@@ -53,6 +60,31 @@ def exit_without_teardown(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C; timeout, Slurm, docker stop, systemd; a hangup
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """Within this, each of STOP_SIGNALS raises `Interrupted` in the main thread, as Ctrl-C raises
+    KeyboardInterrupt, so that an output being written is removed on the way out. Once: a second signal does
+    not interrupt that cleanup (SIGKILL still ends the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can take signals
+        return
+
+    def stop(number: int, _frame) -> None:
+        for each in STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        raise Interrupted(number, signal.Signals(number).name)
+
+    previous = {each: signal.signal(each, stop) for each in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
 
 
 SETTINGS = (passive_openmp_workers, no_transparent_huge_pages, rare_garbage_collection, keep_freed_memory)

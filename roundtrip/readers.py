@@ -17,7 +17,7 @@ import sys
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from roundtrip import safetensors_file, torch_zip
@@ -44,6 +44,8 @@ from roundtrip.torch_zip import ArchiveError, DamagedArchive
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file starts with its header's length
+ZIP_LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"  # how a zip archive starts (torch.save since PyTorch 1.6)
+PICKLE_PROTOCOL_OPCODE = b"\x80"  # how a pickle of protocol 2 or later starts, as torch.save's legacy files do
 TRAINING_WRAPPER_KEY = "state_dict"  # {"state_dict": ..., "epoch": ...} as training loops write it
 DATA_PARALLEL_PREFIX = "module."  # what nn.DataParallel / DDP put before every key
 
@@ -65,6 +67,9 @@ class TensorFile:
     # carry none): InputError naming the file and the damaged record. Seconds for GBs: the caller runs it
     # beside its other work, and before it keeps any output.
     check: Callable[[], None] = lambda: None
+    # How the state dict was packed, where not bare, for people ("inside a training checkpoint's {...}", "keys
+    # prefixed module."): signs of a training run, which OpenAI's releases are not.
+    packing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,10 +95,10 @@ def read_tensor_file(path: Path) -> TensorFile:
     if _looks_like_safetensors(head, path):
         tensors, metadata, release = _read_safetensors(path)
         return TensorFile(tensors, "safetensors", release, _provenance(path, metadata))
-    contents = _read_torch_file(path)
+    contents = _read_torch_file(path, head)
     kind = "torchscript" if contents.torchscript else "state_dict"
-    return TensorFile(_unwrap_state_dict(path, contents.content), kind, contents.release,
-                      check=lambda: _checked(path, contents.check))
+    tensors, packing = _unwrap_state_dict(path, contents.content)
+    return TensorFile(tensors, kind, contents.release, check=lambda: _checked(path, contents.check), packing=packing)
 
 
 def _looks_like_safetensors(head: bytes, path: Path) -> bool:
@@ -102,11 +107,17 @@ def _looks_like_safetensors(head: bytes, path: Path) -> bool:
             and int.from_bytes(head[:SAFETENSORS_LENGTH_BYTES], "little") < path.stat().st_size)
 
 
-def _read_torch_file(path: Path) -> torch_zip.Contents:
+def _read_torch_file(path: Path, head: bytes) -> torch_zip.Contents:
     """What a torch.save file or TorchScript archive holds, running nothing from it."""
-    if not _checked(path, lambda: zipfile.is_zipfile(path)):  # torch.save's format before PyTorch 1.6
-        return torch_zip.Contents(_load_pickle(path), False, _nothing, _nothing)  # (which has no checksums)
-    return _checked(path, lambda: torch_zip.read(path))
+    if _checked(path, lambda: zipfile.is_zipfile(path)):
+        return _checked(path, lambda: torch_zip.read(path))
+    if head.startswith(ZIP_LOCAL_HEADER_SIGNATURE):
+        raise InputError(path, "is not a readable PyTorch checkpoint (a zip archive whose end is missing: truncated "
+                               "or damaged)")
+    if not head.startswith(PICKLE_PROTOCOL_OPCODE):
+        raise InputError(path, "is not a readable PyTorch checkpoint: neither a zip archive (torch.save, "
+                               "TorchScript), a pickle (torch.save before PyTorch 1.6) nor a safetensors file")
+    return torch_zip.Contents(_load_pickle(path), False, _nothing, _nothing)  # (which has no checksums)
 
 
 def _checked(path: Path, read: Callable):
@@ -164,18 +175,24 @@ def _unpickling_problem(message: str) -> str:
     return f"is not a readable PyTorch checkpoint ({detail})"
 
 
-def _unwrap_state_dict(path: Path, loaded) -> dict[str, Strided]:
+def _unwrap_state_dict(path: Path, loaded) -> tuple[dict[str, Strided], list[str]]:
+    """The state dict in what a file holds, and how it was packed (see TensorFile.packing)."""
+    packing = []
     if isinstance(loaded, dict) and isinstance(loaded.get(TRAINING_WRAPPER_KEY), dict):
+        beside = sorted(str(key) for key in loaded if key != TRAINING_WRAPPER_KEY)
+        packing.append(f'inside {{"{TRAINING_WRAPPER_KEY}": ...}}' + (f" with {', '.join(beside[:4])}" if beside
+                                                                      else ""))
         loaded = loaded[TRAINING_WRAPPER_KEY]
     if not isinstance(loaded, dict) or not loaded:
         raise InputError(path, f"holds a {type(loaded).__name__}, expected a state dict of tensors")
     if all(isinstance(key, str) and key.startswith(DATA_PARALLEL_PREFIX) for key in loaded):
+        packing.append(f'keys prefixed "{DATA_PARALLEL_PREFIX}"')
         loaded = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in loaded.items()}
     views = {key: _as_view(value) for key, value in loaded.items()}
     not_tensors = [str(key) for key, view in views.items() if view is None]
     if not_tensors:
         raise InputError(path, f"entries that are not tensors: {', '.join(sorted(not_tensors)[:5])}")
-    return views
+    return views, packing
 
 
 def _as_view(value) -> Strided | None:

@@ -63,6 +63,12 @@ def layout(path: Path) -> dict[str, Written]:
     return {name: Written(dtype, tuple(shape)) for name, (dtype, shape, _, _) in entries.items()}
 
 
+def metadata(path: Path) -> dict[str, str]:
+    """The __metadata__ of a file, from its header alone, checked as `read` checks it."""
+    with open(path, "rb") as handle:
+        return _read_header(handle)[1]
+
+
 def _read_header(handle) -> tuple[dict, dict[str, str], int]:
     size = os.fstat(handle.fileno()).st_size
     if size < 8:

@@ -106,9 +106,11 @@ HF_IGNORED_KEYS = ("text_model.embeddings.position_ids", "vision_model.embedding
 # Keys a checkpoint of each layout may hold beside its weights; no rule needs them.
 OPTIONAL_KEYS = {"openai": tuple(OPENAI_ARCHIVE_ATTRIBUTES), "hf": HF_IGNORED_KEYS}
 
-_RESNET = ("a ResNet CLIP checkpoint (RN50 family): transformers' CLIPModel has no ResNet vision tower, only ViT "
-           "CLIP checkpoints can be converted")
-_LAYER_SCALE = "an open_clip model with layer scale (ViT-M-16-alt and the like), which CLIPModel's layers do not have"
+# What each variant is, and why no format of clipconv's takes it (CLIPModel lacks it; OpenAI's code too, and
+# clipconv maps only what all its formats share, so to-open-clip and compare refuse it as well).
+_NOT_CONVERTED = "which clipconv does not convert"
+_RESNET = f"a ResNet CLIP checkpoint (RN50 family), whose ModifiedResNet vision tower {_NOT_CONVERTED}: only ViT CLIPs"
+_LAYER_SCALE = f"an open_clip model with layer scale (ViT-M-16-alt and the like), {_NOT_CONVERTED} (CLIPModel has none)"
 # CLIP variants that no rule converts, each given away by a key of OpenAI's layout (which open_clip shares):
 # pattern -> what the checkpoint is.
 # Provenance: clip/model.py (ModifiedResNet: layer1..4, attnpool); open_clip 3.3's timm_model.py (TimmModel
@@ -118,17 +120,18 @@ _LAYER_SCALE = "an open_clip model with layer scale (ViT-M-16-alt and the like),
 UNSUPPORTED_VARIANTS = {
     "visual.layer1.{rest}": _RESNET,
     "visual.attnpool.{rest}": _RESNET,
-    "visual.trunk.{rest}": "an open_clip model with a timm vision tower (SigLIP, EVA, ConvNeXt, ...): "
-                           "transformers' CLIPModel holds only CLIP's own vision transformer",
-    "text.{rest}": "an open_clip model with a custom text tower (text.* keys): transformers' CLIPModel holds "
-                   "only CLIP's own text transformer",
+    "visual.trunk.{rest}": f"an open_clip model with a timm vision tower (SigLIP, EVA, ConvNeXt, ...), "
+                           f"{_NOT_CONVERTED}: only CLIP's own vision transformer",
+    "text.{rest}": f"an open_clip model with a custom text tower (text.* keys), {_NOT_CONVERTED}: only CLIP's own text "
+                   "transformer",
     "{rest}.ls_1.gamma": _LAYER_SCALE,
     "{rest}.ls_2.gamma": _LAYER_SCALE,
-    "visual.attn_pool.{rest}": "an open_clip model with an attentional pooler (CoCa), which CLIPModel does not have",
-    "text_decoder.{rest}": "a CoCa model (text_decoder), which CLIPModel does not have",
-    "text_projection.{rest}": "an open_clip model whose text projection is a layer with a bias (proj_bias), "
-                              "where CLIPModel's has none",
-    "logit_bias": "a model with a logit bias (SigLIP-style), which CLIPModel does not have",
+    "visual.attn_pool.{rest}": f"an open_clip model with an attentional pooler (CoCa), {_NOT_CONVERTED} (CLIPModel has "
+                               "none)",
+    "text_decoder.{rest}": f"a CoCa model (text_decoder), {_NOT_CONVERTED} (CLIPModel has none)",
+    "text_projection.{rest}": f"an open_clip model whose text projection is a layer with a bias (proj_bias), "
+                              f"{_NOT_CONVERTED} (CLIPModel's has none)",
+    "logit_bias": f"a model with a logit bias (SigLIP-style), {_NOT_CONVERTED} (CLIPModel has none)",
 }
 
 # Where each architecture number is read from, as clip.model.build_model does (and open_clip's shapes agree):

@@ -215,13 +215,16 @@ def write_checkpoint(path: Path | str, architecture: Architecture, format: str =
 
 def assert_equivalent(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weights_tolerance: float = 0.0,
                       logits: bool = True, open_clip_model_a: str | None = None,
-                      open_clip_config_a: Path | str | None = None, open_clip_model_b: str | None = None,
-                      open_clip_config_b: Path | str | None = None) -> Report:
+                      open_clip_config_a: Path | str | None = None, openai_architecture_a: bool = False,
+                      open_clip_model_b: str | None = None, open_clip_config_b: Path | str | None = None,
+                      openai_architecture_b: bool = False) -> Report:
     """`clipconv compare A B` as an assertion: returns the report when A and B are the same model (weights
     equal after mapping, or within `weights_tolerance`; logits within `tolerance`), raises AssertionError
     carrying the report otherwise (or the one-line reason a side could not be read)."""
-    options_a = SourceOptions(open_clip_model_a, Path(open_clip_config_a) if open_clip_config_a else None)
-    options_b = SourceOptions(open_clip_model_b, Path(open_clip_config_b) if open_clip_config_b else None)
+    options_a = SourceOptions(open_clip_model_a, Path(open_clip_config_a) if open_clip_config_a else None,
+                              openai_architecture_a)
+    options_b = SourceOptions(open_clip_model_b, Path(open_clip_config_b) if open_clip_config_b else None,
+                              openai_architecture_b)
     try:
         report = compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=logits,
                          options_a=options_a, options_b=options_b)

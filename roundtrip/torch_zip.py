@@ -442,9 +442,11 @@ def write_state_dict(
     cast: Cast,
     advance: Callable[[int], None] = lambda _: None,
     read_back: bool = True,
+    records: Mapping[str, bytes] = {},  # noqa: B006 - never changed
 ) -> dict[str, tuple[DType, tuple[int, ...]]]:
     """Write `tensors` to `path` as torch.save would: a zip with data.pkl and one data/<n> record per
-    tensor, cast while writing, one tensor at a time. Returns each tensor's (dtype, shape).
+    tensor, cast while writing, one tensor at a time, plus `records` (name -> bytes: torch.load passes
+    over records it does not know). Returns each tensor's (dtype, shape).
     With `read_back`, every block of the file is read back from disk and compared as it is written."""
     top = "archive"
     specs = {key: (cast.dtype(key, tensor), tuple(tensor.shape)) for key, tensor in tensors.items()}
@@ -459,7 +461,18 @@ def write_state_dict(
                 cast_into(ScratchSink(record.write, scratch), tensors[key], dtype)
             advance(size)
         archive.writestr(f"{top}/version", b"3\n")
+        for name, content in records.items():
+            archive.writestr(f"{top}/{name}", content)
     return specs
+
+
+def record_names(path: Path) -> set[str]:
+    """The names of the records of a torch zip file, without its top folder (empty if it is no zip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {name.split("/", 1)[-1] for name in archive.namelist()}
+    except (*ZIPFILE_DAMAGE, OSError, ValueError):
+        return set()
 
 
 def _open_aligned(archive: zipfile.ZipFile, name: str, size: int):

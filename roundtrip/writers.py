@@ -1,4 +1,5 @@
-"""All writing of output files: HF model folders and OpenAI state-dict files, each re-checked once written.
+"""All writing of output files: HF and open_clip model folders and OpenAI state-dict files, each re-checked once
+written, and how each is recognised as clipconv's own output (what `overwrite` may replace).
 
 Where they are written (a staging path beside DEST) is `roundtrip.destination`'s job.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -25,14 +27,43 @@ from roundtrip.facts import (
     hf_folder_may_hold,
     open_clip_folder_may_hold,
 )
+from roundtrip.provenance import METADATA_KEY
 from roundtrip.safetensors_file import Written
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # the hub's long-standing default shard size, "5GB"
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 Progress = Callable[[int, int], None]  # called with (bytes written so far, bytes to write)
 
-HF_FOLDER = OutputKind(is_folder=True, may_hold=hf_folder_may_hold)
-OPEN_CLIP_FOLDER = OutputKind(is_folder=True, may_hold=open_clip_folder_may_hold)
+# A torch zip file clipconv writes holds its provenance record under this name (safetensors files, in their
+# metadata under provenance.METADATA_KEY).
+PROVENANCE_RECORD = f"{METADATA_KEY}.json"
+
+
+def _safetensors_written_here(path: Path) -> bool:
+    try:
+        return METADATA_KEY in safetensors_file.metadata(path)
+    except (OSError, safetensors_file.SafetensorsError):
+        return False
+
+
+def _weights_written_here(folder: Path, weights: Callable[[str], bool]) -> bool:
+    """Whether a folder's weight files (those whose names `weights` picks) are all clipconv's, and there are some."""
+    files = [path for path in folder.iterdir() if weights(path.name)]
+    return bool(files) and all(_safetensors_written_here(path) for path in files)
+
+
+def _openai_file_written_here(path: Path) -> bool:
+    return path.is_file() and (PROVENANCE_RECORD in torch_zip.record_names(path) or _safetensors_written_here(path))
+
+
+HF_FOLDER = OutputKind(is_folder=True, title="Hugging Face CLIPModel folder", may_hold=hf_folder_may_hold,
+                       written_here=lambda folder: folder.is_dir() and (folder / HF_CONFIG).is_file() and
+                       _weights_written_here(folder, lambda name: name.endswith(".safetensors")))
+OPEN_CLIP_FOLDER = OutputKind(is_folder=True, title="open_clip model folder", may_hold=open_clip_folder_may_hold,
+                              written_here=lambda folder: folder.is_dir() and (folder / OPEN_CLIP_CONFIG).is_file()
+                              and _weights_written_here(folder, lambda name: name == OPEN_CLIP_SAFETENSORS))
+OPENAI_FILE = OutputKind(is_folder=False, title="OpenAI CLIP state-dict file", written_here=_openai_file_written_here)
 
 
 def write_hf_folder(
@@ -128,6 +159,20 @@ def _byte_counter(total: int, progress: Progress, after_each: Callable[[], None]
     return advance
 
 
+def byte_size(value: int | str) -> int:
+    """A size in bytes: a positive int, or text with a unit ("500MB", "2GiB", "50B"); ValueError saying what
+    is wrong otherwise. A bare number is refused: "5" is too easily meant as 5 GB."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value) if isinstance(value, str) else None
+    unit = match.group(2).upper() if match else None
+    if match and not unit:
+        raise ValueError(f"{value!r} needs a unit, like {value}MB, {value}GB or {value}B for bytes")
+    if not match or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a size like 5GB, 500MB or 2GiB")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
 def _split_into_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
     shards: list[list[str]] = [[]]
     size = 0
@@ -149,15 +194,19 @@ def confirm_safetensors(folder: Path, expected: dict[str, dict[str, Written]], d
 
 
 def write_openai_file(
-    path: Path, state_dict: Mapping, cast: Cast = Cast(),
+    path: Path, state_dict: Mapping, metadata: dict[str, str], cast: Cast = Cast(),
     progress: Progress = lambda done, total: None, after_each: Callable[[], None] = lambda: None,
-    read_back: bool = True,
+    read_back: bool = True, as_safetensors: bool = False,
 ) -> dict[str, Written]:
-    """A state dict in torch.save's format, which `clip.load(path, jit=False)` reads, written one
-    tensor at a time, reading each block back if asked; returns what each tensor must read back as."""
+    """A state dict in OpenAI's layout, written one tensor at a time, reading each block back if asked: in
+    torch.save's format, which `clip.load(path, jit=False)` reads (with `metadata`'s provenance record in a
+    record of its own), or `as_safetensors`. Returns what each tensor must read back as."""
     total = sum(t.numel() * cast.dtype(key, t).itemsize for key, t in state_dict.items())
     advance = _byte_counter(total, progress, after_each)
-    records = torch_zip.write_state_dict(path, state_dict, cast, advance, read_back)
+    if as_safetensors:
+        return safetensors_file.write(path, state_dict, metadata, cast, advance, read_back)
+    records = torch_zip.write_state_dict(path, state_dict, cast, advance, read_back,
+                                         records={PROVENANCE_RECORD: metadata[METADATA_KEY].encode("utf-8")})
     return {key: Written(*record) for key, record in records.items()}
 
 

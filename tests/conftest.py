@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,25 @@ from roundtrip.strided import Strided, as_torch
 
 # Hubs are unreachable here: transformers must load everything from local folders.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+# `make test` must run on a 16 GB laptop: no process of the suite (this one, or one it ran) may peak above this.
+PEAK_RSS_LIMIT_BYTES = 6 * 2**30
+
+
+def peak_rss_bytes() -> int:
+    """The largest peak resident set size of this process and of every child process it has waited for."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * 1024
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if peak_rss_bytes() > PEAK_RSS_LIMIT_BYTES and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    peak, limit = peak_rss_bytes() / 2**30, PEAK_RSS_LIMIT_BYTES / 2**30
+    over = ": over the limit, so the run fails (the suite must run on a 16 GB laptop)" if peak > limit else ""
+    terminalreporter.write_line(f"peak RSS of the suite's largest process: {peak:.2f} GB (limit {limit:g} GB){over}")
 
 # What `clipconv to-hf` writes for a checkpoint with OpenAI's vocabulary, as the hub's openai/clip-vit-* folders hold.
 HF_FOLDER_FILES = sorted([

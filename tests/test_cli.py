@@ -52,13 +52,17 @@ def hf_logits_from_folder(folder: Path, architecture: Architecture):
 # ---- to-hf ------------------------------------------------------------------------------------------------
 
 
-def test_help_lists_both_commands_with_examples():
+def test_help_lists_every_command_whole_with_examples():
     clipconv = Path(sys.executable).parent / "clipconv"
-    result = subprocess.run([clipconv, "--help"], capture_output=True, text=True, check=True)
-    assert "to-hf" in result.stdout and "to-openai" in result.stdout
-    for command in ("to-hf", "to-openai"):
+    result = subprocess.run([clipconv, "--help"], capture_output=True, text=True, check=True).stdout
+    overview, listing = result.split("Commands:")
+    for command in ("to-hf", "to-openai", "to-open-clip", "compare"):
+        assert f"\n  {command} " in overview and f"\n  {command} " in listing, command
         text = subprocess.run([clipconv, command, "--help"], capture_output=True, text=True, check=True).stdout
         assert "Examples:" in text and f"clipconv {command} " in text
+    assert "..." not in listing  # no summary cut short
+    to_hf = " ".join(subprocess.run([clipconv, "to-hf", "--help"], capture_output=True, text=True).stdout.split())
+    assert "OpenAI's tokenizer where it fits the model" in to_hf
 
 
 def test_installed_command_reports_and_exits_as_main_does(tmp_path, demo_state_dict_file):
@@ -110,7 +114,10 @@ def _data_parallel(state_dict: dict) -> dict:
 )
 def test_state_dict_files_convert_in_every_packaging(tmp_path, demo_state_dict, packaging):
     torch.save(packaging(demo_state_dict), tmp_path / "in.pt")
-    result = run_cli("to-hf", tmp_path / "in.pt", tmp_path / "hf")
+    if packaging is not dict:  # a training run's packing: OpenAI's architecture only when the user says so
+        assert_refused(run_cli("to-hf", tmp_path / "in.pt", tmp_path / "hf"), "--openai-architecture")
+    result = run_cli("to-hf", tmp_path / "in.pt", tmp_path / "hf", *([] if packaging is dict else
+                                                                      ["--openai-architecture"]))
     assert result.exit_code == 0, result.output
     written = read_hf_folder(tmp_path / "hf").tensors
     expected = {k: v.float() for k, v in mapping.to_hf(demo_state_dict).items()}  # float32 by default
@@ -233,7 +240,8 @@ def test_head_width_other_than_64_is_refused(tmp_path):
 
 def test_resnet_checkpoint_is_refused_with_the_reason(tmp_path):
     torch.save(resnet_clip_state_dict(), tmp_path / "RN50.pt")
-    assert_refused(run_cli("to-hf", tmp_path / "RN50.pt", tmp_path / "out"), "RN50.pt", "no ResNet vision tower")
+    assert_refused(run_cli("to-hf", tmp_path / "RN50.pt", tmp_path / "out"), "RN50.pt", "ResNet CLIP checkpoint",
+                   "only ViT CLIPs")
     assert_nothing_left(tmp_path, ["RN50.pt"])
 
 

@@ -158,3 +158,17 @@ def test_usage_errors_exit_2_and_unreadable_sources_1(tmp_path, sources):
     assert result.exit_code == 1 and "does not exist" in result.stderr
     result = run_cli("compare", sources["openai"], tmp_path / "missing", "--json")
     assert result.exit_code == 1 and json.loads(result.stdout)["verdict"] == "error"
+
+
+def test_the_readme_names_every_field_of_the_json_report_as_it_is(tmp_path, sources):
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("`--json` prints one object"):]
+    section = " ".join(section[:section.index("\n\n")].split())
+    named = set(re.findall(r"`(\w+)`", section))
+    assert run_cli("to-hf", sources["openai"], tmp_path / "hf").exit_code == 0
+    report = json.loads(run_cli("compare", sources["openai"], tmp_path / "hf", "--json").stdout)
+    assert isinstance(report["tensors"], list) and "a list with one object per tensor" in section
+    fields = {*report, *report["a"], *report["logits"], *(key for tensor in report["tensors"] for key in tensor)}
+    assert fields <= named, sorted(fields - named)

@@ -344,7 +344,8 @@ def test_with_overwrite_a_fault_leaves_the_old_dest_intact(tmp_path, demo_state_
 KILLED_AT_THIRD_SHARD = """
 import os, signal, sys
 from pathlib import Path
-from roundtrip import convert, safetensors_file
+import roundtrip
+from roundtrip import safetensors_file
 
 real_write, calls = safetensors_file.write, []
 
@@ -356,7 +357,7 @@ def write(path, *args, **kwargs):
     return real_write(path, *args, **kwargs)
 
 safetensors_file.write = write
-convert.convert_to_hf(Path(sys.argv[1]), Path(sys.argv[2]), verify_logits=False, max_shard_bytes=5 * 10**6)
+roundtrip.convert_to_hf(Path(sys.argv[1]), Path(sys.argv[2]), verify_logits=False, max_shard_bytes=5 * 10**6)
 """
 
 
@@ -539,7 +540,7 @@ def test_the_old_dest_survives_when_neither_the_exchange_nor_the_rename_works(tm
             raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # the new one cannot be moved in
         return real_replace(source, target)
 
-    monkeypatch.setattr(destination, "_exchange", lambda first, second: False)  # no renameat2 here
+    monkeypatch.setattr(destination, "_renameat2", lambda first, second, flags: errno.ENOSYS)  # no renameat2 here
     monkeypatch.setattr(os, "replace", replace)
     assert_refused(run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify"), "could not be written")
     assert {path.name: path.read_bytes() for path in dest.iterdir()} == before
@@ -554,7 +555,7 @@ def test_folders_are_swapped_in_one_exchange(tmp_path, monkeypatch):
     first.mkdir()
     second.mkdir()
     (first / "a").write_text("first")
-    assert destination._exchange(first, second)
+    assert destination._renameat2(first, second, destination.RENAME_EXCHANGE) == 0
     assert (second / "a").read_text() == "first" and not any(first.iterdir())
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from roundtrip import convert
+import roundtrip
 from roundtrip.errors import OutputError
 from roundtrip.examples import random_openai_state_dict
 from roundtrip.openai_config import from_clip_kwargs
@@ -166,7 +166,7 @@ def test_debug_is_taken_before_and_after_the_command(work, monkeypatch):
 
 def test_python_callers_are_told_the_keyword_argument(work):
     with pytest.raises(OutputError, match=r"already exists \(pass overwrite=True to replace it\)"):
-        convert.convert_to_hf(work / "small.pt", work / "hf", verify_logits=False)
+        roundtrip.convert_to_hf(work / "small.pt", work / "hf", verify_logits=False)
 
 
 def test_many_shards_are_summarised_as_a_range_and_the_index(work, tmp_path):

@@ -52,9 +52,10 @@ def convert(
     dtype: str = "restore",
     verify_logits: bool = True,
     overwrite: bool = False,
-    max_shard_bytes: int = writers.DEFAULT_MAX_SHARD_BYTES,
+    max_shard_bytes: int | str = writers.DEFAULT_MAX_SHARD_BYTES,
     open_clip_model: str | None = None,
     open_clip_config: Path | str | None = None,
+    openai_architecture: bool = False,
     report: Report = _silent,
     progress: writers.Progress = lambda done, total: None,
 ) -> Summary:
@@ -62,17 +63,24 @@ def convert(
     "open_clip") at `dest`.
 
     `dtype`: "restore" (the dtypes an earlier conversion recorded for this format, else the format's own
-    default), "keep" (the source's), or "float32", "float16", "bfloat16".
+    default), "keep" (the source's), or "float32", "float16", "bfloat16". `max_shard_bytes`: bytes, or a size
+    with a unit ("500MB", "2GiB"). A checkpoint file that is not OpenAI's as released needs `open_clip_model`,
+    `open_clip_config` or `openai_architecture=True`, unless an open_clip_config.json lies beside it.
     """
+    if to not in FORMATS:
+        raise ValueError(f"to={to!r} is not a format clipconv writes ({', '.join(map(repr, FORMATS))})")
     target = FORMATS[to]
-    options = SourceOptions(open_clip_model, Path(open_clip_config) if open_clip_config else None)
+    max_shard_bytes = writers.byte_size(max_shard_bytes)
     source_path = Path(source)
-    placed = destination.check_destination(dest, [source_path, *options.files()], target.output, overwrite)
-    source_format, notes = formats.detect(source_path, options, target)
-    if source_format is target:
-        raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
+    detected = formats.detect(source_path, SourceOptions(open_clip_model, Path(open_clip_config) if open_clip_config
+                                                         else None, openai_architecture), target)
+    source_format, options, notes = detected.format, detected.options, detected.notes
+    placed = destination.check_destination(dest, [source_path, *options.files()], target.output, overwrite,
+                                           [entry.output for entry in FORMATS.values()])
     report(f"Reading {source_path}")
     loaded = formats.load(source_format, source_path, options, target.towers)
+    if source_format is target:  # said only of a complete model that reads as one
+        raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
     read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
                                                    loaded.architecture, loaded.shapes)
     problems = target.incompatibilities(architecture)
@@ -96,7 +104,8 @@ def convert(
         weights = mapping.convert(checked, checked_layout, target.layout, towers)
     # The logit check takes `checked` alone, the writer all it writes, under the target's key prefix.
     output = mapping.with_prefix(_in_order({**weights, **attributes}, restored), target.key_prefix)
-    with destination.staged(placed, is_folder=target.output.is_folder) as staging, _background() as background:
+    # The staged output is moved into place or removed first, then the side jobs are waited for.
+    with _background() as background, destination.staged(placed, is_folder=target.output.is_folder) as staging:
         # The source's own checksums, beside the writing: a damaged file is refused before anything is kept.
         intact = background.submit(read.check)
         if verify_logits:
@@ -171,8 +180,11 @@ def _background() -> Iterator[ThreadPoolExecutor]:
     pool = ThreadPoolExecutor(max_workers=2)
     try:
         yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException as error:
+        # Interrupted (Ctrl-C, SIGTERM): nothing is kept, so a forward pass need not be waited for.
+        pool.shutdown(wait=isinstance(error, Exception), cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _logit_difference(verification: Future, source: Path) -> float:

@@ -1,0 +1,179 @@
+"""DEST holds one conversion's complete output or what it held before, whatever runs beside it and however the
+run ends: a DEST that appears or changes meanwhile is never replaced, `--overwrite` replaces only what clipconv
+wrote, and a stopped run (Ctrl-C, SIGTERM, SIGHUP) leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import roundtrip
+from roundtrip.errors import OutputError
+from roundtrip.examples import DEMO, random_openai_state_dict
+
+from conftest import assert_refused, hf_clip_config, random_hf_model, run_cli
+
+CLIPCONV = Path(sys.executable).parent / "clipconv"
+
+
+def contents(path: Path) -> dict[str, str]:
+    """Every file under `path` (or `path` itself) by its SHA-256."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return {str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest() for file in files}
+
+
+@pytest.fixture(scope="module")
+def second_source(tmp_path_factory) -> Path:
+    """Another model than the demo's, to tell two conversions' outputs apart."""
+    path = tmp_path_factory.mktemp("other") / "other.pt"
+    torch.save(random_openai_state_dict(DEMO, seed=9), path)
+    return path
+
+
+# ---- another conversion to the same DEST ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_sources(tmp_path_factory, demo_state_dict_file, second_source) -> tuple[Path, Path]:
+    """Both models as HF folders, sources of a file DEST."""
+    folder = tmp_path_factory.mktemp("hf-sources")
+    for source, name in ((demo_state_dict_file, "first"), (second_source, "second")):
+        roundtrip.convert(source, folder / name, to="hf", verify_logits=False)
+    return folder / "first", folder / "second"
+
+
+@pytest.mark.parametrize("to, dest_name", [("hf", "same"), ("openai", "same.pt")])
+def test_a_dest_that_appears_meanwhile_is_left_as_it_is_and_this_output_removed(tmp_path, demo_state_dict_file,
+                                                                                second_source, hf_sources, to,
+                                                                                dest_name):
+    dest = tmp_path / dest_name
+    first, second = (demo_state_dict_file, second_source) if to == "hf" else hf_sources
+
+    def another_conversion_finishes_first(message: str) -> None:
+        if message.startswith("Writing"):
+            roundtrip.convert(second, dest, to=to, verify_logits=False)
+
+    with pytest.raises(OutputError, match="appeared or changed while this conversion ran"):
+        roundtrip.convert(first, dest, to=to, verify_logits=False, report=another_conversion_finishes_first)
+    roundtrip.convert(second, tmp_path / f"expected-{dest_name}", to=to, verify_logits=False)
+    assert contents(dest) == contents(tmp_path / f"expected-{dest_name}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([dest_name, f"expected-{dest_name}"])
+
+
+def test_overwrite_replaces_only_the_dest_it_approved(tmp_path, demo_state_dict_file, second_source):
+    dest = tmp_path / "hf"
+    roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False)
+
+    def another_conversion_replaces_it(message: str) -> None:
+        if message.startswith("Writing"):
+            roundtrip.convert(second_source, dest, to="hf", verify_logits=False, overwrite=True)
+
+    with pytest.raises(OutputError, match="appeared or changed while this conversion ran"):
+        roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False, overwrite=True,
+                          report=another_conversion_replaces_it)
+    roundtrip.convert(second_source, tmp_path / "expected", to="hf", verify_logits=False)
+    assert contents(dest) == contents(tmp_path / "expected")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["expected", "hf"]
+
+
+def test_two_conversions_started_together_to_one_dest_one_wins_and_the_other_says_so(tmp_path, demo_state_dict_file,
+                                                                                     second_source):
+    dest = tmp_path / "same"
+    runs = {source: subprocess.Popen([CLIPCONV, "to-hf", source, dest, "--no-verify"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+            for source in (demo_state_dict_file, second_source)}
+    finished = {source: (run.wait(timeout=300), *run.communicate()) for source, run in runs.items()}
+    winners = [source for source, (code, _, _) in finished.items() if code == 0]
+    assert len(winners) == 1, finished
+    (loser,) = set(finished) - set(winners)
+    code, _, errors = finished[loser]
+    assert code == 1 and errors.splitlines()[-1].startswith(f"clipconv: error: {dest}: "), errors
+    assert "already exists" in errors or "appeared or changed while this conversion ran" in errors
+    roundtrip.convert(winners[0], tmp_path / "expected", to="hf", verify_logits=False)
+    card = "README.md"  # names its source: the rest of both folders is the same for the same weights
+    assert {name: digest for name, digest in contents(dest).items() if name != card} == \
+        {name: digest for name, digest in contents(tmp_path / "expected").items() if name != card}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["expected", "same"]
+
+
+# ---- --overwrite replaces only what clipconv wrote -----------------------------------------------------------
+
+
+def test_overwrite_refuses_a_file_clipconv_did_not_write_and_replaces_one_it_did(tmp_path, demo_state_dict_file):
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    torch.save({"visual.proj": torch.zeros(2)}, tmp_path / "victim.pt")  # a user's own file
+    before = contents(tmp_path / "victim.pt")
+    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "victim.pt", "--overwrite"), "victim.pt",
+                   "was not written by clipconv")
+    assert contents(tmp_path / "victim.pt") == before
+    for name in ("mine.pt", "mine.safetensors"):
+        assert run_cli("to-openai", tmp_path / "hf", tmp_path / name, "--no-verify").exit_code == 0
+        result = run_cli("to-openai", tmp_path / "hf", tmp_path / name, "--overwrite", "--no-verify")
+        assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf", "mine.pt", "mine.safetensors", "victim.pt"]
+
+
+def test_overwrite_refuses_a_model_folder_clipconv_did_not_write(tmp_path, demo_state_dict_file):
+    random_hf_model(hf_clip_config(), fp16_representable=False).save_pretrained(tmp_path / "from-the-hub")
+    before = contents(tmp_path / "from-the-hub")
+    assert_refused(run_cli("to-hf", demo_state_dict_file, tmp_path / "from-the-hub", "--overwrite"),
+                   "from-the-hub", "was not written by clipconv")
+    assert contents(tmp_path / "from-the-hub") == before
+
+
+def test_overwrite_names_another_commands_output_as_such(tmp_path, demo_state_dict_file):
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    before = contents(tmp_path / "hf")
+    assert_refused(run_cli("to-open-clip", demo_state_dict_file, tmp_path / "hf", "--overwrite"),
+                   "is another clipconv command's output (Hugging Face CLIPModel folder)",
+                   "replaces only this command's (open_clip model folder)")
+    assert contents(tmp_path / "hf") == before
+
+
+def test_a_foreign_entry_is_counted_in_words_that_fit_the_count(tmp_path, demo_state_dict_file):
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    (tmp_path / "hf" / "notes.txt").write_text("mine")
+    result = run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--overwrite")
+    assert_refused(result, "holds notes.txt, which is not part of a clipconv model folder:")
+    assert "such entr" not in result.stderr
+    (tmp_path / "hf" / "todo.txt").write_text("mine")
+    assert_refused(run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--overwrite"), "(2 such entries in all)")
+
+
+# ---- stopped by a signal -------------------------------------------------------------------------------------
+
+
+def staging_of(dest: Path) -> list[Path]:
+    return list(dest.parent.glob(f".{dest.name}.clipconv-new-*"))
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
+@pytest.mark.parametrize("replacing", [False, True], ids=["new DEST", "--overwrite"])
+def test_a_signal_leaves_nothing_behind_and_the_old_dest_as_it_was(tmp_path, demo_state_dict_file, stop, code,
+                                                                   replacing):
+    dest = tmp_path / "hf"
+    if replacing:
+        assert run_cli("to-hf", demo_state_dict_file, dest, "--no-verify").exit_code == 0
+    before = contents(dest) if replacing else None
+    # Verified: the staged folder waits there while the logit check imports torch and transformers (seconds).
+    run = subprocess.Popen([CLIPCONV, "to-hf", demo_state_dict_file, dest, *(["--overwrite"] if replacing else [])],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not staging_of(dest) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert staging_of(dest), "the conversion never staged its output"
+    run.send_signal(stop)
+    _, errors = run.communicate(timeout=120)
+    assert run.returncode == code, errors
+    assert errors.splitlines()[-1] == f"clipconv: error: stopped by {stop.name}; anything unfinished was removed"
+    assert staging_of(dest) == []
+    assert (contents(dest) if replacing else dest.exists()) == (before if replacing else False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["hf"] if replacing else [])

@@ -1,0 +1,247 @@
+"""What a source is comes from what is there and from the user, never from a guess: a training run's checkpoint is
+not read as OpenAI's unless the user says so, a config beside it is used (and named), and a refusal says what the
+source really is (it exists, it is a checkpoint, it is complete) before it says anything else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_open_clip import architecture_of, hf_folder_logits, open_clip_logits, shallow
+
+from roundtrip.examples import DEMO, random_open_clip_model, save_open_clip_folder, training_checkpoint
+
+from conftest import assert_refused, hf_clip_config, random_hf_model, read_json, resnet_clip_state_dict, run_cli
+
+TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def gelu_model():
+    """An open_clip model trained with GELU (as most open_clip runs are): ViT-B-32's widths at one layer."""
+    model_cfg = shallow("ViT-B-32", layers=1)
+    return model_cfg, random_open_clip_model(model_cfg, seed=7)
+
+
+def _refused_as_a_training_run(result, *fragments: str) -> None:
+    assert_refused(result, "is not a checkpoint as OpenAI released them", "--open-clip-model NAME",
+                   "--open-clip-config FILE", "--openai-architecture", *fragments)
+
+
+def test_an_open_clip_training_checkpoint_is_refused_without_saying_what_it_is(tmp_path, gelu_model):
+    model_cfg, model = gelu_model
+    torch.save(training_checkpoint(model.state_dict()), tmp_path / "epoch_3.pt")
+    _refused_as_a_training_run(run_cli("to-hf", tmp_path / "epoch_3.pt", tmp_path / "out"), "epoch_3.pt",
+                               '{"state_dict": ...} with epoch, name, optimizer', 'keys prefixed "module."')
+    _refused_as_a_training_run(run_cli("to-hf", tmp_path / "epoch_3.pt", tmp_path / "out", "--no-verify"))
+    _refused_as_a_training_run(run_cli("to-open-clip", tmp_path / "epoch_3.pt", tmp_path / "out"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch_3.pt"]
+
+
+@pytest.mark.parametrize("packing", ["module. prefixes alone", "a bare {state_dict} wrapper"])
+def test_each_sign_of_a_training_run_is_enough_to_ask(tmp_path, gelu_model, packing):
+    _, model = gelu_model
+    weights = model.state_dict()
+    content = ({f"module.{key}": tensor for key, tensor in weights.items()} if packing.startswith("module")
+               else {"state_dict": weights})
+    torch.save(content, tmp_path / "checkpoint.pt")
+    _refused_as_a_training_run(run_cli("to-hf", tmp_path / "checkpoint.pt", tmp_path / "out", "--no-verify"))
+
+
+def test_an_open_clip_weights_file_taken_out_of_its_folder_is_refused(tmp_path, gelu_model):
+    model_cfg, model = gelu_model
+    save_open_clip_folder(model.state_dict(), model_cfg, tmp_path / "folder")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "folder" / "open_clip_model.safetensors").rename(tmp_path / "loose" / "open_clip_model.safetensors")
+    _refused_as_a_training_run(run_cli("to-hf", tmp_path / "loose" / "open_clip_model.safetensors", tmp_path / "out"),
+                               "named open_clip_model.safetensors")
+
+
+def test_the_config_beside_a_weights_file_is_used_and_named(tmp_path, gelu_model):
+    model_cfg, model = gelu_model
+    save_open_clip_folder(model.state_dict(), model_cfg, tmp_path / "oc")
+    result = run_cli("to-hf", tmp_path / "oc" / "open_clip_model.safetensors", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    assert f"read as an open_clip model by the open_clip_config.json beside it ({tmp_path / 'oc'}" in result.stdout
+    config = read_json(tmp_path / "hf" / "config.json")
+    assert config["vision_config"]["hidden_act"] == config["text_config"]["hidden_act"] == "gelu"
+    architecture = architecture_of(model_cfg, model.state_dict())
+    assert (hf_folder_logits(tmp_path / "hf", architecture) - open_clip_logits(model, architecture)).abs().max() \
+        <= TOLERANCE
+
+
+def test_a_training_checkpoint_named_by_an_option_converts_exactly(tmp_path, gelu_model):
+    model_cfg, model = gelu_model
+    torch.save(training_checkpoint(model.state_dict()), tmp_path / "epoch_3.pt")
+    (tmp_path / "model.json").write_text(json.dumps(model_cfg))
+    result = run_cli("to-hf", tmp_path / "epoch_3.pt", tmp_path / "hf", "--open-clip-config", tmp_path / "model.json")
+    assert result.exit_code == 0, result.output
+    assert read_json(tmp_path / "hf" / "config.json")["vision_config"]["hidden_act"] == "gelu"
+    written = load_file(tmp_path / "hf" / "model.safetensors")
+    assert written["text_model.embeddings.token_embedding.weight"].equal(model.state_dict()["token_embedding.weight"])
+
+
+def test_openai_architecture_reads_a_training_checkpoint_as_openais(tmp_path):
+    from roundtrip.examples import random_openai_state_dict
+
+    torch.save(training_checkpoint(random_openai_state_dict(DEMO)), tmp_path / "finetuned.pt")
+    result = run_cli("to-hf", tmp_path / "finetuned.pt", tmp_path / "hf", "--openai-architecture")
+    assert result.exit_code == 0, result.output
+    assert read_json(tmp_path / "hf" / "config.json")["vision_config"]["hidden_act"] == "quick_gelu"
+    assert_refused(run_cli("to-hf", tmp_path / "finetuned.pt", tmp_path / "other", "--openai-architecture",
+                           "--open-clip-model", "ViT-B-32"), "both an open_clip model and OpenAI's architecture")
+
+
+def test_the_summary_and_the_card_show_each_towers_activation_and_heads(tmp_path, gelu_model):
+    model_cfg, model = gelu_model
+    save_open_clip_folder(model.state_dict(), model_cfg, tmp_path / "oc")
+    result = run_cli("to-hf", tmp_path / "oc", tmp_path / "hf", "--no-verify")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("architecture"))
+    assert "ViT 768 wide x 1 layers, 12 heads" in line and "224px, gelu" in line
+    assert "text 512 wide x 1 layers, 8 heads" in line and "vocab 49408, gelu" in line
+    assert line.split("architecture", 1)[1].strip() in (tmp_path / "hf" / "README.md").read_text()
+
+
+def test_compare_refuses_a_training_checkpoint_naming_its_sides_options_and_says_what_it_assumed(tmp_path,
+                                                                                                gelu_model):
+    model_cfg, model = gelu_model
+    torch.save(training_checkpoint(model.state_dict()), tmp_path / "epoch_3.pt")
+    save_open_clip_folder(model.state_dict(), model_cfg, tmp_path / "oc")
+    result = run_cli("compare", tmp_path / "oc", tmp_path / "epoch_3.pt", "--no-logits")
+    assert_refused(result, "epoch_3.pt", "--open-clip-model-b NAME", "--open-clip-config-b FILE",
+                   "--openai-architecture-b")
+    assert "different" not in result.stdout
+    (tmp_path / "model.json").write_text(json.dumps(model_cfg))
+    same = run_cli("compare", tmp_path / "oc", tmp_path / "epoch_3.pt", "--open-clip-config-b", tmp_path / "model.json")
+    assert same.exit_code == 0, same.output
+    torch.save({key: tensor for key, tensor in model.state_dict().items()}, tmp_path / "bare.pt")
+    assumed = run_cli("compare", tmp_path / "bare.pt", tmp_path / "oc", "--json")
+    report = json.loads(assumed.stdout)
+    assert any("read as OpenAI's CLIP (QuickGELU, heads of 64)" in note for note in report["a"]["notes"])
+    assert assumed.exit_code == 1 and "activation" in " ".join(report["causes"])  # what was assumed, caught
+
+
+def test_text_pooled_at_token_2_is_refused_by_name_before_anything_is_written(tmp_path):
+    model_cfg = shallow("ViT-B-32", layers=1)
+    model_cfg["text_cfg"].update(pool_type="eos", eos_id=2)  # as the MetaCLIP 2 worldwide models
+    save_open_clip_folder(random_open_clip_model(model_cfg).state_dict(), model_cfg, tmp_path / "worldwide")
+    for options in ((), ("--no-verify",)):
+        assert_refused(run_cli("to-hf", tmp_path / "worldwide", tmp_path / "hf", *options),
+                       "text pooling is at the first token 2", "MetaCLIP 2", "eos_token_id 2")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["worldwide"]
+
+
+# ---- "already in the target's format" is said only of a complete, readable model of it ------------------------
+
+
+def _hf_folder(tmp_path: Path) -> Path:
+    random_hf_model(hf_clip_config(), fp16_representable=False).save_pretrained(tmp_path / "hf")
+    return tmp_path / "hf"
+
+
+def _resnet_hf_folder(tmp_path: Path) -> Path:
+    (tmp_path / "resnet").mkdir()
+    (tmp_path / "resnet" / "config.json").write_text('{"model_type": "resnet"}')
+    save_file({"embedder.weight": torch.zeros(2)}, tmp_path / "resnet" / "model.safetensors")
+    return tmp_path / "resnet"
+
+
+def _torchvision_resnet(tmp_path: Path) -> Path:
+    torch.save({"conv1.weight": torch.zeros(4, 3, 7, 7), "fc.weight": torch.zeros(10, 4)}, tmp_path / "resnet18.pth")
+    return tmp_path / "resnet18.pth"
+
+
+def _stable_diffusion_file(tmp_path: Path) -> Path:
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(2)},
+              tmp_path / "sd15.safetensors")
+    return tmp_path / "sd15.safetensors"
+
+
+def _write(name: str, content: bytes):
+    def build(tmp_path: Path) -> Path:
+        (tmp_path / name).write_bytes(content)
+        return tmp_path / name
+    return build
+
+
+NOT_A_MODEL_OF_THE_TARGET = {
+    # case: (command, how the source is made, what the one line says)
+    "a typo in an HF folder's name": ("to-openai", lambda tmp_path: tmp_path / "my-hf-finetun", "does not exist"),
+    "a missing open_clip file": ("to-open-clip", lambda tmp_path: tmp_path / "nosuchfile.pt", "does not exist"),
+    "an empty file": ("to-openai", _write("empty.pt", b""), "is empty"),
+    "a text file named .pt": ("to-openai", _write("notes.pt", b"hello, world\n" * 10),
+                              "neither a zip archive (torch.save, TorchScript), a pickle"),
+    "a truncated zip": ("to-openai", _write("cut.pt", b"PK\x03\x04" + bytes(100)),
+                        "a zip archive whose end is missing"),
+    "a torchvision ResNet": ("to-openai", _torchvision_resnet, "not a CLIP checkpoint"),
+    "an HF model.safetensors": ("to-openai", lambda tmp_path: _hf_folder(tmp_path) / "model.safetensors",
+                                "its keys are those of a Hugging Face CLIPModel"),
+    "a Stable Diffusion file": ("to-openai", _stable_diffusion_file, "not a CLIP checkpoint"),
+    "an HF folder of another model": ("to-hf", _resnet_hf_folder, "is not a CLIP config (model_type is 'resnet')"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_A_MODEL_OF_THE_TARGET)
+def test_a_source_that_is_no_model_of_the_target_is_not_called_one(tmp_path, case):
+    command, build, says = NOT_A_MODEL_OF_THE_TARGET[case]
+    source = build(tmp_path)
+    result = run_cli(command, source, tmp_path / "out.pt" if command == "to-openai" else tmp_path / "out")
+    assert_refused(result, says)
+    assert "already in the target's format" not in result.stderr
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_complete_model_of_the_target_is_called_one(tmp_path):
+    assert_refused(run_cli("to-hf", _hf_folder(tmp_path), tmp_path / "out"), "already in the target's format")
+
+
+# ---- options that cannot apply to a source are refused, not ignored ------------------------------------------
+
+
+def test_open_clip_options_are_refused_for_an_hf_folder_and_a_torchscript_archive(tmp_path, demo_archive):
+    assert_refused(run_cli("to-open-clip", _hf_folder(tmp_path), tmp_path / "out", "--open-clip-model", "ViT-B-32"),
+                   "is a model folder with its own config.json", "are for checkpoint files")
+    assert_refused(run_cli("to-hf", demo_archive, tmp_path / "out", "--open-clip-model", "ViT-B-32"),
+                   "is an OpenAI TorchScript archive", "without --open-clip-model")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]
+
+
+@pytest.mark.parametrize("command", ["to-open-clip", "compare"])
+def test_a_resnet_clip_is_refused_without_blaming_transformers(tmp_path, demo_state_dict_file, command):
+    torch.save(resnet_clip_state_dict(), tmp_path / "RN50.pt")
+    arguments = (tmp_path / "RN50.pt", demo_state_dict_file) if command == "compare" else (tmp_path / "RN50.pt",
+                                                                                           tmp_path / "out")
+    result = run_cli(command, *arguments)
+    assert_refused(result, "RN50.pt", "ResNet CLIP checkpoint", "which clipconv does not convert")
+    assert "transformers" not in result.stderr
+
+
+# ---- to-openai writes what DEST's name says ------------------------------------------------------------------
+
+
+def test_to_openai_writes_safetensors_where_dest_says_so_and_it_converts_back(tmp_path, demo_state_dict_file,
+                                                                             demo_state_dict):
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    result = run_cli("to-openai", tmp_path / "hf", tmp_path / "model.safetensors")
+    assert result.exit_code == 0, result.output
+    written = load_file(tmp_path / "model.safetensors")  # the safetensors library reads it
+    assert {key: tensor.dtype for key, tensor in written.items()} == \
+        {key: tensor.dtype for key, tensor in demo_state_dict.items()}
+    assert all(written[key].equal(tensor) for key, tensor in demo_state_dict.items())
+    assert run_cli("to-hf", tmp_path / "model.safetensors", tmp_path / "hf-again", "--no-verify").exit_code == 0
+    assert load_file(tmp_path / "hf-again" / "model.safetensors").keys() == \
+        load_file(tmp_path / "hf" / "model.safetensors").keys()
+
+
+def test_to_openai_pt_still_loads_with_clip_load(tmp_path, demo_state_dict_file):
+    from conftest import import_clip
+
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    assert run_cli("to-openai", tmp_path / "hf", tmp_path / "model.pt", "--no-verify").exit_code == 0
+    model, _ = import_clip().load(str(tmp_path / "model.pt"), device="cpu", jit=False)
+    assert model.visual.input_resolution == DEMO.image_resolution
