@@ -106,11 +106,12 @@ def openai_model(openai_weights: Mapping, _config, architecture: Architecture):
     with torch.device("meta"):
         model = openai_code("model").CLIP(**clip_kwargs(architecture))  # no random init, no memory for weights
     model.load_state_dict(openai_weights, strict=True, assign=True)
-    # The causal mask is a plain attribute made in __init__, so it was made on the meta device too.
+    # The text tower's causal mask is a plain attribute made in __init__, so it was made on the meta device
+    # too: made again by OpenAI's own code, where that code puts it (the vision tower has none).
     mask = model.build_attention_mask()
     for block in model.transformer.resblocks:
         block.attn_mask = mask
-    return model.eval()
+    return _nothing_left_on_meta(model).eval()
 
 
 def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
@@ -136,9 +137,25 @@ def open_clip_model(weights: Mapping, model_cfg: Mapping, architecture: Architec
     with torch.device("meta"):
         model = CLIP(**config)
     model.load_state_dict(weights, strict=True, assign=True)
-    # A non-persistent buffer made in __init__, on the meta device: made again by open_clip's own code.
-    model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=architecture.context_length))
-    return model.eval()
+    # A non-persistent buffer made in __init__, on the meta device: made again by open_clip's own code, where
+    # that code makes one (a text tower without the causal mask has None).
+    if model.attn_mask is not None:
+        model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=architecture.context_length))
+    return _nothing_left_on_meta(model).eval()
+
+
+def _nothing_left_on_meta(model):
+    """`model`, once every tensor it holds (parameters, buffers, plain attributes) has real values: one left on the
+    meta device is something built in __init__ that the fast path above did not make again."""
+    import torch
+
+    for name, module in model.named_modules():
+        for attribute, value in vars(module).items():
+            tensors = value.items() if attribute in ("_parameters", "_buffers") else [(attribute, value)]
+            for key, tensor in tensors:
+                if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                    raise RuntimeError(f"{name or 'model'}.{key} was left on the meta device")
+    return model
 
 
 def _open_clip_run(model, images, tokens) -> torch.Tensor:

@@ -13,6 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from roundtrip import open_clip_config, verify
+from roundtrip.architecture import Shapes
 from roundtrip.cli import main as clipconv
 from roundtrip.dtypes import dtype_of, raw_bytes
 from roundtrip.examples import DEMO, random_openai_model, random_openai_state_dict, save_torchscript_archive
@@ -214,3 +216,30 @@ def assert_refused(result, *fragments: str) -> None:
 def assert_nothing_left(folder: Path, expected: list[str]) -> None:
     assert listing(folder) == sorted(expected)
 
+
+# ---- open_clip models, shallow, and their logits --------------------------------------------------------------
+
+
+def shallow(name: str, layers: int = 2) -> dict:
+    """A registry model's config with fewer layers per tower: its widths, heads, MLP ratio and activation."""
+    config = open_clip_config.registry_config(name)
+    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = layers
+    return config
+
+
+def architecture_of(model_cfg: dict, state_dict: dict):
+    return open_clip_config.architecture(model_cfg, Shapes.of(state_dict))
+
+
+@torch.no_grad()
+def open_clip_logits(model, architecture) -> torch.Tensor:
+    return model.float().get_logits(verify.probe_images(architecture), verify.probe_tokens(architecture))[0]
+
+
+@torch.no_grad()
+def hf_folder_logits(folder: Path, architecture) -> torch.Tensor:
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
+    return model(input_ids=verify.probe_tokens(architecture),
+                 pixel_values=verify.probe_images(architecture)).logits_per_image

@@ -120,11 +120,13 @@ def test_overwrite_refuses_a_file_clipconv_did_not_write_and_replaces_one_it_did
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hf", "mine.pt", "mine.safetensors", "victim.pt"]
 
 
-def test_overwrite_refuses_a_model_folder_clipconv_did_not_write(tmp_path, demo_state_dict_file):
+@pytest.mark.parametrize("command", ["to-hf", "to-open-clip"])
+def test_overwrite_refuses_a_model_folder_clipconv_did_not_write(tmp_path, demo_state_dict_file, command):
     random_hf_model(hf_clip_config(), fp16_representable=False).save_pretrained(tmp_path / "from-the-hub")
     before = contents(tmp_path / "from-the-hub")
-    assert_refused(run_cli("to-hf", demo_state_dict_file, tmp_path / "from-the-hub", "--overwrite"),
-                   "from-the-hub", "was not written by clipconv")
+    result = run_cli(command, demo_state_dict_file, tmp_path / "from-the-hub", "--overwrite")
+    assert_refused(result, "from-the-hub")
+    assert "was not written by clipconv" in result.stderr or "not part of a clipconv model folder" in result.stderr
     assert contents(tmp_path / "from-the-hub") == before
 
 
@@ -135,6 +137,18 @@ def test_overwrite_names_another_commands_output_as_such(tmp_path, demo_state_di
                    "is another clipconv command's output (Hugging Face CLIPModel folder)",
                    "replaces only this command's (open_clip model folder)")
     assert contents(tmp_path / "hf") == before
+
+
+def test_overwrite_keeps_a_folder_of_its_output_that_holds_another_models_files(tmp_path, demo_state_dict_file):
+    """A hub repository holding both formats: to-open-clip wrote its open_clip files, the HF ones are the user's."""
+    assert run_cli("to-open-clip", demo_state_dict_file, tmp_path / "repo", "--no-verify").exit_code == 0
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "repo" / name).write_bytes((tmp_path / "hf" / name).read_bytes())
+    before = contents(tmp_path / "repo")
+    assert_refused(run_cli("to-open-clip", demo_state_dict_file, tmp_path / "repo", "--overwrite"),
+                   "holds config.json, which is not part of a clipconv model folder (2 such entries in all)")
+    assert contents(tmp_path / "repo") == before
 
 
 def test_a_foreign_entry_is_counted_in_words_that_fit_the_count(tmp_path, demo_state_dict_file):

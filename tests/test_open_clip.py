@@ -22,36 +22,22 @@ from roundtrip.examples import (
 )
 from roundtrip.testing import open_clip_model_configs, seeds
 
-from conftest import assert_identical, assert_refused, hf_clip_config, listing, random_hf_model, run_cli
+from conftest import (
+    architecture_of,
+    assert_identical,
+    assert_refused,
+    hf_clip_config,
+    hf_folder_logits,
+    listing,
+    open_clip_logits,
+    random_hf_model,
+    run_cli,
+    shallow,
+)
 
 TOLERANCE = 1e-3
 MODEL_BUILDING = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONVERTING = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def shallow(name: str, layers: int = 2) -> dict:
-    """A registry model's config with fewer layers per tower: its widths, heads, MLP ratio and activation."""
-    config = open_clip_config.registry_config(name)
-    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = layers
-    return config
-
-
-def architecture_of(model_cfg: dict, state_dict: dict):
-    return open_clip_config.architecture(model_cfg, Shapes.of(state_dict))
-
-
-@torch.no_grad()
-def open_clip_logits(model, architecture) -> torch.Tensor:
-    return model.float().get_logits(verify.probe_images(architecture), verify.probe_tokens(architecture))[0]
-
-
-@torch.no_grad()
-def hf_folder_logits(folder: Path, architecture) -> torch.Tensor:
-    from transformers import CLIPModel
-
-    model = CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
-    return model(input_ids=verify.probe_tokens(architecture),
-                 pixel_values=verify.probe_images(architecture)).logits_per_image
 
 
 # ---- configs and weights, without files ---------------------------------------------------------------------

@@ -10,11 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_open_clip import architecture_of, hf_folder_logits, open_clip_logits, shallow
 
 from roundtrip.examples import DEMO, random_open_clip_model, save_open_clip_folder, training_checkpoint
 
-from conftest import assert_refused, hf_clip_config, random_hf_model, read_json, resnet_clip_state_dict, run_cli
+from conftest import (
+    architecture_of,
+    assert_refused,
+    hf_clip_config,
+    hf_folder_logits,
+    open_clip_logits,
+    random_hf_model,
+    read_json,
+    resnet_clip_state_dict,
+    run_cli,
+    shallow,
+)
 
 TOLERANCE = 1e-3
 

@@ -1,0 +1,199 @@
+"""Promises that a small, realistic bug in the code would break without any other test noticing. Each test's
+docstring names the bug it kills: each was planted by hand and seen to fail the test (issue 22)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from roundtrip import verify
+from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
+from roundtrip.testing import assert_equivalent
+
+from conftest import assert_refused, hf_clip_config, random_hf_model, read_json, run_cli, shallow
+
+HF_WEIGHTS = "model.safetensors"
+
+
+# ---- the logit check: its tolerance, and NaN ------------------------------------------------------------------
+
+
+def test_a_model_whose_logits_are_nan_is_not_verified(tmp_path):
+    """Kills `verify.require_agreement` testing `difference > TOLERANCE`, which NaN passes: a checkpoint whose
+    logit_scale is NaN converted with "max |logit difference| = nan", exit 0."""
+    state_dict = random_openai_state_dict(DEMO)
+    state_dict["logit_scale"] = torch.tensor(float("nan"))
+    torch.save(state_dict, tmp_path / "nan.pt")
+    assert_refused(run_cli("to-hf", tmp_path / "nan.pt", tmp_path / "hf"), "logits differ", "by nan")
+    assert [path.name for path in tmp_path.iterdir()] == ["nan.pt"]
+
+
+@pytest.mark.parametrize("shift, verified", [(2e-3, False), (9e-4, True)])
+def test_the_logit_tolerance_is_1e_3_exactly(tmp_path, demo_state_dict_file, monkeypatch, shift, verified):
+    """Kills the tolerance loosened 5 times (logits 3e-3 apart passing as verified) or tightened: 2e-3 apart is
+    refused, 9e-4 apart is verified."""
+    real = verify.reference_logits  # builds and runs one of the two sides; the other is built beside it
+    monkeypatch.setattr(verify, "reference_logits", lambda *arguments: real(*arguments) + shift)
+    result = run_cli("to-hf", demo_state_dict_file, tmp_path / "hf")
+    if verified:
+        assert result.exit_code == 0, result.output
+    else:
+        assert_refused(result, "logits differ", "tolerance 0.001")
+
+
+# ---- compare: what counts as the same model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def port(tmp_path_factory, demo_state_dict_file) -> Path:
+    folder = tmp_path_factory.mktemp("port") / "hf"
+    assert run_cli("to-hf", demo_state_dict_file, folder).exit_code == 0
+    return folder
+
+
+def test_compare_holds_the_logits_to_the_tolerance_given(demo_state_dict_file, port):
+    """Kills `compare --tolerance` ignored: a real difference between OpenAI's code and transformers (about
+    1e-6) passed "same model" at --tolerance 1e-12."""
+    report = json.loads(run_cli("compare", demo_state_dict_file, port, "--json").stdout)
+    difference = report["logits"]["max_abs_difference"]
+    assert 1e-12 < difference <= 1e-3  # the frameworks do differ, within the default tolerance
+    strict = run_cli("compare", demo_state_dict_file, port, "--tolerance", "1e-12")
+    assert strict.exit_code == 1 and "logits differ by" in strict.stdout, strict.output
+    assert run_cli("compare", demo_state_dict_file, port, "--tolerance", str(difference)).exit_code == 0
+
+
+def test_an_architecture_difference_alone_makes_two_models_different(tmp_path, demo_state_dict_file, port):
+    """Kills architecture differences not counted as causes: a port with the wrong hidden_act, compared with
+    --no-logits, was "same model", exit 0."""
+    shutil.copytree(port, tmp_path / "wrong")
+    config = read_json(tmp_path / "wrong" / "config.json")
+    config["text_config"]["hidden_act"] = "gelu"
+    (tmp_path / "wrong" / "config.json").write_text(json.dumps(config))
+    result = run_cli("compare", demo_state_dict_file, tmp_path / "wrong", "--no-logits")
+    assert result.exit_code == 1 and "architecture: text.activation is 'quick_gelu' in A, 'gelu' in B" in \
+        result.stdout, result.output
+    with pytest.raises(AssertionError, match="text.activation"):
+        assert_equivalent(demo_state_dict_file, tmp_path / "wrong", logits=False)
+
+
+def test_a_weight_exactly_at_the_weights_tolerance_is_within_it(tmp_path, port):
+    """Kills `<` for `<=` in --weights-tolerance: a difference equal to the tolerance failed, against the
+    README's "accepts weights within X"."""
+    step = 2.0**-10  # 0.5 and 0.5 + 2**-10 are exact in every float dtype: their difference is exactly `step`
+    for name, value in (("a", 0.5), ("b", 0.5 + step)):
+        shutil.copytree(port, tmp_path / name)
+        weights = load_file(tmp_path / name / HF_WEIGHTS)
+        weights["text_model.final_layer_norm.bias"][0] = value
+        save_file(weights, tmp_path / name / HF_WEIGHTS)
+    at = run_cli("compare", tmp_path / "a", tmp_path / "b", "--no-logits", "--weights-tolerance", str(step))
+    assert at.exit_code == 0 and "equal within tolerance" in at.stdout, at.output
+    below = run_cli("compare", tmp_path / "a", tmp_path / "b", "--no-logits", "--weights-tolerance", str(step / 2))
+    assert below.exit_code == 1 and "values differ: text_model.final_layer_norm.bias" in below.stdout, below.output
+
+
+@pytest.mark.parametrize("where", ["weights", "logits"])
+def test_nan_is_never_the_same(tmp_path, port, where):
+    """Kills a threshold that NaN passes in compare (and so in assert_equivalent): NaN in one side's weights, or
+    logits that are NaN on both sides, are differences."""
+    shutil.copytree(port, tmp_path / "a")
+    weights = load_file(tmp_path / "a" / HF_WEIGHTS)
+    weights["logit_scale" if where == "logits" else "text_model.final_layer_norm.bias"].fill_(float("nan"))
+    save_file(weights, tmp_path / "a" / HF_WEIGHTS)
+    other = tmp_path / "a" if where == "logits" else port  # the same NaN logits on both sides
+    result = run_cli("compare", tmp_path / "a", other, "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1 and report["same"] is False, result.output
+    assert any(("logits differ by nan" if where == "logits" else "values differ") in cause
+               for cause in report["causes"]), report["causes"]
+    with pytest.raises(AssertionError):
+        assert_equivalent(tmp_path / "a", other)
+
+
+# ---- what a source is, and what comes with it ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def open_clip_model(tmp_path_factory):
+    """ViT-B-32's widths at one layer (GELU), with its weights."""
+    model_cfg = shallow("ViT-B-32", layers=1)
+    return model_cfg, random_open_clip_model(model_cfg, seed=2).state_dict()
+
+
+def test_a_folder_with_both_formats_is_read_as_the_one_that_is_not_the_target(tmp_path, open_clip_model):
+    """Kills a folder holding both formats always read as open_clip: `to-open-clip repo out` refused it as
+    "already in the target's format" instead of reading its HF model."""
+    model_cfg, weights = open_clip_model
+    save_open_clip_folder(weights, model_cfg, tmp_path / "repo")
+    assert run_cli("to-hf", tmp_path / "repo", tmp_path / "hf", "--no-verify").exit_code == 0
+    for name in ("config.json", HF_WEIGHTS):
+        shutil.copy(tmp_path / "hf" / name, tmp_path / "repo" / name)
+    result = run_cli("to-open-clip", tmp_path / "repo", tmp_path / "out", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "read as the Hugging Face CLIPModel folder" in result.stdout
+
+
+def test_an_hf_folders_own_image_normalisation_goes_to_open_clip(tmp_path):
+    """Kills an HF folder's preprocessor_config.json ignored: HF -> open_clip wrote OpenAI's mean and std over
+    the folder's own (0.5)."""
+    from transformers import CLIPImageProcessor
+
+    random_hf_model(hf_clip_config(), fp16_representable=False).save_pretrained(tmp_path / "hf")
+    CLIPImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path / "hf")
+    assert run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc", "--no-verify").exit_code == 0
+    preprocess_cfg = read_json(tmp_path / "oc" / "open_clip_config.json")["preprocess_cfg"]
+    assert preprocess_cfg["mean"] == preprocess_cfg["std"] == [0.5] * 3
+
+
+def test_an_open_clip_folders_own_image_normalisation_goes_to_hf(tmp_path, open_clip_model):
+    """Kills an open_clip folder's preprocess_cfg not passed on: open_clip -> HF wrote OpenAI's mean and std into
+    preprocessor_config.json."""
+    model_cfg, weights = open_clip_model
+    save_open_clip_folder(weights, model_cfg, tmp_path / "oc", {"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert run_cli("to-hf", tmp_path / "oc", tmp_path / "hf", "--no-verify").exit_code == 0
+    processor = read_json(tmp_path / "hf" / "preprocessor_config.json")
+    assert processor["image_mean"] == [0.5] * 3 and processor["image_std"] == [0.25] * 3
+
+
+def test_the_tokenizer_an_open_clip_config_names_is_not_replaced_by_openais(tmp_path, open_clip_model):
+    """Kills the note from an open_clip config's hf_tokenizer_name dropped: OpenAI's tokenizer was written for a
+    model that has another, with no note."""
+    model_cfg, weights = open_clip_model
+    named = {**model_cfg, "text_cfg": {**model_cfg["text_cfg"], "hf_tokenizer_name": "timm/ViT-B-16-SigLIP"}}
+    save_open_clip_folder(weights, named, tmp_path / "oc")
+    result = run_cli("to-hf", tmp_path / "oc", tmp_path / "hf", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "no tokenizer written: the open_clip config names the tokenizer timm/ViT-B-16-SigLIP" in result.stdout
+    assert not (tmp_path / "hf" / "vocab.json").exists() and not (tmp_path / "hf" / "tokenizer.json").exists()
+
+
+# ---- what a target cannot hold, refused before anything is written -------------------------------------------
+
+
+def test_an_mlp_width_the_tensors_contradict_is_refused_even_without_verification(tmp_path, port):
+    """Kills `architecture.disagreements` no longer checking the MLP width: --no-verify wrote a folder that
+    CLIPModel.from_pretrained cannot load."""
+    shutil.copytree(port, tmp_path / "hf")
+    config = read_json(tmp_path / "hf" / "config.json")
+    config["text_config"]["intermediate_size"] = 256  # the tensors say 512
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    for command, dest in (("to-openai", "out.pt"), ("to-open-clip", "out")):
+        assert_refused(run_cli(command, tmp_path / "hf", tmp_path / dest, "--no-verify"),
+                       "text.mlp_width is 256, the tensors say 512")
+    assert [path.name for path in tmp_path.iterdir()] == ["hf"]
+
+
+def test_open_clip_refuses_one_activation_per_tower(tmp_path, port):
+    """Kills mixed activations (gelu text, QuickGELU vision) no longer refused by to-open-clip: --no-verify wrote
+    quick_gelu: true for both towers."""
+    shutil.copytree(port, tmp_path / "hf")
+    config = read_json(tmp_path / "hf" / "config.json")
+    config["text_config"]["hidden_act"] = "gelu"
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert_refused(run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc", "--no-verify"),
+                   "activations are quick_gelu (vision) and gelu (text)")
+    assert not (tmp_path / "oc").exists()

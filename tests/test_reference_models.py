@@ -1,0 +1,96 @@
+"""The logit check's reference models are what each format's own public code builds from the format's own
+config, down to its buffers. The check builds them faster (on the meta device, taking the weights as they are,
+making again the buffers made in __init__): on random configs, that must give the logits the public factory
+gives, so that the check cannot be blind to a setting the format's code honours (a text tower without the
+causal mask, say, which a check that always masks would not see)."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from roundtrip import hf_config, mapping, open_clip_config, verify
+from roundtrip.architecture import Shapes
+from roundtrip.examples import random_open_clip_model, random_openai_state_dict, save_open_clip_folder
+from roundtrip.testing import architectures, open_clip_model_configs, seeds
+
+from conftest import import_clip
+
+# Both run the same operations in float32 on the same values; kernels may round differently (transformers picks
+# its attention implementation when loading): float32 rounding, far below the check's 1e-3.
+SAME = 1e-5
+BUILDING = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def probes(architecture):
+    return verify.probe_images(architecture), verify.probe_tokens(architecture)
+
+
+@torch.no_grad()
+def assert_same_logits(public, fast) -> None:
+    assert torch.allclose(public, fast, rtol=SAME, atol=SAME), (public - fast).abs().max().item()
+
+
+@BUILDING
+@given(architectures(), seeds)
+def test_openais_reference_is_what_clip_model_build_model_builds(architecture, seed):
+    state_dict = random_openai_state_dict(architecture, seed)  # OpenAI's fp16 mix: build_model's halving is exact
+    public = import_clip().model.build_model(copy.deepcopy(state_dict)).float().eval()
+    fast = verify.openai_model(verify._float32(state_dict), None, architecture)
+    images, tokens = probes(architecture)
+    with torch.no_grad():
+        assert_same_logits(public(images, tokens)[0], fast(images, tokens)[0])
+
+
+@BUILDING
+@given(architectures(), seeds)
+def test_transformers_reference_is_what_clipmodel_builds_from_its_config(architecture, seed):
+    from transformers import CLIPConfig, CLIPModel
+
+    config = hf_config.config(architecture)
+    weights = verify._float32(mapping.to_hf(random_openai_state_dict(architecture, seed)))
+    public = CLIPModel(CLIPConfig.from_dict(config)).eval()
+    public.load_state_dict(weights, strict=False)  # position_ids: a buffer CLIPModel makes itself
+    fast = verify.hf_model(weights, config)
+    images, tokens = probes(architecture)
+    with torch.no_grad():
+        assert_same_logits(public(input_ids=tokens, pixel_values=images).logits_per_image,
+                           fast(input_ids=tokens, pixel_values=images).logits_per_image)
+
+
+@BUILDING
+@given(open_clip_model_configs(), seeds, st.booleans())
+def test_open_clips_reference_is_what_open_clips_factory_builds_from_its_config(model_cfg, seed, causal):
+    import open_clip
+
+    architecture = open_clip_config.claimed_architecture(model_cfg)  # the same shapes either way
+    if not causal:
+        model_cfg = {**model_cfg, "text_cfg": {**model_cfg["text_cfg"], "no_causal_mask": True}}
+    weights = random_open_clip_model(model_cfg, seed).state_dict()
+    with tempfile.TemporaryDirectory() as folder:
+        save_open_clip_folder(weights, model_cfg, Path(folder) / "model")
+        public, _, _ = open_clip.create_model_and_transforms(f"local-dir:{Path(folder) / 'model'}")
+    fast = verify.open_clip_model(weights, model_cfg, architecture)
+    images, tokens = probes(architecture)
+    with torch.no_grad():
+        assert_same_logits(public.eval().get_logits(images, tokens)[0], fast.get_logits(images, tokens)[0])
+
+
+def test_a_buffer_the_fast_path_does_not_make_again_is_refused(monkeypatch):
+    """A control for the tests above: a reference left holding a tensor on the meta device is an error, not a
+    model that computes something else."""
+    from open_clip.transformer import TextTransformer
+
+    model_cfg = open_clip_config.registry_config("ViT-B-32")
+    model_cfg["vision_cfg"]["layers"] = model_cfg["text_cfg"]["layers"] = 1
+    weights = random_open_clip_model(model_cfg).state_dict()
+    architecture = open_clip_config.architecture(model_cfg, Shapes.of(weights))
+    monkeypatch.setattr(TextTransformer, "build_causal_mask", lambda self: torch.empty(0, device="meta"))
+    with pytest.raises(RuntimeError, match="attn_mask was left on the meta device"):
+        verify.open_clip_model(weights, model_cfg, architecture)
