@@ -434,6 +434,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
 
 RECORD_ALIGNMENT = 64  # torch.save aligns each record's data, so that torch.load(mmap=True) can map it
 PADDING_FIELD = b"FB"  # the zip extra-field id torch uses for that padding
+RECORD_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, as torch.save writes a zero date: the same weights, the same bytes
 
 
 def write_state_dict(
@@ -453,16 +454,16 @@ def write_state_dict(
     scratch = scratch_space()
     # OutputFile cannot seek, so zipfile puts each record's CRC in a data descriptor after it.
     with OutputFile(path, read_back) as output, zipfile.ZipFile(output, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr(f"{top}/data.pkl", _pickle_state_dict(specs))
-        archive.writestr(f"{top}/byteorder", b"little")
+        archive.writestr(_record(f"{top}/data.pkl"), _pickle_state_dict(specs))
+        archive.writestr(_record(f"{top}/byteorder"), b"little")
         for number, (key, (dtype, shape)) in enumerate(specs.items()):
             size = math.prod(shape) * dtype.itemsize
             with _open_aligned(archive, f"{top}/data/{number}", size) as record:
                 cast_into(ScratchSink(record.write, scratch), tensors[key], dtype)
             advance(size)
-        archive.writestr(f"{top}/version", b"3\n")
+        archive.writestr(_record(f"{top}/version"), b"3\n")
         for name, content in records.items():
-            archive.writestr(f"{top}/{name}", content)
+            archive.writestr(_record(f"{top}/{name}"), content)
     return specs
 
 
@@ -475,10 +476,16 @@ def record_names(path: Path) -> set[str]:
         return set()
 
 
+def _record(name: str) -> zipfile.ZipInfo:
+    """A stored record with a fixed date: the same weights give the same bytes, whenever written."""
+    info = zipfile.ZipInfo(name, date_time=RECORD_DATE)
+    info.compress_type = zipfile.ZIP_STORED
+    return info
+
+
 def _open_aligned(archive: zipfile.ZipFile, name: str, size: int):
     """A new record whose data starts on a RECORD_ALIGNMENT boundary, as torch requires."""
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = zipfile.ZIP_STORED
+    info = _record(name)
     info.file_size = size
     header_end = archive.fp.tell() + 30 + len(name.encode()) + 4  # local header, name, padding field header
     padding = -header_end % RECORD_ALIGNMENT

@@ -64,3 +64,15 @@ def test_torch_load_reads_what_was_written(tmp_path_factory, specs, read_back):
     loaded = torch.load(path, weights_only=True)
     assert list(loaded) == list(tensors)
     assert all(loaded[key].dtype == tensors[key].dtype and loaded[key].shape == tensors[key].shape for key in tensors)
+
+
+def test_the_same_tensors_give_the_same_bytes_whenever_written(tmp_path, monkeypatch):
+    import time
+
+    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    torch_zip.write_state_dict(tmp_path / "first.pt", tensors, torch_zip.Cast(), records={"note.json": b"{}"})
+    later = time.time() + 3 * 86400
+    monkeypatch.setattr(time, "time", lambda: later)  # what zipfile dates a record by, unless told otherwise
+    monkeypatch.setattr(time, "localtime", lambda seconds=None: time.gmtime(later))
+    torch_zip.write_state_dict(tmp_path / "second.pt", tensors, torch_zip.Cast(), records={"note.json": b"{}"})
+    assert (tmp_path / "first.pt").read_bytes() == (tmp_path / "second.pt").read_bytes()
