@@ -37,7 +37,7 @@ fuzz: install
 # Part of them: make mutate MUTANTS='roundtrip.ops.* roundtrip.destination.*' (results are kept in mutants/).
 MUTANTS ?=
 mutate: install
-	$(BIN)/mutmut run $(MUTANTS); $(BIN)/mutmut results
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run $(MUTANTS); $(BIN)/mutmut results
 
 demo: install
 	$(BIN)/python -m roundtrip.demo

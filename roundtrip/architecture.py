@@ -31,8 +31,8 @@ class Tower:
     layers: int
     heads: int
     mlp_width: int
-    activation: str = "quick_gelu"
-    layer_norm_eps: float = 1e-5
+    activation: str  # no default: shapes cannot say it, so each format's config (or code) must
+    layer_norm_eps: float
 
     @property
     def head_width(self) -> float:
@@ -51,8 +51,9 @@ class Architecture:
     vision: Tower
     text: Tower
     # Where the text tower pools: None at the largest token id (argmax: end-of-text, in CLIP's tokenizer), or
-    # an id, at its first occurrence (transformers' rule for configs with another eos_token_id).
-    text_pool_token: int | None = None
+    # an id, at its first occurrence (transformers' rule for configs with another eos_token_id). No default:
+    # every format says which.
+    text_pool_token: int | None
 
     def describe(self) -> str:
         vision, text = self.vision, self.text
@@ -109,10 +110,11 @@ class Shapes:
                      mlp_width=getattr(self, f"{name}_mlp_width"), activation=activation,
                      layer_norm_eps=layer_norm_eps)
 
-    def architecture(self, vision: Tower, text: Tower, text_pool_token: int | None = None) -> Architecture:
+    def architecture(self, vision: Tower, text: Tower) -> Architecture:
+        """The architecture of these shapes with these towers, pooling its text at the largest token id."""
         return Architecture(embed_dim=self.embed_dim, image_resolution=self.image_resolution,
                             patch_size=self.patch_size, context_length=self.context_length,
-                            vocab_size=self.vocab_size, vision=vision, text=text, text_pool_token=text_pool_token)
+                            vocab_size=self.vocab_size, vision=vision, text=text, text_pool_token=None)
 
 
 def disagreements(claimed: Architecture, shapes: Shapes) -> list[str]:

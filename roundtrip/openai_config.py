@@ -66,4 +66,4 @@ def from_clip_kwargs(embed_dim: int, image_resolution: int, vision_layers: int, 
     return Architecture(embed_dim=embed_dim, image_resolution=image_resolution, patch_size=vision_patch_size,
                         context_length=context_length, vocab_size=vocab_size,
                         vision=tower(vision_width, vision_layers, vision_width // HEAD_WIDTH),
-                        text=tower(transformer_width, transformer_layers, transformer_heads))
+                        text=tower(transformer_width, transformer_layers, transformer_heads), text_pool_token=None)

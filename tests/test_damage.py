@@ -84,6 +84,7 @@ def every_record(kind: str, sources_fixture) -> list[str]:
 COMMAND = {"TorchScript archive": "to-hf", "torch.save zip": "to-hf", "HF folder with pytorch_model.bin": "to-openai"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", COMMAND)
 def test_a_flipped_bit_in_any_record_is_refused_naming_the_record(tmp_path, sources, kind):
     names = every_record(kind, sources)

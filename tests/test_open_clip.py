@@ -135,6 +135,7 @@ def _source(layout: str, model_cfg: dict, state_dict: dict, folder: Path) -> tup
     return folder / "epoch_3.pt", ["--open-clip-config", str(folder / "config.json")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_each_open_clip_layout_converts_to_hf_with_open_clips_logits(tmp_path, h14, layout):
     model_cfg, model, _ = h14
@@ -149,6 +150,7 @@ def test_each_open_clip_layout_converts_to_hf_with_open_clips_logits(tmp_path, h
     assert config["vision_config"]["num_attention_heads"] == 16 and config["vision_config"]["hidden_act"] == "gelu"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_file_named_by_its_registry_model_converts(tmp_path):
     model = random_open_clip_model(open_clip_config.registry_config("ViT-S-32"), seed=1)
     torch.save(training_checkpoint(model.state_dict()), tmp_path / "epoch_1.pt")
@@ -159,6 +161,7 @@ def test_a_checkpoint_file_named_by_its_registry_model_converts(tmp_path):
         <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_open_clip_to_hf_to_open_clip_gives_back_every_tensor_and_the_config(tmp_path, h14):
     model_cfg, model, _ = h14
     preprocess_cfg = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}

@@ -81,6 +81,18 @@ def test_an_architecture_difference_alone_makes_two_models_different(tmp_path, d
         assert_equivalent(demo_state_dict_file, tmp_path / "wrong", logits=False)
 
 
+def test_where_the_text_is_pooled_alone_makes_two_models_different(tmp_path, port):
+    """Kills `Architecture.semantics` losing the fields that are not a tower's: two folders that differ only in
+    where transformers pools the text (eos_token_id), compared with --no-logits, were the same model."""
+    shutil.copytree(port, tmp_path / "pooled-at-7")
+    config = read_json(tmp_path / "pooled-at-7" / "config.json")
+    config["text_config"]["eos_token_id"] = 7
+    (tmp_path / "pooled-at-7" / "config.json").write_text(json.dumps(config))
+    result = run_cli("compare", port, tmp_path / "pooled-at-7", "--no-logits")
+    assert result.exit_code == 1 and "architecture: text_pool_token is None in A, 7 in B" in result.stdout, \
+        result.output
+
+
 def test_a_weight_exactly_at_the_weights_tolerance_is_within_it(tmp_path, port):
     """Kills `<` for `<=` in --weights-tolerance: a difference equal to the tolerance failed, against the
     README's "accepts weights within X"."""

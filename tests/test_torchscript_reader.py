@@ -34,6 +34,7 @@ def test_reader_matches_torch_jit_load(tmp_path, maker, halved):
     assert {"input_resolution", "context_length", "vocab_size"} <= set(found)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(architectures(), openai_dtypes)

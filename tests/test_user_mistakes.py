@@ -199,6 +199,7 @@ cli.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_a_reference_model_that_cannot_be_built_is_one_line_naming_the_source(work, tmp_path):
     done = subprocess.run([sys.executable, "-c", _LOSING_A_TENSOR, "to-hf", work / "small.pt", tmp_path / "out"],
                           capture_output=True, text=True)
