@@ -108,15 +108,16 @@ def test_a_weight_exactly_at_the_weights_tolerance_is_within_it(tmp_path, port):
     assert below.exit_code == 1 and "values differ: text_model.final_layer_norm.bias" in below.stdout, below.output
 
 
+@pytest.mark.parametrize("value", ["nan", "inf"])
 @pytest.mark.parametrize("where", ["weights", "logits"])
-def test_nan_is_never_the_same(tmp_path, port, where):
-    """Kills a threshold that NaN passes in compare (and so in assert_equivalent): NaN in one side's weights, or
-    logits that are NaN on both sides, are differences."""
+def test_nan_and_infinity_are_never_the_same(tmp_path, port, where, value):
+    """Kills a threshold that NaN or infinity passes in compare (and so in assert_equivalent): NaN or infinity in
+    one side's weights, or logits that are not finite on both sides, are differences."""
     shutil.copytree(port, tmp_path / "a")
     weights = load_file(tmp_path / "a" / HF_WEIGHTS)
-    weights["logit_scale" if where == "logits" else "text_model.final_layer_norm.bias"].fill_(float("nan"))
+    weights["logit_scale" if where == "logits" else "text_model.final_layer_norm.bias"].fill_(float(value))
     save_file(weights, tmp_path / "a" / HF_WEIGHTS)
-    other = tmp_path / "a" if where == "logits" else port  # the same NaN logits on both sides
+    other = tmp_path / "a" if where == "logits" else port  # the same logits on both sides, bit for bit
     result = run_cli("compare", tmp_path / "a", other, "--json")
     report = json.loads(result.stdout)
     assert result.exit_code == 1 and report["same"] is False, result.output
