@@ -200,6 +200,19 @@ def test_an_mlp_width_the_tensors_contradict_is_refused_even_without_verificatio
     assert [path.name for path in tmp_path.iterdir()] == ["hf"]
 
 
+@pytest.mark.parametrize("heads", [3, 0])
+def test_heads_that_do_not_split_the_width_are_refused_even_without_verification(tmp_path, port, heads):
+    """Kills `head_problems` testing `heads < 1 and ...` for `or`: 3 heads of a 128-wide tower were let through
+    (no attention can split it; --no-verify wrote what CLIPModel cannot build), 0 heads divided by zero."""
+    shutil.copytree(port, tmp_path / "hf")
+    config = read_json(tmp_path / "hf" / "config.json")
+    config["vision_config"]["num_attention_heads"] = heads
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert_refused(run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc", "--no-verify"),
+                   f"vision width 128 does not split into {heads} heads")
+    assert not (tmp_path / "oc").exists()
+
+
 def test_open_clip_refuses_one_activation_per_tower(tmp_path, port):
     """Kills mixed activations (gelu text, QuickGELU vision) no longer refused by to-open-clip: --no-verify wrote
     quick_gelu: true for both towers."""
