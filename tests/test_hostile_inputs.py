@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from roundtrip import destination, open_clip_config, output_file, safetensors_file, verify
-from roundtrip.examples import random_open_clip_model, save_open_clip_folder
+from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
 from roundtrip.strided import as_torch
 from roundtrip.torch_zip import read_torchscript_state_dict
 
@@ -89,6 +89,15 @@ def _truncate(path, marker, archive):
     path.write_bytes(data[: len(data) // 2])
 
 
+def _reshaped(key: str, change):
+    """The demo's state dict with one tensor changed, saved with torch."""
+    def build(path, marker, archive):
+        state_dict = random_openai_state_dict(DEMO)
+        state_dict[key] = change(state_dict[key]).clone()
+        torch.save(state_dict, path)
+    return build
+
+
 OPENAI_FILES = {
     "os.system in a zip .pt": (lambda p, m, a: torch.save({"visual.proj": SystemCall(m)}, p),
                                "refused: data.pkl uses the global posix.system"),
@@ -122,6 +131,11 @@ OPENAI_FILES = {
     "Git LFS pointer": (lambda p, m, a: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n"),
                         "Git LFS pointer"),
     "a list, not a state dict": (lambda p, m, a: torch.save([torch.zeros(1)], p), "expected a state dict"),
+    # Tensors with fewer dimensions than the numbers read off them (architecture._dim).
+    "a 1-D text projection": (_reshaped("text_projection", lambda t: t[:, 0]),
+                              "text_projection has shape (128,), expected at least 2 dimension(s)"),
+    "a 0-D final LayerNorm": (_reshaped("ln_final.weight", lambda t: t[0]),
+                              "ln_final.weight has shape (), expected at least 1 dimension(s)"),
 }
 
 
@@ -487,6 +501,14 @@ OPEN_CLIP_SOURCES = {
                                               "vision.layers is 3, the tensors say 1"),
     "context that disagrees with the tensors": (_folder(_open_clip_config(**{"text_cfg.context_length": 64})),
                                                 "context_length is 64, the tensors say 77"),
+    "embed_dim that disagrees with the tensors": (_folder(_open_clip_config(embed_dim=256)),
+                                                  "embed_dim is 256, the tensors say 512"),
+    "image size that disagrees with the tensors": (_folder(_open_clip_config(**{"vision_cfg.image_size": 448})),
+                                                   "image_resolution is 448, the tensors say 224"),
+    "vocabulary that disagrees with the tensors": (_folder(_open_clip_config(**{"text_cfg.vocab_size": 1000})),
+                                                   "vocab_size is 1000, the tensors say 49408"),
+    "a width that disagrees with the tensors": (_folder(_open_clip_config(**{"text_cfg.width": 1024})),
+                                                "text.width is 1024, the tensors say 512"),
     "patch that disagrees with the tensors": (_folder(_open_clip_config(**{"vision_cfg.patch_size": 16})),
                                               "patch_size is 16, the tensors say 32"),
     "width not divisible by head_width": (_folder(_open_clip_config(**{"vision_cfg.head_width": 100})),
