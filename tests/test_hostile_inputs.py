@@ -136,6 +136,8 @@ OPENAI_FILES = {
                               "text_projection has shape (128,), expected at least 2 dimension(s)"),
     "a 0-D final LayerNorm": (_reshaped("ln_final.weight", lambda t: t[0]),
                               "ln_final.weight has shape (), expected at least 1 dimension(s)"),
+    "vision positions that are no square grid": (_reshaped("visual.positional_embedding", lambda t: t[:-1]),
+                                                 "vision position embedding has 16 rows, not a square grid plus"),
 }
 
 
