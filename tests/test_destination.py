@@ -191,3 +191,72 @@ def test_a_signal_leaves_nothing_behind_and_the_old_dest_as_it_was(tmp_path, dem
     assert staging_of(dest) == []
     assert (contents(dest) if replacing else dest.exists()) == (before if replacing else False)
     assert sorted(path.name for path in tmp_path.iterdir()) == (["hf"] if replacing else [])
+
+
+# ---- where renameat2 is missing or fails ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("to, dest_name", [("hf", "hf"), ("openai", "model.pt")])
+def test_overwrite_without_renameat2_still_replaces_the_approved_dest(tmp_path, demo_state_dict_file,
+                                                                      second_source, hf_sources, to, dest_name,
+                                                                      monkeypatch):
+    """Where the system has no renameat2 (another OS, an old kernel): a file is replaced in one os.replace, a
+    folder by moving the old DEST aside, then the new one in, then removing the old."""
+    from roundtrip import destination
+
+    first, second = (demo_state_dict_file, second_source) if to == "hf" else hf_sources
+    dest = tmp_path / dest_name
+    roundtrip.convert(first, dest, to=to, verify_logits=False)
+    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+    roundtrip.convert(second, dest, to=to, verify_logits=False, overwrite=True)
+    roundtrip.convert(second, tmp_path / "expected", to=to, verify_logits=False)
+    assert contents(dest) == contents(tmp_path / "expected")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([dest_name, "expected"])
+    roundtrip.convert(first, tmp_path / "new", to=to, verify_logits=False)  # and into a DEST that is not there
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([dest_name, "expected", "new"])
+
+
+def test_without_renameat2_a_dest_that_changed_meanwhile_is_left_as_it_is(tmp_path, demo_state_dict_file,
+                                                                          second_source, monkeypatch):
+    from roundtrip import destination
+
+    dest = tmp_path / "hf"
+    roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False)
+    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+
+    def another_conversion_replaces_it(message: str) -> None:
+        if message.startswith("Writing"):
+            roundtrip.convert(second_source, dest, to="hf", verify_logits=False, overwrite=True)
+
+    with pytest.raises(OutputError, match=f"{dest}: appeared or changed while this conversion ran"):
+        roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False, overwrite=True,
+                          report=another_conversion_replaces_it)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]
+
+
+@pytest.mark.parametrize("replacing", [False, True], ids=["new DEST", "--overwrite"])
+def test_a_rename_the_system_refuses_is_one_line_and_leaves_dest_as_it_was(tmp_path, demo_state_dict_file,
+                                                                          monkeypatch, replacing):
+    from roundtrip import destination
+
+    dest = tmp_path / "hf"
+    if replacing:
+        roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False)
+    before = contents(dest) if replacing else None
+    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.EACCES)
+    with pytest.raises(OutputError, match=f"^{dest}: could not be written: Permission denied$"):
+        roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False, overwrite=replacing)
+    assert (contents(dest) if replacing else dest.exists()) == (before if replacing else False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["hf"] if replacing else [])
+
+
+def test_a_process_of_another_user_counts_as_running(monkeypatch):
+    """Its staging beside DEST is not ours to remove: os.kill(pid, 0) answers PermissionError for it."""
+    from roundtrip import destination
+
+    def kill(pid, signal_number):
+        assert signal_number == 0
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(destination.os, "kill", kill)
+    assert destination._is_running(destination.os.getpid() + 1)

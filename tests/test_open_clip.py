@@ -105,6 +105,38 @@ def test_the_check_catches_a_wrong_activation_or_head_count_in_the_written_confi
         assert gap(wrong_heads) > TOLERANCE
 
 
+# The registry's settings that name the tokenizer: not architecture, so not in the config written from one.
+TOKENIZER_SETTINGS = ("hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode")
+SUPPORTED_REGISTRY_MODELS = [name for name in open_clip_config.registry_names()
+                             if not open_clip_config.unsupported(open_clip_config.registry_config(name))]
+
+
+@pytest.mark.parametrize("name", SUPPORTED_REGISTRY_MODELS)
+def test_the_config_written_for_a_registry_model_is_the_registrys_own(name):
+    """open_clip's own config for each model clipconv converts, read into an architecture and written again, is
+    what open_clip ships (its defaults left out, heads, MLP ratio, activation and text pooling spelled as open_clip
+    spells them), but for the settings that name its tokenizer and the digits of an MLP ratio (ViT-g-14's 4.3637
+    is written 4.364: both give its MLP width of 6144)."""
+    registry = open_clip_config.registry_config(name)
+    expected = {**registry, "text_cfg": {key: value for key, value in registry["text_cfg"].items()
+                                         if key not in TOKENIZER_SETTINGS}}
+    written = open_clip_config.model_config(open_clip_config.claimed_architecture(registry))
+    assert mlp_widths(written) == mlp_widths(expected)
+
+
+def mlp_widths(model_cfg: dict) -> dict:
+    """`model_cfg` with each tower's mlp_ratio as the MLP width open_clip builds from it."""
+    towers = {name: {**tower, **({"mlp_ratio": int(tower["width"] * tower["mlp_ratio"])} if "mlp_ratio" in tower
+                                 else {})}
+              for name, tower in model_cfg.items() if name in ("vision_cfg", "text_cfg")}
+    return {**model_cfg, **towers}
+
+
+def test_the_registry_holds_the_kinds_of_model_clipconv_writes():
+    """A control for the test above: it covers heads other than 64, MLP ratios, QuickGELU and text pooling."""
+    assert {"ViT-B-32-quickgelu", "ViT-H-14", "ViT-bigG-14", "ViT-H-14-worldwide"} <= set(SUPPORTED_REGISTRY_MODELS)
+
+
 def test_bigg_mlp_ratio_gives_its_mlp_width_back():
     assert open_clip_config.mlp_ratio(1664, 8192) == 4.9231
     assert int(1664 * open_clip_config.mlp_ratio(1664, 8192)) == 8192

@@ -160,6 +160,7 @@ def test_an_hf_folders_own_image_normalisation_goes_to_open_clip(tmp_path):
     assert run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc", "--no-verify").exit_code == 0
     preprocess_cfg = read_json(tmp_path / "oc" / "open_clip_config.json")["preprocess_cfg"]
     assert preprocess_cfg["mean"] == preprocess_cfg["std"] == [0.5] * 3
+    assert preprocess_cfg["size"] == 64  # the model's resolution
 
 
 def test_an_open_clip_folders_own_image_normalisation_goes_to_hf(tmp_path, open_clip_model):
@@ -182,6 +183,25 @@ def test_the_tokenizer_an_open_clip_config_names_is_not_replaced_by_openais(tmp_
     assert result.exit_code == 0, result.output
     assert "no tokenizer written: the open_clip config names the tokenizer timm/ViT-B-16-SigLIP" in result.stdout
     assert not (tmp_path / "hf" / "vocab.json").exists() and not (tmp_path / "hf" / "tokenizer.json").exists()
+
+
+def test_text_pooled_at_another_token_goes_to_open_clip_and_back(tmp_path, port):
+    """Kills the pooling dropped from the open_clip config written (pool_type or eos_id left out or None): an HF
+    folder that pools its text at the first token 7 became an open_clip model pooling at the largest id."""
+    import open_clip
+
+    shutil.copytree(port, tmp_path / "hf")
+    config = read_json(tmp_path / "hf" / "config.json")
+    config["text_config"]["eos_token_id"] = 7
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    result = run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc")  # verified: both pool at the first 7
+    assert result.exit_code == 0, result.output
+    text_cfg = read_json(tmp_path / "oc" / "open_clip_config.json")["model_cfg"]["text_cfg"]
+    assert (text_cfg["pool_type"], text_cfg["eos_id"]) == ("eos", 7)
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    assert model.text_pool_type == "eos" and model.text_eos_id == 7
+    assert run_cli("to-hf", tmp_path / "oc", tmp_path / "hf-again").exit_code == 0
+    assert read_json(tmp_path / "hf-again" / "config.json")["text_config"]["eos_token_id"] == 7
 
 
 # ---- what a target cannot hold, refused before anything is written -------------------------------------------
