@@ -172,3 +172,17 @@ def test_the_readme_names_every_field_of_the_json_report_as_it_is(tmp_path, sour
     assert isinstance(report["tensors"], list) and "a list with one object per tensor" in section
     fields = {*report, *report["a"], *report["logits"], *(key for tensor in report["tensors"] for key in tensor)}
     assert fields <= named, sorted(fields - named)
+
+
+def test_the_text_report_shows_each_sides_dtype_and_shape_and_absent_where_a_side_lacks_a_tensor(tmp_path):
+    """Kills mutants of `compare._side_text` (a side's dtype and shape, or "absent", in the people's report)."""
+    fp32 = random_openai_state_dict(DEMO, openai_dtypes=False)
+    deeper = {**fp32, "token_embedding.weight": fp32["token_embedding.weight"][:-1].clone()}
+    deeper.update({key.replace(".1.", ".2.", 1): tensor.clone() for key, tensor in fp32.items()
+                   if key.startswith("transformer.resblocks.1.")})
+    torch.save(fp32, tmp_path / "a.pt")
+    torch.save(deeper, tmp_path / "b.pt")
+    result = run_cli("compare", tmp_path / "a.pt", tmp_path / "b.pt", "--no-logits")
+    assert result.exit_code == 1, result.output
+    assert "  shape differs token_embedding.weight (float32 [49408, 128] / float32 [49407, 128])" in result.stdout
+    assert "  only in B     transformer.resblocks.2.ln_1.bias (absent / float32 [128])" in result.stdout
