@@ -243,15 +243,17 @@ def _same_bits(a, b) -> bool:
 
 
 def _max_abs_difference(a, b) -> float:
+    """The largest |a - b|: the same value on both sides (infinity and NaN included) differs by 0, NaN on one
+    side only by infinity."""
     import numpy
 
     if a.size == 0:
         return 0.0
-    with numpy.errstate(invalid="ignore", over="ignore"):
+    with numpy.errstate(invalid="ignore", over="ignore"):  # inf - inf, and float64 extremes: handled below
         difference = numpy.abs(a.astype(numpy.float64) - b.astype(numpy.float64))
-    both_nan = numpy.isnan(a) & numpy.isnan(b) if a.dtype.kind == "f" else False
-    difference = numpy.where(both_nan, 0.0, difference)
-    difference = numpy.where(numpy.isnan(difference), numpy.inf, difference)  # NaN on one side only
+    same = (a == b) | (numpy.isnan(a) & numpy.isnan(b))
+    difference = numpy.where(same, 0.0, difference)
+    difference = numpy.where(numpy.isnan(difference), numpy.inf, difference)
     return float(difference.max())
 
 

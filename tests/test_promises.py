@@ -127,6 +127,37 @@ def test_nan_and_infinity_are_never_the_same(tmp_path, port, where, value):
         assert_equivalent(tmp_path / "a", other)
 
 
+def test_a_changed_logit_scale_is_a_difference_in_values(tmp_path, port):
+    """Kills a difference of one-element tensors read as 0: `logit_scale` is the only one, and a port that
+    changed it alone passed as "equal within tolerance"."""
+    shutil.copytree(port, tmp_path / "a")
+    weights = load_file(tmp_path / "a" / HF_WEIGHTS)
+    weights["logit_scale"] += 0.5
+    save_file(weights, tmp_path / "a" / HF_WEIGHTS)
+    result = run_cli("compare", tmp_path / "a", port, "--no-logits")
+    assert result.exit_code == 1 and "values differ: logit_scale" in result.stdout, result.output
+
+
+def test_nan_and_infinity_in_the_same_place_on_both_sides_are_the_same_value(tmp_path, port, recwarn):
+    """Kills NaN on both sides at one element counted as a difference, and numpy's warnings about infinity minus
+    infinity or a float64 overflow reaching the user: the same non-finite value kept by a port is kept, and
+    only the other elements are held to the weights tolerance, quietly."""
+    for name, nudge in (("a", 0.0), ("b", 1e-3)):
+        shutil.copytree(port, tmp_path / name)
+        weights = load_file(tmp_path / name / HF_WEIGHTS)
+        bias = weights["text_model.final_layer_norm.bias"]
+        bias[0], bias[1], bias[2] = float("nan"), float("inf"), bias[2] + nudge
+        weights["text_model.final_layer_norm.weight"] = weights["text_model.final_layer_norm.weight"].double()
+        weights["text_model.final_layer_norm.weight"][0] = 1.7e308 if name == "a" else -1.7e308
+        save_file(weights, tmp_path / name / HF_WEIGHTS)
+    result = run_cli("compare", tmp_path / "a", tmp_path / "b", "--no-logits", "--weights-tolerance", "0.01",
+                     "--json")
+    report = {t["name"]: t for t in json.loads(result.stdout)["tensors"]}
+    assert report["text_model.final_layer_norm.bias"]["status"] == "equal within tolerance", report["text_model.final_layer_norm.bias"]
+    assert report["text_model.final_layer_norm.weight"]["max_abs_difference"] == "inf", report["text_model.final_layer_norm.weight"]
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 # ---- what a source is, and what comes with it ----------------------------------------------------------------
 
 
