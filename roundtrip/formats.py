@@ -55,11 +55,11 @@ class SourceOptions:
     openai_architecture: bool = False  # OpenAI's choices (QuickGELU, heads of 64), whatever the file looks like
 
     def given(self) -> bool:
-        """Whether an open_clip model is named."""
-        return bool(self.open_clip_model or self.open_clip_config)
+        """Whether an open_clip model is named (an empty name too: it is refused, not ignored)."""
+        return self.open_clip_model is not None or self.open_clip_config is not None
 
     def files(self) -> list[Path]:
-        return [self.open_clip_config] if self.open_clip_config else []
+        return [] if self.open_clip_config is None else [self.open_clip_config]
 
 
 # What a checkpoint file that is not OpenAI's can be: the options that say what it is, for a refusal to name.
@@ -336,9 +336,9 @@ def _read_open_clip(path: Path, options: SourceOptions) -> Source:
 
 def _named_config(options: SourceOptions) -> tuple[object, Path | str]:
     """The config a checkpoint file's architecture is named by: a registry name or a config file."""
-    if options.open_clip_model and options.open_clip_config:
+    if options.open_clip_model is not None and options.open_clip_config is not None:
         raise InputError(options.open_clip_config, "give --open-clip-model or --open-clip-config, not both")
-    if options.open_clip_config:
+    if options.open_clip_config is not None:
         return readers.read_json(options.open_clip_config), options.open_clip_config
     try:
         return open_clip_config.registry_config(options.open_clip_model), options.open_clip_model

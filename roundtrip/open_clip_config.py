@@ -75,9 +75,9 @@ def registry_names() -> list[str]:
 
 def registry_config(name: str) -> dict:
     """The model config open_clip's registry holds under `name` (as `open_clip.create_model(name)` finds it)."""
-    cleaned = name.replace("/", "-")  # open_clip's own spelling rule
+    cleaned = name.replace("/", "-")  # open_clip's own spelling rule; with no "/" left, no path leads out
     path = _registry_folder() / f"{cleaned}.json"
-    if not cleaned or "/" in cleaned or cleaned.startswith(".") or not path.is_file():
+    if not path.is_file():
         close = difflib.get_close_matches(cleaned, registry_names(), n=3)
         hint = f" (close: {', '.join(close)})" if close else ""
         raise ArchitectureError(f"{name!r} is not a model in open_clip's registry{hint}")

@@ -108,6 +108,13 @@ def test_a_weight_exactly_at_the_weights_tolerance_is_within_it(tmp_path, port):
     assert below.exit_code == 1 and "values differ: text_model.final_layer_norm.bias" in below.stdout, below.output
 
 
+def strict_json(text: str):
+    """JSON as the standard has it: NaN and Infinity, which Python's json module accepts, are not JSON."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 @pytest.mark.parametrize("value", ["nan", "inf"])
 @pytest.mark.parametrize("where", ["weights", "logits"])
 def test_nan_and_infinity_are_never_the_same(tmp_path, port, where, value):
@@ -119,8 +126,10 @@ def test_nan_and_infinity_are_never_the_same(tmp_path, port, where, value):
     save_file(weights, tmp_path / "a" / HF_WEIGHTS)
     other = tmp_path / "a" if where == "logits" else port  # the same logits on both sides, bit for bit
     result = run_cli("compare", tmp_path / "a", other, "--json")
-    report = json.loads(result.stdout)
+    report = strict_json(result.stdout)
     assert result.exit_code == 1 and report["same"] is False, result.output
+    if where == "logits":
+        assert report["logits"]["max_abs_difference"] == "nan", report["logits"]
     assert any(("logits differ by nan" if where == "logits" else "values differ") in cause
                for cause in report["causes"]), report["causes"]
     with pytest.raises(AssertionError):
@@ -152,7 +161,9 @@ def test_nan_and_infinity_in_the_same_place_on_both_sides_are_the_same_value(tmp
         save_file(weights, tmp_path / name / HF_WEIGHTS)
     result = run_cli("compare", tmp_path / "a", tmp_path / "b", "--no-logits", "--weights-tolerance", "0.01",
                      "--json")
-    bias, weight = ({t["name"]: t for t in json.loads(result.stdout)["tensors"]}[f"text_model.final_layer_norm.{n}"]
+    report = strict_json(result.stdout)
+    assert report["logits"]["max_abs_difference"] is None, report["logits"]
+    bias, weight = ({t["name"]: t for t in report["tensors"]}[f"text_model.final_layer_norm.{n}"]
                     for n in ("bias", "weight"))
     assert bias["status"] == "equal within tolerance" and weight["max_abs_difference"] == "inf", (bias, weight)
     assert not [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)]
