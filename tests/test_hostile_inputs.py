@@ -4,6 +4,7 @@ input, and leaves nothing behind."""
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import pickle
@@ -424,13 +425,13 @@ def b32_weights():
     return random_open_clip_model(_open_clip_config()).state_dict()
 
 
-def _folder(config=None, weights_from=None, raw=None):
+def _folder(config=None, weights_from=None, raw=None, preprocess=None):
     """An open_clip folder whose tensors are `weights_from`'s model (built by open_clip) or ViT-B-32's, and whose
-    open_clip_config.json holds `raw` text or `config`."""
+    open_clip_config.json holds `raw` text or `config` (and `preprocess` as its preprocess_cfg)."""
     def build(tmp_path, b32_weights):
         model_cfg = config if config is not None else _open_clip_config()
         weights = random_open_clip_model(weights_from).state_dict() if weights_from else b32_weights
-        save_open_clip_folder(weights, model_cfg, tmp_path / "source")
+        save_open_clip_folder(weights, model_cfg, tmp_path / "source", preprocess)
         if raw is not None:
             (tmp_path / "source" / "open_clip_config.json").write_text(raw)
         return [tmp_path / "source"]
@@ -520,6 +521,16 @@ OPEN_CLIP_SOURCES = {
     "a width that is not a number": (_folder(_open_clip_config(**{"vision_cfg.width": "768"})),
                                      "vision_cfg.width is '768', expected a positive integer"),
     "an unknown registry name": (_file("--open-clip-model", "ViT-Q-99"), "not a model in open_clip's registry"),
+    "an image mean of two numbers": (_folder(preprocess={"mean": [0.5, 0.5]}),
+                                     "preprocess_cfg.mean is [0.5, 0.5], expected three numbers"),
+    "an image std of words": (_folder(preprocess={"std": ["a", "b", "c"]}),
+                              "preprocess_cfg.std is ['a', 'b', 'c'], expected three numbers"),
+    "an image mean of booleans": (_folder(preprocess={"mean": [True, False, True]}),
+                                  "preprocess_cfg.mean is [True, False, True], expected three numbers"),
+    "an interpolation that is not a name": (_folder(preprocess={"interpolation": 3}),
+                                            "preprocess_cfg.interpolation is 3, expected a name"),
+    "a resize mode that is not a name": (_folder(preprocess={"resize_mode": None}),
+                                         "preprocess_cfg.resize_mode is None, expected a name"),
     "a registry name that leads out of the registry": (_file("--open-clip-model", "../../setup"),
                                                        "not a model in open_clip's registry"),
     "a misspelt registry name": (_file("--open-clip-model", "ViT-B-32-quickgleu"),
@@ -545,6 +556,16 @@ def test_open_clip_sources_clipmodel_cannot_hold_or_that_contradict_themselves_a
     options = [] if verified else ["--no-verify"]
     assert_refused(run_cli("to-hf", arguments[0], tmp_path / "out", *arguments[1:], *options), message)
     assert listing(tmp_path) == before
+
+
+def test_a_registry_name_without_open_clip_installed_is_one_line(tmp_path, b32_weights, monkeypatch):
+    """open_clip is a dependency, but an install with --no-deps has none: the registry cannot be read."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "open_clip" else real_find_spec(name, *rest))
+    file, *options = _file("--open-clip-model", "ViT-B-32")(tmp_path, b32_weights)
+    assert_refused(run_cli("to-hf", file, tmp_path / "out", *options, "--no-verify"),
+                   "open_clip is not installed: pip install open-clip-torch")
 
 
 # ---- promises no other test held (each kills a hand-made mutation of the code) ---------------------------------
