@@ -8,7 +8,6 @@ first halve the weights to fp16 and would alone move logits by ~5e-3 for an fp32
 
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.util
 import sys
@@ -132,8 +131,8 @@ def open_clip_model(weights: Mapping, model_cfg: Mapping, architecture: Architec
     from open_clip.model import CLIP
     from open_clip.transformer import TextTransformer
 
-    config = copy.deepcopy(dict(model_cfg))
-    config.pop("custom_text", None)  # open_clip's factory takes it out before building, too
+    # open_clip's factory takes custom_text out before building, too
+    config = {key: value for key, value in model_cfg.items() if key != "custom_text"}
     with torch.device("meta"):
         model = CLIP(**config)
     model.load_state_dict(weights, strict=True, assign=True)

@@ -94,3 +94,38 @@ def test_a_buffer_the_fast_path_does_not_make_again_is_refused(monkeypatch):
     monkeypatch.setattr(TextTransformer, "build_causal_mask", lambda self: torch.empty(0, device="meta"))
     with pytest.raises(RuntimeError, match="attn_mask was left on the meta device"):
         verify.open_clip_model(weights, model_cfg, architecture)
+
+
+def _b32_open_clip():
+    model_cfg = open_clip_config.registry_config("ViT-B-32")
+    model_cfg["vision_cfg"]["layers"] = model_cfg["text_cfg"]["layers"] = 1
+    weights = random_open_clip_model(model_cfg).state_dict()
+    return model_cfg, weights, open_clip_config.architecture(model_cfg, Shapes.of(weights))
+
+
+def test_open_clips_reference_takes_custom_text_out_of_the_config_as_its_factory_does():
+    """Kills `custom_text` passed on to open_clip's CLIP (which has no such argument): a config that says
+    `"custom_text": false`, as open_clip's factory accepts, could not be checked."""
+    model_cfg, weights, architecture = _b32_open_clip()
+    said = {**model_cfg, "custom_text": False}
+    verify.open_clip_model(weights, said, architecture)
+    assert said["custom_text"] is False  # the caller's config is left as it was
+
+
+def _with_a_weight_no_model_has(weights: dict) -> dict:
+    return {**weights, "visual.extra.weight": torch.zeros(1)}
+
+
+def test_every_reference_refuses_a_weight_it_has_no_place_for():
+    """Kills a reference that loads leniently (`strict=False`): a weight the model has no place for is an error,
+    not one left out of the check. (A missing one is refused as a tensor left on the meta device.)"""
+    model_cfg, weights, architecture = _b32_open_clip()
+    openai_weights = verify._float32(weights)  # open_clip's keys are OpenAI's
+    hf_weights = verify._float32(mapping.to_hf(weights))
+    builds = [lambda: verify.open_clip_model(_with_a_weight_no_model_has(weights), model_cfg, architecture),
+              lambda: verify.openai_model(_with_a_weight_no_model_has(openai_weights), None, architecture),
+              lambda: verify.hf_model({**hf_weights, "vision_model.extra.weight": torch.zeros(1)},
+                                      hf_config.config(architecture))]
+    for build in builds:
+        with pytest.raises((RuntimeError, ValueError), match="extra"):
+            build()
