@@ -111,7 +111,7 @@ def test_overwrite_refuses_a_file_clipconv_did_not_write_and_replaces_one_it_did
     torch.save({"visual.proj": torch.zeros(2)}, tmp_path / "victim.pt")  # a user's own file
     before = contents(tmp_path / "victim.pt")
     assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "victim.pt", "--overwrite"), "victim.pt",
-                   "was not written by clipconv")
+                   "was not written by clipconv (the file carries no clipconv record)")
     assert contents(tmp_path / "victim.pt") == before
     for name in ("mine.pt", "mine.safetensors"):
         assert run_cli("to-openai", tmp_path / "hf", tmp_path / name, "--no-verify").exit_code == 0
@@ -126,7 +126,8 @@ def test_overwrite_refuses_a_model_folder_clipconv_did_not_write(tmp_path, demo_
     before = contents(tmp_path / "from-the-hub")
     result = run_cli(command, demo_state_dict_file, tmp_path / "from-the-hub", "--overwrite")
     assert_refused(result, "from-the-hub")
-    assert "was not written by clipconv" in result.stderr or "not part of a clipconv model folder" in result.stderr
+    assert {"to-hf": "was not written by clipconv (the folder carries no clipconv record)",
+            "to-open-clip": "holds config.json, which is not part of a clipconv model folder"}[command] in result.stderr
     assert contents(tmp_path / "from-the-hub") == before
 
 
@@ -162,6 +163,28 @@ def test_a_foreign_entry_is_counted_in_words_that_fit_the_count(tmp_path, demo_s
 
 
 # ---- stopped by a signal -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_folder", [True, False], ids=["folder", "file"])
+def test_a_stop_while_the_staging_is_made_leaves_nothing(tmp_path, demo_state_dict_file, hf_sources, monkeypatch,
+                                                        is_folder):
+    """Kills the staging left behind when a signal lands after the temporary exists but before its name is known
+    (the cleanup then has no name to remove and must look beside DEST)."""
+    from roundtrip import destination
+
+    make = "mkdtemp" if is_folder else "mkstemp"
+    real_make = getattr(destination.tempfile, make)
+
+    def made_then_stopped(*arguments, **keywords):
+        real_make(*arguments, **keywords)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(destination.tempfile, make, made_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        roundtrip.convert(demo_state_dict_file if is_folder else hf_sources[0],
+                          tmp_path / ("hf" if is_folder else "model.pt"),
+                          to="hf" if is_folder else "openai", verify_logits=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def staging_of(dest: Path) -> list[Path]:
@@ -214,6 +237,64 @@ def test_overwrite_without_renameat2_still_replaces_the_approved_dest(tmp_path, 
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([dest_name, "expected"])
     roundtrip.convert(first, tmp_path / "new", to=to, verify_logits=False)  # and into a DEST that is not there
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([dest_name, "expected", "new"])
+
+
+def _recording_replaces(monkeypatch, dest: Path, stop_at_the_move_in: bool = False) -> list[tuple[str, str]]:
+    """The os.replace calls that move something out of or into `dest`, as (source, destination) names; with
+    `stop_at_the_move_in`, the run is stopped (as by a kill) where the new DEST would be moved in."""
+    from roundtrip import destination
+
+    moves, real_replace = [], destination.os.replace
+
+    def replace(source, target):
+        if Path(target) == dest and stop_at_the_move_in:
+            raise KeyboardInterrupt
+        if dest in (Path(source), Path(target)):
+            moves.append((Path(source).name, Path(target).name))
+        real_replace(source, target)
+
+    monkeypatch.setattr(destination.os, "replace", replace)
+    return moves
+
+
+@pytest.mark.parametrize("to, dest_name", [("hf", "clip-vit"), ("openai", "clip-vit.pt")])
+def test_without_renameat2_a_file_is_replaced_in_one_move_and_a_folder_by_moving_the_old_aside(
+        tmp_path, demo_state_dict_file, hf_sources, second_source, monkeypatch, to, dest_name):
+    """Kills a file DEST moved aside like a folder (DEST missing for a moment where one os.replace does it)."""
+    from roundtrip import destination
+
+    first, second = (demo_state_dict_file, second_source) if to == "hf" else hf_sources
+    dest = tmp_path / dest_name
+    roundtrip.convert(first, dest, to=to, verify_logits=False)
+    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+    moves = _recording_replaces(monkeypatch, dest)
+    roundtrip.convert(second, dest, to=to, verify_logits=False, overwrite=True)
+    staging, aside = f".{dest_name}.clipconv-new-", f".{dest_name}.clipconv-old-"
+    if to == "openai":
+        assert len(moves) == 1 and moves[0][0].startswith(staging) and moves[0][1] == dest_name, moves
+    else:
+        assert [(source.startswith((staging, aside)), target) for source, target in moves] == \
+            [(False, moves[0][1]), (True, dest_name)] and moves[0][1].startswith(aside), moves
+
+
+def test_a_dest_moved_aside_by_a_run_killed_before_the_new_one_arrived_is_given_back(
+        tmp_path, demo_state_dict_file, second_source, monkeypatch):
+    """Kills a name for the old DEST that the next run does not recognise when DEST's own name has dashes: the
+    user's model would stay hidden beside an empty DEST."""
+    from roundtrip import destination
+
+    dest = tmp_path / "clip-vit-b-32"
+    roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False)
+    before = contents(dest)
+    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+    _recording_replaces(monkeypatch, dest, stop_at_the_move_in=True)
+    with pytest.raises(KeyboardInterrupt):
+        roundtrip.convert(second_source, dest, to="hf", verify_logits=False, overwrite=True)
+    assert not dest.exists() and [path.name.startswith(".clip-vit-b-32.clipconv-old-") for path in
+                                  tmp_path.iterdir()] == [True]
+    monkeypatch.undo()
+    destination.clean_leftovers(dest)  # what the next conversion to DEST does first
+    assert contents(dest) == before and [path.name for path in tmp_path.iterdir()] == ["clip-vit-b-32"]
 
 
 def test_without_renameat2_a_dest_that_changed_meanwhile_is_left_as_it_is(tmp_path, demo_state_dict_file,
