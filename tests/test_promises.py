@@ -215,6 +215,20 @@ def test_an_open_clip_folders_own_image_normalisation_goes_to_hf(tmp_path, open_
     assert processor["image_mean"] == [0.5] * 3 and processor["image_std"] == [0.25] * 3
 
 
+def test_an_open_clip_folders_interpolation_and_resize_mode_survive_a_trip_through_hf(tmp_path, open_clip_model):
+    """Kills an interpolation or resize mode of open_clip's preprocess_cfg not read or not passed on: the
+    folder that comes back would resize images as OpenAI's does."""
+    model_cfg, weights = open_clip_model
+    preprocess_cfg = {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear", "resize_mode": "squash"}
+    save_open_clip_folder(weights, model_cfg, tmp_path / "oc", preprocess_cfg)
+    assert run_cli("to-hf", tmp_path / "oc", tmp_path / "hf", "--no-verify").exit_code == 0
+    processor = read_json(tmp_path / "hf" / "preprocessor_config.json")
+    assert processor["resample"] == 2 and processor["do_center_crop"] is False, processor  # PIL's BILINEAR
+    assert run_cli("to-open-clip", tmp_path / "hf", tmp_path / "back", "--no-verify").exit_code == 0
+    back = read_json(tmp_path / "back" / "open_clip_config.json")["preprocess_cfg"]
+    assert back == preprocess_cfg, back  # the record of the source config, given back as it was
+
+
 def test_the_tokenizer_an_open_clip_config_names_is_not_replaced_by_openais(tmp_path, open_clip_model):
     """Kills the note from an open_clip config's hf_tokenizer_name dropped: OpenAI's tokenizer was written for a
     model that has another, with no note."""
