@@ -64,6 +64,9 @@ def test_a_dtype_that_differs_while_every_value_is_equal_is_reported_not_failed(
     retyped = [t for t in report["tensors"] if t["a_dtype"] != t["b_dtype"]]
     assert retyped and all(t["status"] == "identical" and t["b_dtype"] == "float32" for t in retyped)
     assert report["verdict"] == "same" and report["logits"]["max_abs_difference"] <= 1e-3
+    text = run_cli("compare", sources["openai"], tmp_path / "hf").stdout
+    assert f"tensors       {len(report['tensors'])}: {len(report['tensors'])} identical; {len(retyped)} in another " \
+           "dtype" in text, text
 
 
 # ---- damage, each named ---------------------------------------------------------------------------------------
@@ -184,5 +187,13 @@ def test_the_text_report_shows_each_sides_dtype_and_shape_and_absent_where_a_sid
     torch.save(deeper, tmp_path / "b.pt")
     result = run_cli("compare", tmp_path / "a.pt", tmp_path / "b.pt", "--no-logits")
     assert result.exit_code == 1, result.output
-    assert "  shape differs token_embedding.weight (float32 [49408, 128] / float32 [49407, 128])" in result.stdout
-    assert "  only in B     transformer.resblocks.2.ln_1.bias (absent / float32 [128])" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [f"A             {tmp_path / 'a.pt'} (OpenAI CLIP checkpoint, torch.save state dict)",
+                         "  note        read as OpenAI's CLIP (QuickGELU, heads of 64); for an open_clip checkpoint "
+                         "pass --open-clip-model NAME or --open-clip-config FILE"], lines
+    assert lines[4:9] == [
+        "architecture  vocab_size is 49408 in A, 49407 in B",
+        "architecture  text.layers is 2 in A, 3 in B",
+        "tensors       74: 61 identical, 1 shape differs, 12 only in B",
+        "  shape differs token_embedding.weight (float32 [49408, 128] / float32 [49407, 128])",
+        "  only in B     transformer.resblocks.2.attn.in_proj_weight (absent / float32 [384, 128])"], lines
