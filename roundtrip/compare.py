@@ -17,7 +17,7 @@ from pathlib import Path
 from roundtrip import formats, mapping, verify
 from roundtrip.dtypes import DTYPES
 from roundtrip.errors import ClipconvError
-from roundtrip.formats import KINDS, Loaded, SourceOptions
+from roundtrip.formats import Loaded, SourceOptions
 from roundtrip.strided import Joined
 
 TOLERANCE = verify.TOLERANCE  # of the logits, as conversion checks them
@@ -174,7 +174,7 @@ def _load(path: Path, options: SourceOptions, side: str) -> Loaded:
 
 def _side(loaded: Loaded) -> SideReport:
     source = loaded.source
-    return SideReport(str(source.path), f"{source.format.title}, {KINDS.get(source.kind, source.kind)}",
+    return SideReport(str(source.path), source.described(),
                       loaded.architecture.semantics(), list(source.notes))
 
 

@@ -88,6 +88,10 @@ class Source:
     tokenizer_note: str | None = None  # why OpenAI's tokenizer is not this model's, when its config says so
     not_released: list[str] = field(default_factory=list)  # signs that OpenAI never shipped it (a training run's)
 
+    def described(self) -> str:
+        """Its format and how it is stored, for people: "OpenAI CLIP checkpoint, TorchScript archive"."""
+        return f"{self.format.title}, {KINDS[self.kind]}"
+
     def record(self) -> Record:
         """This source as the way back to its format needs it."""
         dtypes = {key: tensor.dtype.name for key, tensor in self.tensors.items()}
@@ -281,7 +285,7 @@ def _write_card(job: Job, source_hash: Future, difference: float | None, notes: 
     source = job.source
     card = hf_extras.model_card(hf_extras.CardFacts(
         source_name=source.path.name, source_sha256=source_hash.result(), source_file=source.hashed.name,
-        source_format=f"{source.format.title}, {KINDS.get(source.kind, source.kind)}",
+        source_format=source.described(),
         source_dtypes=Cast().summary(source.tensors),
         written_dtypes=job.cast.summary(job.weights), tool=tool(), architecture=job.architecture,
         max_logit_difference=difference, notes=[*source.notes, *notes], reference=source.format.reference.name,

@@ -180,7 +180,8 @@ def test_the_readme_names_every_field_of_the_json_report_as_it_is(tmp_path, sour
 def test_the_text_report_shows_each_sides_dtype_and_shape_and_absent_where_a_side_lacks_a_tensor(tmp_path):
     """Kills mutants of `compare._side_text` (a side's dtype and shape, or "absent", in the people's report)."""
     fp32 = random_openai_state_dict(DEMO, openai_dtypes=False)
-    deeper = {**fp32, "token_embedding.weight": fp32["token_embedding.weight"][:-1].clone()}
+    deeper = {**fp32, "token_embedding.weight": fp32["token_embedding.weight"][:-1].clone(),
+              "ln_final.weight": fp32["ln_final.weight"] + 0.5}
     deeper.update({key.replace(".1.", ".2.", 1): tensor.clone() for key, tensor in fp32.items()
                    if key.startswith("transformer.resblocks.1.")})
     torch.save(fp32, tmp_path / "a.pt")
@@ -191,9 +192,10 @@ def test_the_text_report_shows_each_sides_dtype_and_shape_and_absent_where_a_sid
     assert lines[:2] == [f"A             {tmp_path / 'a.pt'} (OpenAI CLIP checkpoint, torch.save state dict)",
                          "  note        read as OpenAI's CLIP (QuickGELU, heads of 64); for an open_clip checkpoint "
                          "pass --open-clip-model NAME or --open-clip-config FILE"], lines
-    assert lines[4:9] == [
+    assert lines[4:10] == [
         "architecture  vocab_size is 49408 in A, 49407 in B",
         "architecture  text.layers is 2 in A, 3 in B",
-        "tensors       74: 61 identical, 1 shape differs, 12 only in B",
+        "tensors       74: 60 identical, 1 different, 1 shape differs, 12 only in B",
         "  shape differs token_embedding.weight (float32 [49408, 128] / float32 [49407, 128])",
+        "  different     ln_final.weight (float32 [128] / float32 [128], max |difference| 0.5)",
         "  only in B     transformer.resblocks.2.attn.in_proj_weight (absent / float32 [384, 128])"], lines
