@@ -63,6 +63,7 @@ def test_a_dtype_that_differs_while_every_value_is_equal_is_reported_not_failed(
     report = json.loads(result.stdout)
     retyped = [t for t in report["tensors"] if t["a_dtype"] != t["b_dtype"]]
     assert retyped and all(t["status"] == "identical" and t["b_dtype"] == "float32" for t in retyped)
+    assert all(t["max_abs_difference"] == 0.0 for t in report["tensors"])  # a number, as for any other tensor
     assert report["verdict"] == "same" and report["logits"]["max_abs_difference"] <= 1e-3
     text = run_cli("compare", sources["openai"], tmp_path / "hf").stdout
     assert f"tensors       {len(report['tensors'])}: {len(report['tensors'])} identical; {len(retyped)} in another " \
