@@ -243,12 +243,10 @@ def _same_bits(a, b) -> bool:
 
 
 def _max_abs_difference(a, b) -> float:
-    """The largest |a - b|: the same value on both sides (infinity and NaN included) differs by 0, NaN on one
-    side only by infinity."""
+    """The largest |a - b| of arrays whose bits differ (so not empty): the same value on both sides (infinity and
+    NaN included) differs by 0, NaN on one side only by infinity."""
     import numpy
 
-    if a.size == 0:
-        return 0.0
     with numpy.errstate(invalid="ignore", over="ignore"):  # inf - inf, and float64 extremes: handled below
         difference = numpy.abs(a.astype(numpy.float64) - b.astype(numpy.float64))
     same = (a == b) | (numpy.isnan(a) & numpy.isnan(b))
