@@ -223,13 +223,14 @@ def _values(tensor):
 
 
 def _wider(a, b):
-    """Both arrays in one dtype that holds every value of either exactly."""
+    """Both arrays in one dtype that holds every value of either exactly: float32 where both are floats of up to 32
+    bits (bfloat16 arrives widened), float64 otherwise."""
     import numpy
 
     if a.dtype == b.dtype:
         return a, b
-    common = numpy.float64 if numpy.float64 in (a.dtype, b.dtype) or a.dtype.kind != b.dtype.kind or \
-        a.dtype.kind != "f" else numpy.float32
+    small_floats = all(array.dtype.kind == "f" and array.dtype.itemsize <= 4 for array in (a, b))
+    common = numpy.float32 if small_floats else numpy.float64
     return a.astype(common), b.astype(common)
 
 

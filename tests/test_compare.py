@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -200,3 +201,16 @@ def test_the_text_report_shows_each_sides_dtype_and_shape_and_absent_where_a_sid
         "  shape differs token_embedding.weight (float32 [49408, 128] / float32 [49407, 128])",
         "  different     ln_final.weight (float32 [128] / float32 [128], max |difference| 0.5)",
         "  only in B     transformer.resblocks.2.attn.in_proj_weight (absent / float32 [384, 128])"], lines
+
+
+def test_a_float64_weight_and_its_float32_rounding_are_not_the_same_value(tmp_path):
+    """Kills a comparison of float64 with float32 done in float32, where the rounding of the one is the other."""
+    fp32 = random_openai_state_dict(DEMO, openai_dtypes=False)
+    precise = {**fp32, "ln_final.weight": torch.full_like(fp32["ln_final.weight"], 0.1, dtype=torch.float64)}
+    rounded = {**fp32, "ln_final.weight": precise["ln_final.weight"].float()}
+    torch.save(precise, tmp_path / "a.pt")
+    torch.save(rounded, tmp_path / "b.pt")
+    result = run_cli("compare", tmp_path / "a.pt", tmp_path / "b.pt", "--no-logits", "--json")
+    tensor = next(t for t in json.loads(result.stdout)["tensors"] if t["name"] == "ln_final.weight")
+    assert result.exit_code == 1 and tensor["status"] == "different", tensor
+    assert tensor["max_abs_difference"] == pytest.approx(abs(0.1 - float(numpy.float32(0.1))), rel=1e-6)

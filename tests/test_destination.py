@@ -331,6 +331,13 @@ def test_a_rename_the_system_refuses_is_one_line_and_leaves_dest_as_it_was(tmp_p
     assert sorted(path.name for path in tmp_path.iterdir()) == (["hf"] if replacing else [])
 
 
+def test_removing_what_another_cleanup_removed_first_is_not_an_error(tmp_path):
+    """Two runs may clean the same leftovers beside DEST: the second finds them gone."""
+    from roundtrip import destination
+
+    destination._remove(tmp_path / ".hf.clipconv-new-1-gone")
+
+
 def test_a_process_of_another_user_counts_as_running(monkeypatch):
     """Its staging beside DEST is not ours to remove: os.kill(pid, 0) answers PermissionError for it."""
     from roundtrip import destination
