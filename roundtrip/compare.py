@@ -235,10 +235,9 @@ def _wider(a, b):
 
 
 def _same_bits(a, b) -> bool:
+    """Whether two arrays of one dtype hold the same bits (so -0.0 is not 0.0, and a NaN is the same NaN)."""
     import numpy
 
-    if a.dtype.kind != "f":
-        return bool(numpy.array_equal(a, b))
     unsigned = numpy.dtype(f"u{a.dtype.itemsize}")
     return bool(numpy.array_equal(numpy.ascontiguousarray(a).view(unsigned), numpy.ascontiguousarray(b).view(unsigned)))
 

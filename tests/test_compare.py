@@ -214,3 +214,15 @@ def test_a_float64_weight_and_its_float32_rounding_are_not_the_same_value(tmp_pa
     tensor = next(t for t in json.loads(result.stdout)["tensors"] if t["name"] == "ln_final.weight")
     assert result.exit_code == 1 and tensor["status"] == "different", tensor
     assert tensor["max_abs_difference"] == pytest.approx(abs(0.1 - float(numpy.float32(0.1))), rel=1e-6)
+
+
+def test_a_zero_of_the_other_sign_is_an_equal_value_but_not_the_same_bits(tmp_path):
+    """Kills floats compared by value where "identical" promises the same bits: -0.0 and 0.0 are equal values."""
+    fp32 = random_openai_state_dict(DEMO, openai_dtypes=False)
+    zero, negative_zero = (torch.full_like(fp32["ln_final.bias"], value) for value in (0.0, -0.0))
+    torch.save({**fp32, "ln_final.bias": zero}, tmp_path / "a.pt")
+    torch.save({**fp32, "ln_final.bias": negative_zero}, tmp_path / "b.pt")
+    result = run_cli("compare", tmp_path / "a.pt", tmp_path / "b.pt", "--no-logits", "--json")
+    tensor = next(t for t in json.loads(result.stdout)["tensors"] if t["name"] == "ln_final.bias")
+    assert result.exit_code == 0 and tensor["status"] == "equal within tolerance", tensor
+    assert tensor["max_abs_difference"] == 0.0

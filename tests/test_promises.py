@@ -198,11 +198,11 @@ def test_an_hf_folders_own_image_normalisation_goes_to_open_clip(tmp_path):
     from transformers import CLIPImageProcessor
 
     random_hf_model(hf_clip_config(), fp16_representable=False).save_pretrained(tmp_path / "hf")
-    CLIPImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path / "hf")
+    CLIPImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=2).save_pretrained(tmp_path / "hf")
     assert run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc", "--no-verify").exit_code == 0
     preprocess_cfg = read_json(tmp_path / "oc" / "open_clip_config.json")["preprocess_cfg"]
-    assert preprocess_cfg["mean"] == preprocess_cfg["std"] == [0.5] * 3
-    assert preprocess_cfg["size"] == 64  # the model's resolution
+    assert preprocess_cfg == {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",  # PIL's 2
+                              "resize_mode": "shortest", "size": 64}  # the model's resolution
 
 
 def test_an_open_clip_folders_own_image_normalisation_goes_to_hf(tmp_path, open_clip_model):
