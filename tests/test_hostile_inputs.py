@@ -541,6 +541,8 @@ OPEN_CLIP_SOURCES = {
                                           "not both"),
     "a registry model whose layers disagree": (_file("--open-clip-model", "ViT-B-32"),
                                                "vision.layers is 12, the tensors say 1"),
+    "a registry name spelt as OpenAI does (ViT-B/32)": (_file("--open-clip-model", "ViT-B/32"),
+                                                        "vision.layers is 12, the tensors say 1"),
     "a config file that is not open_clip's": (_file_with_config({"hidden_size": 3}), "has no model_cfg"),
     "options for a folder": (_folder_with("--open-clip-model", "ViT-B-32"), "are for checkpoint files"),
     "a folder without weights": (_folder_without("open_clip_model.safetensors"), "has no weights"),

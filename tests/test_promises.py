@@ -130,6 +130,8 @@ def test_nan_and_infinity_are_never_the_same(tmp_path, port, where, value):
     assert result.exit_code == 1 and report["same"] is False, result.output
     if where == "logits":
         assert report["logits"]["max_abs_difference"] == "nan", report["logits"]
+    else:  # NaN or infinity on one side only: an infinite difference
+        assert {t["max_abs_difference"] for t in report["tensors"] if t["status"] == "different"} == {"inf"}
     assert any(("logits differ by nan" if where == "logits" else "values differ") in cause
                for cause in report["causes"]), report["causes"]
     with pytest.raises(AssertionError):
