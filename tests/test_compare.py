@@ -194,6 +194,7 @@ def test_the_text_report_shows_each_sides_dtype_and_shape_and_absent_where_a_sid
     assert lines[:2] == [f"A             {tmp_path / 'a.pt'} (OpenAI CLIP checkpoint, torch.save state dict)",
                          "  note        read as OpenAI's CLIP (QuickGELU, heads of 64); for an open_clip checkpoint "
                          "pass --open-clip-model NAME or --open-clip-config FILE"], lines
+    assert lines[2].startswith(f"B             {tmp_path / 'b.pt'} ("), lines
     assert lines[4:10] == [
         "architecture  vocab_size is 49408 in A, 49407 in B",
         "architecture  text.layers is 2 in A, 3 in B",

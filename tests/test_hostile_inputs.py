@@ -501,6 +501,8 @@ OPEN_CLIP_SOURCES = {
     "open_clip_config.json not JSON": (_folder(raw="{"), "not valid JSON"),
     "model_cfg not an object": (_folder(raw='{"model_cfg": [1]}'), "model_cfg should be a JSON object, found list"),
     "open_clip_config.json a list": (_folder(raw='[{"model_cfg": {}}]'), "is a JSON list, expected an object"),
+    "preprocess_cfg not an object": (_folder(raw=json.dumps({"model_cfg": _open_clip_config(), "preprocess_cfg": [1]})),
+                                     "preprocess_cfg should be a JSON object, found list"),
     "layers that disagree with the tensors": (_folder(_open_clip_config(**{"vision_cfg.layers": 3})),
                                               "vision.layers is 3, the tensors say 1"),
     "context that disagrees with the tensors": (_folder(_open_clip_config(**{"text_cfg.context_length": 64})),
