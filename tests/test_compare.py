@@ -202,6 +202,8 @@ def test_the_text_report_shows_each_sides_dtype_and_shape_and_absent_where_a_sid
         "  shape differs token_embedding.weight (float32 [49408, 128] / float32 [49407, 128])",
         "  different     ln_final.weight (float32 [128] / float32 [128], max |difference| 0.5)",
         "  only in B     transformer.resblocks.2.attn.in_proj_weight (absent / float32 [384, 128])"], lines
+    backwards = run_cli("compare", tmp_path / "b.pt", tmp_path / "a.pt", "--no-logits").stdout
+    assert "  only in A     transformer.resblocks.2.ln_1.bias (float32 [128] / absent)" in backwards, backwards
 
 
 def test_a_float64_weight_and_its_float32_rounding_are_not_the_same_value(tmp_path):
