@@ -138,6 +138,8 @@ def test_values_changed_by_a_cast_fail_unless_the_weights_tolerance_allows_them(
     assert strict.exit_code == 1 and "values differ" in strict.stdout
     loose = run_cli("compare", tmp_path / "fp32.pt", tmp_path / "bf16", "--no-logits", "--weights-tolerance", "0.02")
     assert loose.exit_code == 0, loose.output
+    counts = next(line for line in loose.stdout.splitlines() if line.startswith("tensors"))
+    assert "equal within tolerance" in counts and "architecture  the same" in loose.stdout, loose.stdout
     assert "equal within tolerance" in loose.stdout
 
 
@@ -203,6 +205,7 @@ def test_the_text_report_shows_each_sides_dtype_and_shape_and_absent_where_a_sid
         "  different     ln_final.weight (float32 [128] / float32 [128], max |difference| 0.5)",
         "  only in B     transformer.resblocks.2.attn.in_proj_weight (absent / float32 [384, 128])"], lines
     backwards = run_cli("compare", tmp_path / "b.pt", tmp_path / "a.pt", "--no-logits").stdout
+    assert "tensors       74: 60 identical, 1 different, 1 shape differs, 12 only in A" in backwards, backwards
     assert "  only in A     transformer.resblocks.2.ln_1.bias (float32 [128] / absent)" in backwards, backwards
 
 
