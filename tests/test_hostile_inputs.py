@@ -513,6 +513,10 @@ OPEN_CLIP_SOURCES = {
                                                    "image_resolution is 448, the tensors say 224"),
     "vocabulary that disagrees with the tensors": (_folder(_open_clip_config(**{"text_cfg.vocab_size": 1000})),
                                                    "vocab_size is 1000, the tensors say 49408"),
+    "two numbers that disagree with the tensors": (_folder(_open_clip_config(embed_dim=256,
+                                                                             **{"vision_cfg.layers": 3})),
+                                                   "the open_clip config does not fit the tensors: embed_dim is 256, "
+                                                   "the tensors say 512; vision.layers is 3, the tensors say 1"),
     "a width that disagrees with the tensors": (_folder(_open_clip_config(**{"text_cfg.width": 1024})),
                                                 "text.width is 1024, the tensors say 512"),
     "patch that disagrees with the tensors": (_folder(_open_clip_config(**{"vision_cfg.patch_size": 16})),

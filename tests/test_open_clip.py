@@ -137,6 +137,25 @@ def test_the_registry_holds_the_kinds_of_model_clipconv_writes():
     assert {"ViT-B-32-quickgelu", "ViT-H-14", "ViT-bigG-14", "ViT-H-14-worldwide"} <= set(SUPPORTED_REGISTRY_MODELS)
 
 
+def test_a_config_that_leaves_every_setting_out_reads_as_what_open_clip_builds_from_it():
+    """open_clip fills in each setting a config leaves out (the widths of both towers, layers, heads, patch,
+    image size, context, vocabulary, MLP ratio, eps, activation): clipconv reads the same numbers. Kills
+    reading a tower's width with no default."""
+    from open_clip.model import CLIP
+
+    model_cfg = {"embed_dim": 512, "vision_cfg": {}, "text_cfg": {}}
+    with torch.device("meta"):
+        built = CLIP(**model_cfg)
+    architecture = open_clip_config.architecture(model_cfg, Shapes.of(built.state_dict()))
+    text_block, vision_block = built.transformer.resblocks[0], built.visual.transformer.resblocks[0]
+    assert (architecture.text.heads, architecture.vision.heads) == (text_block.attn.num_heads,
+                                                                    vision_block.attn.num_heads)
+    assert (architecture.text.layer_norm_eps, architecture.vision.layer_norm_eps) == (text_block.ln_1.eps,
+                                                                                      vision_block.ln_1.eps)
+    assert type(text_block.mlp.gelu).__name__ == "GELU" and architecture.text.activation == "gelu"
+    assert architecture.text_pool_token is None
+
+
 def test_bigg_mlp_ratio_gives_its_mlp_width_back():
     assert open_clip_config.mlp_ratio(1664, 8192) == 4.9231
     assert int(1664 * open_clip_config.mlp_ratio(1664, 8192)) == 8192
