@@ -527,6 +527,8 @@ OPEN_CLIP_SOURCES = {
                                           "vision_cfg.flux_capacitor is not an open_clip setting"),
     "a width that is not a number": (_folder(_open_clip_config(**{"vision_cfg.width": "768"})),
                                      "vision_cfg.width is '768', expected a positive integer"),
+    "a text width that is not a number": (_folder(_open_clip_config(**{"text_cfg.width": "512"})),
+                                          "text_cfg.width is '512', expected a positive integer"),
     "an unknown registry name": (_file("--open-clip-model", "ViT-Q-99"), "not a model in open_clip's registry"),
     "an image mean of two numbers": (_folder(preprocess={"mean": [0.5, 0.5]}),
                                      "preprocess_cfg.mean is [0.5, 0.5], expected three numbers"),
