@@ -156,6 +156,14 @@ def test_a_config_that_leaves_every_setting_out_reads_as_what_open_clip_builds_f
     assert architecture.text_pool_token is None
 
 
+def test_an_mlp_ratio_of_one_or_less_is_a_model_open_clip_builds():
+    """open_clip takes any positive mlp_ratio; one of 1 or less is no refusal (kills `ratio <= 1` for `<= 0`)."""
+    for ratio in (1, 0.5):
+        config = {"embed_dim": 64, "vision_cfg": {"width": 128, "mlp_ratio": ratio}, "text_cfg": {"mlp_ratio": ratio}}
+        architecture = open_clip_config.claimed_architecture(config)
+        assert (architecture.vision.mlp_width, architecture.text.mlp_width) == (int(128 * ratio), int(512 * ratio))
+
+
 def test_bigg_mlp_ratio_gives_its_mlp_width_back():
     assert open_clip_config.mlp_ratio(1664, 8192) == 4.9231
     assert int(1664 * open_clip_config.mlp_ratio(1664, 8192)) == 8192
