@@ -164,6 +164,13 @@ def test_an_mlp_ratio_of_one_or_less_is_a_model_open_clip_builds():
         assert (architecture.vision.mlp_width, architecture.text.mlp_width) == (int(128 * ratio), int(512 * ratio))
 
 
+def test_an_image_and_patch_size_given_as_a_square_pair_read_as_their_side():
+    """open_clip takes image_size and patch_size as a number or a pair; a square pair is its side."""
+    config = {"embed_dim": 64, "vision_cfg": {"image_size": [224, 224], "patch_size": (16, 16)}, "text_cfg": {}}
+    architecture = open_clip_config.claimed_architecture(config)
+    assert (architecture.image_resolution, architecture.patch_size) == (224, 16)
+
+
 def test_bigg_mlp_ratio_gives_its_mlp_width_back():
     assert open_clip_config.mlp_ratio(1664, 8192) == 4.9231
     assert int(1664 * open_clip_config.mlp_ratio(1664, 8192)) == 8192
