@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from safetensors.torch import load_file
 
 from roundtrip import hf_config, mapping, open_clip_config, verify
-from roundtrip.architecture import Shapes
+from roundtrip.architecture import ArchitectureError, Shapes
 from roundtrip.examples import (
     DEMO,
     random_open_clip_model,
@@ -169,6 +169,18 @@ def test_an_image_and_patch_size_given_as_a_square_pair_read_as_their_side():
     config = {"embed_dim": 64, "vision_cfg": {"image_size": [224, 224], "patch_size": (16, 16)}, "text_cfg": {}}
     architecture = open_clip_config.claimed_architecture(config)
     assert (architecture.image_resolution, architecture.patch_size) == (224, 16)
+
+
+def test_reading_a_config_clipmodel_cannot_hold_names_every_reason_in_one_line():
+    """claimed_architecture refuses on its own (the readers check first, but testing and recorded configs call it
+    directly): each reason, joined in one line."""
+    config = {"embed_dim": 64, "vision_cfg": {"ls_init_value": 1e-4}, "text_cfg": {"proj_bias": True}}
+    with pytest.raises(ArchitectureError) as refused:
+        open_clip_config.claimed_architecture(config)
+    message = str(refused.value)
+    assert message.startswith("clipconv does not convert this open_clip model (transformers' CLIPModel cannot hold "
+                              "it): "), message
+    assert "layer scale" in message and "; " in message and "proj_bias" in message, message
 
 
 def test_bigg_mlp_ratio_gives_its_mlp_width_back():
