@@ -11,7 +11,7 @@ import dataclasses
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 
 from roundtrip import hf_extras
 from roundtrip.examples import DEMO
@@ -147,9 +147,14 @@ def test_every_line_tokenizes_like_clip_tokenize_once_cleaned_as_openai_does(aut
     assert mismatches(corpus, corpus_reference, hf_tokens(auto_tokenizer, cleaned_corpus)) == []
 
 
+YPOGEGRAMMENI = "\u0345"
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=texts)
 def test_any_text_tokenizes_like_clip_tokenize_once_cleaned_as_openai_does(auto_tokenizer, text):
+    # U+0345 is the one character OpenAI's word pattern drops (below); ftfy makes it out of others ("Í\x85").
+    assume(YPOGEGRAMMENI not in openai_cleaned(text))
     assert hf_tokens(auto_tokenizer, [openai_cleaned(text)]) == clip_reference([text])
 
 
@@ -169,6 +174,9 @@ DIVERGENT_RAW_TEXT = [
         ("character newer than Unicode 14", ":\U000323b0",
          "the regex module behind clip.tokenize has newer Unicode tables than the tokenizers library: "
          "17481 code points unassigned in Unicode 14 (U+323B0, ...) are split into words differently"),
+        ("combining Greek ypogegrammeni", f"a{YPOGEGRAMMENI}b",
+         "OpenAI's word pattern (regex, IGNORECASE) matches U+0345 by none of its classes, so clip.tokenize drops "
+         "it; transformers keeps it (the only such code point)"),
         ("upper-case special token", "<|ENDOFTEXT|>",
          "OpenAI lower-cases before it matches <|endoftext|>; transformers matches special tokens "
          "case-sensitively, before normalizing"),
