@@ -184,6 +184,17 @@ def test_reading_a_config_clipmodel_cannot_hold_names_every_reason_in_one_line()
     assert len(reasons) == 2 and message.endswith("it): " + "; ".join(reasons)), message
 
 
+def test_heads_of_width_1_and_eos_pooling_without_an_id_read_as_open_clip_builds_them():
+    """Settings at the edge of what open_clip takes: a head_width of 1 (as many heads as the width), and text
+    pooled at 'eos' with no eos_id, which open_clip's CLIPTextCfg fills in."""
+    from open_clip.model import CLIPTextCfg
+
+    config = {"embed_dim": 64, "vision_cfg": {"width": 64, "head_width": 1}, "text_cfg": {"pool_type": "eos"}}
+    architecture = open_clip_config.claimed_architecture(config)
+    assert architecture.vision.heads == 64
+    assert architecture.text_pool_token == CLIPTextCfg().eos_id
+
+
 def test_bigg_mlp_ratio_gives_its_mlp_width_back():
     assert open_clip_config.mlp_ratio(1664, 8192) == 4.9231
     assert int(1664 * open_clip_config.mlp_ratio(1664, 8192)) == 8192
