@@ -551,6 +551,8 @@ OPEN_CLIP_SOURCES = {
                                           "vision_cfg.patch_size is '32', expected a positive integer"),
     "a head width that is not a number": (_folder(_open_clip_config(**{"vision_cfg.head_width": "64"})),
                                           "vision_cfg.head_width is '64', expected a positive integer"),
+    "an embed_dim that is not a number": (_folder(_open_clip_config(embed_dim="512")),
+                                          "model_cfg.embed_dim is '512', expected a positive integer"),
     "an unknown registry name": (_file("--open-clip-model", "ViT-Q-99"), "not a model in open_clip's registry"),
     "an image mean of two numbers": (_folder(preprocess={"mean": [0.5, 0.5]}),
                                      "preprocess_cfg.mean is [0.5, 0.5], expected three numbers"),
