@@ -273,10 +273,12 @@ def _print_summary(summary) -> None:
     if summary.extra_files:
         click.echo(f"  also          {', '.join(summary.extra_files)}")
     click.echo(f"  architecture  {summary.architecture.describe()}")
-    if summary.max_logit_difference is None:
+    if summary.agreement is None:
         click.echo("  verification  skipped (--no-verify)")
     else:
-        click.echo(f"  verification  max |logit difference| = {summary.max_logit_difference:.2e} (tolerance 1e-3)")
+        where, largest = summary.agreement.largest
+        click.echo(f"  verification  max |difference| = {largest:.2e} at {where}, over every layer's output, the "
+                   "pooled and projected embeddings and the logits (tolerance 1e-3)")
     for note in summary.notes:
         click.echo(f"  note          {note}")
 

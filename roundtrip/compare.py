@@ -3,8 +3,8 @@
 Both are read with the readers conversion uses (nothing in them is run), understood by their formats' entries,
 and mapped by the schema into one key layout, A's. Then: their architectures, field by field; their tensors,
 one at a time (keys, shapes, dtypes, and values compared bit for bit in the wider dtype, else max |difference|),
-giving each one's memory back as it goes; and, unless left out, the logits of each side's own model code on
-the same tokens and images.
+giving each one's memory back as it goes; and, unless left out, what each side's own model code computes on
+the same tokens and images, layer by layer, as conversion checks it (`roundtrip.verify`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from roundtrip.errors import ClipconvError
 from roundtrip.formats import Loaded, SourceOptions
 from roundtrip.strided import Joined
 
-TOLERANCE = verify.TOLERANCE  # of the logits, as conversion checks them
+TOLERANCE = verify.TOLERANCE  # of every output, as conversion checks them
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,10 @@ class Report:
     tensors: list[TensorComparison]
     tolerance: float
     weights_tolerance: float
-    max_logit_difference: float | None = None  # None when logits were not compared
+    max_logit_difference: float | None = None  # None when the models were not run
+    # Each output's largest |difference| (`verify.output_names`: every layer, pooled, projected, the logits), as
+    # conversion checks them; None when the models were not run.
+    outputs: verify.Agreement | None = None
     logits_note: str | None = None  # why logits were not compared
     architecture_differences: list[str] = field(default_factory=list)
 
@@ -69,8 +72,8 @@ class Report:
             names = [t.name for t in self.tensors if t.status == status]
             if names:
                 causes.append(f"{len(names)} tensor(s) {what}: {mapping.describe_keys(names, limit=4)}")
-        if self.max_logit_difference is not None and not self.max_logit_difference <= self.tolerance:
-            causes.append(f"logits differ by {self.max_logit_difference:.3g} (tolerance {self.tolerance:g})")
+        if self.outputs is not None and self.outputs.diverges_at(self.tolerance) is not None:
+            causes.append(self.outputs.describe(self.tolerance))
         return causes
 
     @property
@@ -105,9 +108,11 @@ class Report:
                     f", max |difference| {tensor.max_abs_difference:.3g}"
                 lines.append(f"  {tensor.status:<13} {tensor.name} ({_side_text(tensor, 'a')} / "
                              f"{_side_text(tensor, 'b')}{difference})")
-        if self.max_logit_difference is not None:
-            lines.append(f"logits        max |difference| {self.max_logit_difference:.3g} "
-                         f"(tolerance {self.tolerance:g})")
+        if self.outputs is not None:
+            where, largest = self.outputs.largest
+            lines.append(f"outputs       max |difference| {largest:.3g} at {where}, over every layer's output, the "
+                         f"pooled and projected embeddings and the logits (tolerance {self.tolerance:g})")
+            lines.append(f"logits        max |difference| {self.max_logit_difference:.3g}")
         else:
             lines.append(f"logits        not compared ({self.logits_note})")
         lines.append(f"verdict       {self.verdict}")
@@ -125,6 +130,8 @@ class Report:
             "tolerance": self.tolerance,
             "weights_tolerance": self.weights_tolerance,
             "logits": {"max_abs_difference": _finite(self.max_logit_difference), "note": self.logits_note},
+            "outputs": None if self.outputs is None else {name: _finite(difference) for name, difference in
+                                                          self.outputs.differences.items()},
             "tensors": [{**dataclasses.asdict(t), "max_abs_difference": _finite(t.max_abs_difference)}
                         for t in self.tensors],
         }
@@ -157,7 +164,8 @@ def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weigh
     elif sides[0].shapes != sides[1].shapes:
         report.logits_note = "the shapes differ, so no probe fits both models"
     else:
-        report.max_logit_difference = _logit_difference(sides, weights, layout)
+        report.outputs = _agreement(sides, weights, layout)
+        report.max_logit_difference = report.outputs.logits
     return report
 
 
@@ -255,12 +263,12 @@ def _max_abs_difference(a, b) -> float:
     return float(difference.max())
 
 
-def _logit_difference(sides: list[Loaded], weights: list[dict], layout: str) -> float:
+def _agreement(sides: list[Loaded], weights: list[dict], layout: str) -> verify.Agreement:
     """Each side's own model code, built from its own config, on the same probe tokens and images."""
     architecture = sides[0].architecture
     images, tokens = verify.probe_images(architecture), verify.probe_tokens(architecture)
-    logits = []
+    outputs = []
     for side, side_weights in zip(sides, weights, strict=True):
         reference = side.source.format.side(side.source.config)
-        logits.append(verify.reference_logits(reference, side_weights, layout, side.architecture, images, tokens))
-    return (logits[0] - logits[1]).abs().max().item()
+        outputs.append(verify.reference_outputs(reference, side_weights, layout, side.architecture, images, tokens))
+    return verify.agreement(*outputs)

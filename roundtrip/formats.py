@@ -123,7 +123,7 @@ class Written:
     """What a writer wrote, and what it writes once the logit check's figure is known (a model card)."""
 
     files: list[str]
-    finish: Callable[[float | None], list[str]] = lambda difference: []
+    finish: Callable[[verify.Agreement | None], list[str]] = lambda agreement: []
     notes: list[str] = field(default_factory=list)
 
 
@@ -278,17 +278,17 @@ def _write_hf(job: Job) -> Written:
     files, notes = processing.result()
     writers.write_text_files(job.staging, files)
     return Written([*written, *([HF_SAFETENSORS_INDEX] if len(written) > 1 else [])],
-                   lambda difference: [*files, *_write_card(job, source_hash, difference, notes)], notes)
+                   lambda agreement: [*files, *_write_card(job, source_hash, agreement, notes)], notes)
 
 
-def _write_card(job: Job, source_hash: Future, difference: float | None, notes: list[str]) -> list[str]:
+def _write_card(job: Job, source_hash: Future, agreement: verify.Agreement | None, notes: list[str]) -> list[str]:
     source = job.source
     card = hf_extras.model_card(hf_extras.CardFacts(
         source_name=source.path.name, source_sha256=source_hash.result(), source_file=source.hashed.name,
         source_format=source.described(),
         source_dtypes=Cast().summary(source.tensors),
         written_dtypes=job.cast.summary(job.weights), tool=tool(), architecture=job.architecture,
-        max_logit_difference=difference, notes=[*source.notes, *notes], reference=source.format.reference.name,
+        agreement=agreement, notes=[*source.notes, *notes], reference=source.format.reference.name,
     ))
     writers.write_text_files(job.staging, card)
     return list(card)

@@ -15,6 +15,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from roundtrip.architecture import Architecture
 from roundtrip.facts import (
@@ -30,6 +31,9 @@ from roundtrip.facts import (
     BPETable,
 )
 from roundtrip.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from roundtrip.verify import Agreement
 
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -216,7 +220,7 @@ class CardFacts:
     written_dtypes: dict[str, int]
     tool: str
     architecture: Architecture
-    max_logit_difference: float | None
+    agreement: Agreement | None  # None when not verified
     notes: list[str]
     reference: str  # the source format's model code, which the logit check ran
 
@@ -226,8 +230,9 @@ def model_card(facts: CardFacts) -> dict[str, str]:
     architecture = facts.architecture
     verification = (
         "skipped (`--no-verify`)"
-        if facts.max_logit_difference is None
-        else f"max \\|Δ logits\\| = {facts.max_logit_difference:.2e} (tolerance {TOLERANCE:g})"
+        if facts.agreement is None
+        else f"max \\|Δ\\| = {facts.agreement.largest[1]:.2e} over every layer's output, the pooled and projected "
+             f"embeddings and the logits (largest at {facts.agreement.largest[0]}; tolerance {TOLERANCE:g})"
     )
     lines = [
         "---",

@@ -35,7 +35,8 @@ class Summary:
     dtypes: dict[str, int]
     files: list[str]
     architecture: Architecture
-    max_logit_difference: float | None = None  # None when verification was skipped
+    agreement: verify.Agreement | None = None  # how far apart the two models' outputs are; None if not checked
+    max_logit_difference: float | None = None  # of the logits alone; None when verification was skipped
     extra_files: list[str] = field(default_factory=list)  # tokenizer, image processor, model card
     notes: list[str] = field(default_factory=list)  # what the user should know: files left out, mismatches
 
@@ -112,7 +113,7 @@ def convert(
             # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
             report(f"Verifying logits of {sides[0].reference.name} against {sides[1].reference.name}, "
                    "alongside writing")
-            verification = background.submit(verify.max_logit_difference, checked, checked_layout, *sides,
+            verification = background.submit(verify.check, checked, checked_layout, *sides,
                                              architecture)
         report(f"Writing {len(weights)} tensors")
         written = target.write(Job(staging, dest, read, output, cast, architecture, config,
@@ -121,10 +122,11 @@ def convert(
         summary.files, summary.notes = written.files, [*summary.notes, *written.notes]
         if verify_logits:
             # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
-            summary.max_logit_difference = _logit_difference(verification, source_path)
-            verify.require_agreement(dest, summary.max_logit_difference)
+            summary.agreement = _checked(verification, source_path)
+            summary.max_logit_difference = summary.agreement.logits
+            verify.require_agreement(dest, summary.agreement)
         intact.result()
-        summary.extra_files = written.finish(summary.max_logit_difference)
+        summary.extra_files = written.finish(summary.agreement)
     return summary
 
 
@@ -187,12 +189,12 @@ def _background() -> Iterator[ThreadPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-def _logit_difference(verification: Future, source: Path) -> float:
-    """The logit check's result; any failure to build or run a reference model is one line naming the source."""
+def _checked(verification: Future, source: Path) -> verify.Agreement:
+    """The check's result; any failure to build or run a reference model is one line naming the source."""
     try:
         return verification.result()
     except Exception as error:  # noqa: BLE001 - a model that cannot be built is a fact about this source
-        raise VerificationError(source, f"the logit check could not run the models on it "
+        raise VerificationError(source, f"the check could not run the models on it "
                                         f"({type(error).__name__}: {one_line(error)})") from None
 
 

@@ -53,11 +53,29 @@ _BLOCK_RULES = [
     (("mlp.c_proj.{wb}",), ("mlp.fc2.{wb}",), Identity()),
 ]
 
-# tower -> (OpenAI block prefix, HF block prefix)
-_TOWER_BLOCKS = {
-    "text": ("transformer.resblocks.{i}.", "text_model.encoder.layers.{i}."),
-    "vision": ("visual.transformer.resblocks.{i}.", "vision_model.encoder.layers.{i}."),
+
+@dataclass(frozen=True)
+class TowerModules:
+    """Where a tower's parts sit in a model of one layout (module paths, which prefix their weights' keys): what
+    the layer-by-layer check reads the outputs of."""
+
+    block: str  # one residual block ({i})
+    final_norm: str  # the last LayerNorm: text, over every token; vision, over the class token
+    projection: str | None  # the projection layer, where it is a module (OpenAI's is a bare matrix)
+
+
+# layout -> tower -> its modules
+TOWER_MODULES = {
+    "openai": {"text": TowerModules("transformer.resblocks.{i}", "ln_final", None),
+               "vision": TowerModules("visual.transformer.resblocks.{i}", "visual.ln_post", None)},
+    "hf": {"text": TowerModules("text_model.encoder.layers.{i}", "text_model.final_layer_norm", "text_projection"),
+           "vision": TowerModules("vision_model.encoder.layers.{i}", "vision_model.post_layernorm",
+                                  "visual_projection")},
 }
+
+# tower -> (OpenAI block prefix, HF block prefix)
+_TOWER_BLOCKS = {tower: (TOWER_MODULES["openai"][tower].block + ".", TOWER_MODULES["hf"][tower].block + ".")
+                 for tower in TOWERS}
 
 RULES: tuple[Rule, ...] = (
     # Text tower.

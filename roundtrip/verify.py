@@ -1,17 +1,25 @@
-"""Logit check: the source format's own model code and the target format's must agree on the converted weights.
+"""The check of a conversion: the source format's own model code and the target format's, each holding the
+converted weights, must compute the same thing, layer by layer.
 
 Each format's reference is its own code: `clip.model.CLIP` for OpenAI, transformers' `CLIPModel` for Hugging
 Face, open_clip's `CLIP` for open_clip, each built from the config its side declares (none for OpenAI). All
-run in float32. OpenAI's and open_clip's models are built directly, not with `clip.load`/`build_model`, which
-first halve the weights to fp16 and would alone move logits by ~5e-3 for an fp32 checkpoint.
+run in float32 on the same probe tokens and images. What is compared is everything a consumer of either tower
+reads (`output_names`): the input to the first block, every block's output, the text tower's final LayerNorm
+over every token, each tower's pooled output and projected embedding, and the logits. A diffusion model reads
+a penultimate layer, so logits that agree are not enough. OpenAI's and open_clip's models are built directly,
+not with `clip.load`/`build_model`, which first halve the weights to fp16 and would alone move logits by ~5e-3
+for an fp32 checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.util
+import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -24,6 +32,7 @@ from roundtrip.architecture import Architecture
 from roundtrip.errors import VerificationError
 from roundtrip.facts import OPENAI_MEAN, OPENAI_STD, TOLERANCE
 from roundtrip.openai_config import clip_kwargs
+from roundtrip.schema import TOWER_MODULES, TOWERS
 
 if TYPE_CHECKING:
     import torch
@@ -113,16 +122,23 @@ def openai_model(openai_weights: Mapping, _config, architecture: Architecture):
     return _nothing_left_on_meta(model).eval()
 
 
-def openai_logits(openai_weights: Mapping, architecture: Architecture, images, tokens) -> torch.Tensor:
-    """OpenAI's CLIP on `openai_weights`."""
-    return _openai_run(openai_model(_float32(openai_weights), None, architecture), images, tokens)
+def openai_outputs(openai_weights: Mapping, architecture: Architecture, images, tokens) -> Outputs:
+    """What OpenAI's CLIP computes on `openai_weights` (`output_names`)."""
+    return _openai_run(openai_model(_float32(openai_weights), None, architecture), images, tokens, architecture)
 
 
-def _openai_run(model, images, tokens) -> torch.Tensor:
+def _openai_run(model, images, tokens, architecture: Architecture) -> Outputs:
     import torch
 
-    with torch.no_grad():
-        return model(images, tokens)[0]
+    methods = {"encode_text": "text.projected", "encode_image": "vision.projected"}
+    with _recording(model, "openai", architecture, sequence_first=True) as seen, \
+            _returned(model, methods) as returned, torch.no_grad():
+        logits = model(images, tokens)[0]
+    vision_pooled = seen.pop("vision.final_layer_norm")  # its ln_post is over the class token alone
+    text = seen["text.final_layer_norm"]
+    text_pooled = text[torch.arange(text.shape[0]), tokens.argmax(dim=-1)]  # as clip/model.py's encode_text pools
+    return _in_order(architecture, {**seen, **returned, "logits": logits, "text.pooled": text_pooled,
+                                    "vision.pooled": vision_pooled})
 
 
 def open_clip_model(weights: Mapping, model_cfg: Mapping, architecture: Architecture):
@@ -157,11 +173,20 @@ def _nothing_left_on_meta(model):
     return model
 
 
-def _open_clip_run(model, images, tokens) -> torch.Tensor:
+def _open_clip_run(model, images, tokens, architecture: Architecture) -> Outputs:
     import torch
+    from open_clip.transformer import text_global_pool
 
-    with torch.no_grad():
-        return model.get_logits(images, tokens)[0]
+    methods = {"encode_text": "text.projected", "encode_image": "vision.projected"}
+    with _recording(model, "openai", architecture, sequence_first=False) as seen, \
+            _returned(model, methods) as returned, torch.no_grad():
+        logits = model.get_logits(images, tokens)[0]
+        # Pooled by open_clip's own functions, as its encode_text and VisionTransformer pool.
+        text_pooled = text_global_pool(seen["text.final_layer_norm"], tokens, model.text_pool_type,
+                                       eos_token_id=getattr(model, "text_eos_id", None))
+        vision_pooled, _ = model.visual._global_pool(seen.pop("vision.final_layer_norm"))
+    return _in_order(architecture, {**seen, **returned, "logits": logits, "text.pooled": text_pooled,
+                                    "vision.pooled": vision_pooled})
 
 
 def hf_model(hf_weights: Mapping, hf_config: dict, _architecture=None):
@@ -189,11 +214,101 @@ def hf_model(hf_weights: Mapping, hf_config: dict, _architecture=None):
     return model.eval()
 
 
-def hf_logits(model, images, tokens) -> torch.Tensor:
+def hf_run(model, images, tokens, architecture: Architecture) -> Outputs:
     import torch
 
-    with torch.no_grad():
-        return model(input_ids=tokens, pixel_values=images).logits_per_image
+    with _recording(model, "hf", architecture, sequence_first=False) as seen, torch.no_grad():
+        logits = model(input_ids=tokens, pixel_values=images).logits_per_image
+    seen.pop("vision.final_layer_norm")  # the pooled output, read as the projection's input
+    return _in_order(architecture, {**seen, "logits": logits})
+
+
+# ---- what each reference computes, named alike --------------------------------------------------------------
+
+Outputs = dict  # output name -> tensor (batch first), in the order of `output_names`
+
+
+def output_names(architecture: Architecture) -> list[str]:
+    """What the check compares, in the order the models compute it: per tower, the input to its first block
+    (the vision tower's after its first LayerNorm), each block's output, the text tower's final LayerNorm over
+    every token, the pooled output (the vision tower's after its final LayerNorm) and the projected embedding;
+    then the logits."""
+    names = []
+    for tower in TOWERS:
+        names += [f"{tower}.embeddings", *(f"{tower}.layers.{index}" for index in
+                                           range(getattr(architecture, tower).layers))]
+        names += ["text.final_layer_norm"] if tower == "text" else []
+        names += [f"{tower}.pooled", f"{tower}.projected"]
+    return [*names, "logits"]
+
+
+def _in_order(architecture: Architecture, outputs: Outputs) -> Outputs:
+    names = output_names(architecture)
+    if set(outputs) != set(names):  # a reference that reads fewer outputs would compare less than it says
+        raise RuntimeError(f"the reference gave {sorted(outputs)}, expected {names}")
+    return {name: outputs[name] for name in names}
+
+
+@contextlib.contextmanager
+def _recording(model, layout: str, architecture: Architecture, sequence_first: bool) -> Iterator[Outputs]:
+    """While `model` runs: each tower's input to its first block, every block's output, its final LayerNorm's
+    output and, where the projection is a layer, its input (the pooled output) and output, read off the modules
+    `layout` names (`schema.TOWER_MODULES`). Batch first, whatever order the blocks take (`sequence_first`:
+    OpenAI's take the sequence first)."""
+    modules = dict(model.named_modules())
+    seen: Outputs = {}
+
+    def keep(name: str, in_block_order: bool, tensor) -> None:
+        tensor = tensor[0] if isinstance(tensor, tuple) else tensor
+        seen[name] = tensor.transpose(0, 1) if in_block_order and sequence_first else tensor
+
+    def before(name: str, in_block_order: bool, module, args, kwargs) -> None:
+        keep(name, in_block_order, args[0] if args else kwargs["hidden_states"])
+
+    def after(name: str, in_block_order: bool, module, args, result) -> None:
+        keep(name, in_block_order, result)
+
+    hooks = []
+    for tower in TOWERS:
+        parts = TOWER_MODULES[layout][tower]
+        blocks = [modules[parts.block.format(i=index)] for index in range(getattr(architecture, tower).layers)]
+        hooks.append(blocks[0].register_forward_pre_hook(functools.partial(before, f"{tower}.embeddings", True),
+                                                         with_kwargs=True))
+        hooks += [block.register_forward_hook(functools.partial(after, f"{tower}.layers.{index}", True))
+                  for index, block in enumerate(blocks)]
+        hooks.append(modules[parts.final_norm].register_forward_hook(
+            functools.partial(after, f"{tower}.final_layer_norm", False)))
+        if parts.projection is not None:
+            projection = modules[parts.projection]
+            hooks.append(projection.register_forward_pre_hook(functools.partial(before, f"{tower}.pooled", False),
+                                                              with_kwargs=True))
+            hooks.append(projection.register_forward_hook(functools.partial(after, f"{tower}.projected", False)))
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextlib.contextmanager
+def _returned(model, methods: dict[str, str]) -> Iterator[Outputs]:
+    """What `model`'s methods (name -> output name) return while it runs, unnormalised: a call asking for
+    `normalize=True` (open_clip's) gets its result normalised as open_clip does it."""
+    import torch
+
+    seen: Outputs = {}
+
+    def recorded(name: str, original: Callable, *args, normalize: bool = False, **kwargs):
+        seen[name] = result = original(*args, **kwargs)
+        return torch.nn.functional.normalize(result, dim=-1) if normalize else result
+
+    for method, name in methods.items():
+        setattr(model, method, functools.partial(recorded, name, getattr(model, method)))
+    try:
+        yield seen
+    finally:
+        for method in methods:
+            delattr(model, method)  # the class's own method again
 
 
 @dataclass(frozen=True)
@@ -204,14 +319,14 @@ class Reference:
     layout: str  # the key layout its weights come in
     frameworks: tuple[str, ...]  # what to import ahead, in a thread of its own
     build: Callable  # (weights, config, architecture) -> model
-    run: Callable  # (model, images, tokens) -> logits per image
+    run: Callable  # (model, images, tokens, architecture) -> Outputs
     loads_slowly: bool = False  # built beside the other side's forward pass, as soon as imported
 
 
 # Building OpenAI's (or open_clip's) model on the meta device needs torch._dynamo; transformers imports it too.
 OPENAI = Reference("OpenAI's model code", "openai", ("torch", "torch._dynamo"), openai_model, _openai_run)
 HF = Reference("transformers", "hf", ("torch", "torch._dynamo", "transformers.models.clip.modeling_clip"), hf_model,
-               hf_logits, loads_slowly=True)
+               hf_run, loads_slowly=True)
 OPEN_CLIP = Reference("open_clip", "openai", ("torch", "torch._dynamo", "open_clip.model"), open_clip_model,
                       _open_clip_run)
 
@@ -238,25 +353,59 @@ def start_imports(frameworks: tuple[str, ...]) -> Future:
     return imports
 
 
-def reference_logits(side: Side, weights: Mapping, layout: str, architecture: Architecture, images,
-                     tokens) -> torch.Tensor:
-    """The logits of one side's model, built from `weights` (keys of `layout`, any dtypes) and its config."""
+def reference_outputs(side: Side, weights: Mapping, layout: str, architecture: Architecture, images,
+                      tokens) -> Outputs:
+    """What one side's model computes (`output_names`), built from `weights` (keys of `layout`, any dtypes) and
+    its config."""
     from roundtrip.strided import as_torch
 
     weights = {key: _in_float32(as_torch(tensor)) for key, tensor in weights.items()}  # one tensor at a time
     model = side.reference.build(mapping.convert(weights, layout, side.reference.layout), side.config, architecture)
-    return side.reference.run(model, images, tokens)
+    return side.reference.run(model, images, tokens, architecture)
 
 
 def frameworks(*sides: Side) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for side in sides for name in side.reference.frameworks))
 
 
-def max_logit_difference(weights: Mapping, layout: str, source: Side, target: Side,
-                         architecture: Architecture) -> float:
-    """Largest |difference| between the logits of the two sides' models on the same `weights` (keys of
-    `layout`, in the dtypes they are written in), which both share in memory: each side's tensors are views of
-    one float32 copy (q/k/v are slices of in_proj, the projections transposed views)."""
+@dataclass(frozen=True)
+class Agreement:
+    """How far apart two models' outputs are: each output's largest |difference|, in the order computed."""
+
+    differences: dict[str, float]
+
+    @property
+    def logits(self) -> float:
+        return self.differences["logits"]
+
+    @property
+    def largest(self) -> tuple[str, float]:
+        """The output furthest apart, and by how much (NaN counts as furthest)."""
+        return max(self.differences.items(), key=lambda item: math.inf if math.isnan(item[1]) else item[1])
+
+    def diverges_at(self, tolerance: float) -> str | None:
+        """The first output further apart than `tolerance` (NaN is): where the two models part; None if none."""
+        return next((name for name, difference in self.differences.items() if not difference <= tolerance), None)
+
+    def describe(self, tolerance: float) -> str:
+        """Where two models part, for people: "text.layers.1 differs by 0.31 (tolerance 0.001)"; with the
+        largest difference where that is elsewhere."""
+        where = self.diverges_at(tolerance)
+        verb = "differ" if where == "logits" else "differs"
+        largest, by = self.largest
+        elsewhere = f"; the largest difference is {by:.3g}, at {largest}" if largest != where else ""
+        return f"{where} {verb} by {self.differences[where]:.3g} (tolerance {tolerance:g}){elsewhere}"
+
+
+def agreement(first: Outputs, second: Outputs) -> Agreement:
+    """How far apart two models' outputs (`output_names`, the same on both sides) are."""
+    return Agreement({name: (first[name] - second[name]).abs().max().item() for name in first})
+
+
+def check(weights: Mapping, layout: str, source: Side, target: Side, architecture: Architecture) -> Agreement:
+    """How far apart the two sides' models are, run on the same `weights` (keys of `layout`, in the dtypes they
+    are written in), which both share in memory: each side's tensors are views of one float32 copy (q/k/v are
+    slices of in_proj, the projections transposed views)."""
     from roundtrip.strided import as_torch
 
     imports = start_imports(frameworks(source, target))
@@ -268,9 +417,9 @@ def max_logit_difference(weights: Mapping, layout: str, source: Side, target: Si
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference") as loader:
         model = loader.submit(_once_imported, imports, beside.reference.build,
                               mapping.convert(weights, layout, beside.reference.layout), beside.config, architecture)
-        first_logits = reference_logits(first, weights, layout, architecture, images, tokens)
-        beside_logits = beside.reference.run(model.result(), images, tokens)
-    return (first_logits - beside_logits).abs().max().item()
+        first_outputs = reference_outputs(first, weights, layout, architecture, images, tokens)
+        beside_outputs = beside.reference.run(model.result(), images, tokens, architecture)
+    return agreement(first_outputs, beside_outputs)
 
 
 def _once_imported(imports: Future, function, *arguments):
@@ -278,9 +427,7 @@ def _once_imported(imports: Future, function, *arguments):
     return function(*arguments)
 
 
-def require_agreement(dest, difference: float) -> None:
-    if not difference <= TOLERANCE:  # also catches NaN
-        raise VerificationError(
-            dest, f"logits differ from the source's model by {difference:.3g} (tolerance {TOLERANCE:g}); "
-                  "nothing written"
-        )
+def require_agreement(dest, found: Agreement) -> None:
+    if found.diverges_at(TOLERANCE) is not None:  # also at NaN
+        raise VerificationError(dest, f"the converted model's outputs are not the source model's: "
+                                      f"{found.describe(TOLERANCE)}; nothing written")

@@ -36,8 +36,8 @@ TOLERANCE = 1e-3
 
 
 def openai_reference_logits(openai_weights: dict, architecture: Architecture):
-    return verify.openai_logits(openai_weights, architecture, verify.probe_images(architecture),
-                                verify.probe_tokens(architecture))
+    return verify.openai_outputs(openai_weights, architecture, verify.probe_images(architecture),
+                                 verify.probe_tokens(architecture))["logits"]
 
 
 @torch.no_grad()
@@ -85,7 +85,7 @@ def test_torchscript_archive_converts_and_comes_back_bit_exact(tmp_path, demo_ar
     original = torch.jit.load(str(demo_archive)).state_dict()
     result = run_cli("to-hf", demo_archive, tmp_path / "hf")
     assert result.exit_code == 0, result.output
-    assert "verification  max |logit difference|" in result.stdout
+    assert "verification  max |difference|" in result.stdout
     assert listing(tmp_path / "hf") == HF_FOLDER_FILES
 
     weights = {k: v for k, v in original.items() if k not in ("input_resolution", "context_length", "vocab_size")}

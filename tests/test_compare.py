@@ -108,7 +108,7 @@ def _missing_tensor(weights) -> None:
 
 DAMAGE = {
     "a config with the wrong hidden_act": (_wrong_activation, ["vision.activation is 'quick_gelu' in A, 'gelu' in B",
-                                                               "logits differ"]),
+                                                               "vision.layers.0 differs by"]),
     "one flipped weight element": (_edit_weights(_flip_one_element),
                                    ["values differ: visual.transformer.resblocks.1.mlp.c_fc.weight"]),
     "q and k swapped": (_edit_weights(_swap_q_and_k), ["values differ: transformer.resblocks.0.attn.in_proj_weight"]),

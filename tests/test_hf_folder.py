@@ -59,8 +59,8 @@ def test_model_card_has_hub_front_matter_provenance_and_the_measured_verificatio
                             for t in torch.load(demo_state_dict_file, weights_only=True).values())
     for dtype, count in source_dtypes.items():
         assert f"{dtype}: {count} tensors" in body
-    figure = re.search(r"max \|logit difference\| = (\S+)", result.stdout).group(1)
-    assert f"= {figure} (tolerance" in body
+    figure = re.search(r"max \|difference\| = (\S+) at (\S+),", result.stdout).group(1, 2)
+    assert f"= {figure[0]} over every layer's output" in body and f"(largest at {figure[1]};" in body
 
 
 def test_model_card_says_when_verification_was_skipped(tmp_path, demo_state_dict_file):

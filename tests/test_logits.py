@@ -98,7 +98,7 @@ def test_legacy_eos_pools_like_openai_even_without_an_end_token(pooling_models):
 def openai_against_hf(state_dict, architecture, config=None) -> float:
     """The logit check of a conversion between OpenAI's format and transformers'."""
     hf_side = verify.Side(verify.HF, config or hf_config.config(architecture))
-    return verify.max_logit_difference(state_dict, "openai", verify.Side(verify.OPENAI), hf_side, architecture)
+    return verify.check(state_dict, "openai", verify.Side(verify.OPENAI), hf_side, architecture).logits
 
 
 def test_verification_catches_a_wrong_mapping(demo_state_dict, monkeypatch):

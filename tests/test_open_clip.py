@@ -91,8 +91,7 @@ def test_the_check_catches_a_wrong_activation_or_head_count_in_the_written_confi
     open_clip_side = verify.Side(verify.OPEN_CLIP, model_cfg)
 
     def gap(config) -> float:
-        return verify.max_logit_difference(weights, "openai", open_clip_side, verify.Side(verify.HF, config),
-                                           architecture)
+        return verify.check(weights, "openai", open_clip_side, verify.Side(verify.HF, config), architecture).logits
 
     right = hf_config.config(architecture)
     wrong_activation = json.loads(json.dumps(right))
@@ -232,7 +231,7 @@ def test_each_open_clip_layout_converts_to_hf_with_open_clips_logits(tmp_path, h
     source, options = _source(layout, model_cfg, model.state_dict(), tmp_path)
     result = run_cli("to-hf", source, tmp_path / "hf", *options)
     assert result.exit_code == 0, result.output
-    assert "verification  max |logit difference|" in result.stdout
+    assert "verification  max |difference|" in result.stdout
     architecture = architecture_of(model_cfg, model.state_dict())
     assert (hf_folder_logits(tmp_path / "hf", architecture) - open_clip_logits(model, architecture)).abs().max() \
         <= TOLERANCE
@@ -291,7 +290,7 @@ def test_to_open_clip_writes_what_open_clip_loads_with_local_dir_strictly(tmp_pa
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'open-clip'}")
     weights = torch.load(demo_state_dict_file, weights_only=True)
     assert_identical(model.state_dict(), {key: tensor.float() for key, tensor in weights.items()})
-    reference = verify.openai_logits(weights, DEMO, verify.probe_images(DEMO), verify.probe_tokens(DEMO))
+    reference = verify.openai_outputs(weights, DEMO, verify.probe_images(DEMO), verify.probe_tokens(DEMO))["logits"]
     assert (open_clip_logits(model.eval(), DEMO) - reference).abs().max() <= TOLERANCE
     assert run_cli("to-openai", tmp_path / "open-clip", tmp_path / "back.pt").exit_code == 0
     assert_identical(torch.load(tmp_path / "back.pt", weights_only=True), weights)  # OpenAI's fp16 mix restored

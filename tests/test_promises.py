@@ -37,8 +37,9 @@ def test_a_model_whose_logits_are_nan_is_not_verified(tmp_path):
 def test_the_logit_tolerance_is_1e_3_exactly(tmp_path, demo_state_dict_file, monkeypatch, shift, verified):
     """Kills the tolerance loosened 5 times (logits 3e-3 apart passing as verified) or tightened: 2e-3 apart is
     refused, 9e-4 apart is verified."""
-    real = verify.reference_logits  # builds and runs one of the two sides; the other is built beside it
-    monkeypatch.setattr(verify, "reference_logits", lambda *arguments: real(*arguments) + shift)
+    real = verify.reference_outputs  # builds and runs one of the two sides; the other is built beside it
+    monkeypatch.setattr(verify, "reference_outputs",
+                        lambda *arguments: {**real(*arguments), "logits": real(*arguments)["logits"] + shift})
     result = run_cli("to-hf", demo_state_dict_file, tmp_path / "hf")
     if verified:
         assert result.exit_code == 0, result.output
@@ -56,14 +57,15 @@ def port(tmp_path_factory, demo_state_dict_file) -> Path:
     return folder
 
 
-def test_compare_holds_the_logits_to_the_tolerance_given(demo_state_dict_file, port):
+def test_compare_holds_every_output_to_the_tolerance_given(demo_state_dict_file, port):
     """Kills `compare --tolerance` ignored: a real difference between OpenAI's code and transformers (about
     1e-6) passed "same model" at --tolerance 1e-12."""
     report = json.loads(run_cli("compare", demo_state_dict_file, port, "--json").stdout)
-    difference = report["logits"]["max_abs_difference"]
+    difference = max(report["outputs"].values())
     assert 1e-12 < difference <= 1e-3  # the frameworks do differ, within the default tolerance
     strict = run_cli("compare", demo_state_dict_file, port, "--tolerance", "1e-12")
-    assert strict.exit_code == 1 and "logits differ by" in strict.stdout, strict.output
+    assert strict.exit_code == 1 and "differs by" in strict.stdout and "(tolerance 1e-12)" in strict.stdout, \
+        strict.output
     assert run_cli("compare", demo_state_dict_file, port, "--tolerance", str(difference)).exit_code == 0
 
 

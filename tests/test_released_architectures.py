@@ -44,7 +44,7 @@ def run(*command) -> str:
 
 
 def clipconv(*arguments) -> None:
-    assert "verification  max |logit difference|" in run(CLIPCONV, *arguments)
+    assert "verification  max |difference|" in run(CLIPCONV, *arguments)
 
 
 def step(*arguments) -> str:

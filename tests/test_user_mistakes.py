@@ -206,6 +206,6 @@ def test_a_reference_model_that_cannot_be_built_is_one_line_naming_the_source(wo
     assert done.returncode == 1, done.stderr
     assert "LOAD REPORT" not in done.stderr and "\x1b[" not in done.stderr and "Traceback" not in done.stderr
     last = done.stderr.splitlines()[-1]
-    assert last.startswith(f"clipconv: error: {work / 'small.pt'}: the logit check could not run the models"), last
+    assert last.startswith(f"clipconv: error: {work / 'small.pt'}: the check could not run the models"), last
     assert "ln_final.bias" in last or "final_layer_norm.bias" in last  # whichever model failed first, named
     assert list(tmp_path.iterdir()) == []
