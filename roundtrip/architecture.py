@@ -12,9 +12,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from roundtrip.mapping import check_keys
-from roundtrip.schema import SHAPE_SOURCES
+from roundtrip.mapping import check_keys, towers_of
+from roundtrip.schema import PROJECTIONS, SHAPE_SOURCES, TOWERS
 
+# The numbers of the model that belong to one tower (the rest of a tower's are in its `Tower`).
+TOWER_NUMBERS = {"vision": ("image_resolution", "patch_size"), "text": ("context_length", "vocab_size")}
 ACTIVATIONS = ("quick_gelu", "gelu")  # as transformers names them; open_clip's quick_gelu flag picks one
 IMAGE_CHANNELS = 3
 
@@ -33,6 +35,7 @@ class Tower:
     mlp_width: int
     activation: str  # no default: shapes cannot say it, so each format's config (or code) must
     layer_norm_eps: float
+    projected: bool  # whether it ends in a projection to the shared embedding (embed_dim wide)
 
     @property
     def head_width(self) -> float:
@@ -41,28 +44,52 @@ class Tower:
 
 @dataclass(frozen=True)
 class Architecture:
-    """Everything that builds a ViT CLIP of any of the formats, and compares two of them."""
+    """Everything that builds a ViT CLIP of any of the formats, or one of its towers alone, and compares two."""
 
-    embed_dim: int
-    image_resolution: int
-    patch_size: int
-    context_length: int
-    vocab_size: int
-    vision: Tower
-    text: Tower
+    embed_dim: int | None  # the width the towers project to; None where no tower present has a projection
+    image_resolution: int | None  # with a vision tower; else None
+    patch_size: int | None
+    context_length: int | None  # with a text tower; else None
+    vocab_size: int | None
+    vision: Tower | None  # None: a text tower alone
+    text: Tower | None  # None: a vision tower alone
     # Where the text tower pools: None at the largest token id (argmax: end-of-text, in CLIP's tokenizer), or
     # an id, at its first occurrence (transformers' rule for configs with another eos_token_id). No default:
     # every format says which.
     text_pool_token: int | None
 
+    def __post_init__(self) -> None:
+        """Refuse what no model is: no tower, numbers of a tower that is not there, a projection without a width."""
+        if not self.towers:
+            raise ArchitectureError("an architecture needs a text tower, a vision tower or both")
+        for tower, numbers in TOWER_NUMBERS.items():
+            present = getattr(self, tower) is not None
+            if any((getattr(self, number) is not None) != present for number in numbers):
+                raise ArchitectureError(f"{', '.join(numbers)} belong with a {tower} tower, and only with one")
+        if self.text is None and self.text_pool_token is not None:
+            raise ArchitectureError("text_pool_token belongs with a text tower")
+        projected = any(getattr(self, tower).projected for tower in self.towers)
+        if (self.embed_dim is not None) != projected:
+            raise ArchitectureError("embed_dim is the width of a projection, and only with one")
+
+    @property
+    def towers(self) -> tuple[str, ...]:
+        """The towers present, in the order of TOWERS."""
+        return tuple(name for name in TOWERS if getattr(self, name) is not None)
+
     def describe(self) -> str:
-        vision, text = self.vision, self.text
-        return (
-            f"ViT {vision.width} wide x {vision.layers} layers, {vision.heads} heads, patch {self.patch_size}, "
-            f"{self.image_resolution}px, {vision.activation}; text {text.width} wide x {text.layers} layers, "
-            f"{text.heads} heads, context {self.context_length}, vocab {self.vocab_size}, {text.activation}; "
-            f"embed {self.embed_dim}"
-        )
+        parts = []
+        if self.vision is not None:
+            vision = self.vision
+            parts.append(f"ViT {vision.width} wide x {vision.layers} layers, {vision.heads} heads, patch "
+                         f"{self.patch_size}, {self.image_resolution}px, {vision.activation}"
+                         f"{'' if vision.projected else ', no projection'}")
+        if self.text is not None:
+            text = self.text
+            parts.append(f"text {text.width} wide x {text.layers} layers, {text.heads} heads, context "
+                         f"{self.context_length}, vocab {self.vocab_size}, {text.activation}"
+                         f"{'' if text.projected else ', no projection'}")
+        return "; ".join([*parts, *([f"embed {self.embed_dim}"] if self.embed_dim is not None else [])])
 
     def semantics(self) -> dict[str, object]:
         """Every number and choice, flat and named (`vision.heads`, ...), for reports and comparisons."""
@@ -78,47 +105,67 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Shapes:
-    """What a complete state dict's tensor shapes say (OpenAI's key names, which open_clip shares)."""
+    """What a complete state dict's tensor shapes say (OpenAI's key names, which open_clip shares), of the
+    towers it holds; the numbers of a tower it does not hold are None."""
 
-    embed_dim: int
-    image_resolution: int
-    patch_size: int
-    context_length: int
-    vocab_size: int
-    vision_width: int
-    vision_layers: int
-    vision_mlp_width: int
-    text_width: int
-    text_layers: int
-    text_mlp_width: int
+    towers: tuple[str, ...]
+    projections: tuple[str, ...]  # the towers with a projection
+    embed_dim: int | None
+    image_resolution: int | None
+    patch_size: int | None
+    context_length: int | None
+    vocab_size: int | None
+    vision_width: int | None
+    vision_layers: int | None
+    vision_mlp_width: int | None
+    text_width: int | None
+    text_layers: int | None
+    text_mlp_width: int | None
 
     @classmethod
     def of(cls, state_dict: Mapping) -> Shapes:
-        layers = check_keys(state_dict.keys(), "openai")
-        dims = {name: _dim(state_dict, key, axis) for name, (key, axis) in SHAPE_SOURCES.items()}
+        towers = towers_of(state_dict.keys(), "openai")
+        layers = check_keys(state_dict.keys(), "openai", towers)
+        dims = {name: None for sources in SHAPE_SOURCES.values() for name in sources}
+        dims.update({name: _dim(state_dict, key, axis) for tower in towers
+                     for name, (key, axis) in SHAPE_SOURCES[tower].items()})
         positions = dims.pop("vision_positions")
-        grid = math.isqrt(max(positions - 1, 0))
-        if grid < 1 or grid * grid + 1 != positions:
-            raise ArchitectureError(
-                f"vision position embedding has {positions} rows, not a square grid plus a class token")
-        return cls(image_resolution=grid * dims["patch_size"], vision_layers=layers["vision"],
-                   text_layers=layers["text"], **dims)
+        image_resolution = None if positions is None else _grid(positions) * dims["patch_size"]
+        projections = tuple(tower for tower in towers if PROJECTIONS[tower][0] in state_dict)
+        widths = {tower: _dim(state_dict, *PROJECTIONS[tower]) for tower in projections}
+        if len(set(widths.values())) > 1:
+            raise ArchitectureError("the projections disagree on the embedding width: " + ", ".join(
+                f"{PROJECTIONS[tower][0]} gives {width}" for tower, width in widths.items()))
+        return cls(towers=towers, projections=projections, embed_dim=next(iter(widths.values()), None),
+                   image_resolution=image_resolution, vision_layers=layers.get("vision"),
+                   text_layers=layers.get("text"), **dims)
 
     def tower(self, name: str, heads: int, activation: str, layer_norm_eps: float) -> Tower:
         """The tower `name` ("vision" or "text") of these shapes, with what shapes cannot say."""
         return Tower(width=getattr(self, f"{name}_width"), layers=getattr(self, f"{name}_layers"), heads=heads,
                      mlp_width=getattr(self, f"{name}_mlp_width"), activation=activation,
-                     layer_norm_eps=layer_norm_eps)
+                     layer_norm_eps=layer_norm_eps, projected=name in self.projections)
 
-    def architecture(self, vision: Tower, text: Tower) -> Architecture:
+    def architecture(self, vision: Tower | None, text: Tower | None) -> Architecture:
         """The architecture of these shapes with these towers, pooling its text at the largest token id."""
         return Architecture(embed_dim=self.embed_dim, image_resolution=self.image_resolution,
                             patch_size=self.patch_size, context_length=self.context_length,
                             vocab_size=self.vocab_size, vision=vision, text=text, text_pool_token=None)
 
 
+def _grid(positions: int) -> int:
+    """The side of the square grid of patches that `positions` (the grid's and the class token's) embed."""
+    grid = math.isqrt(max(positions - 1, 0))
+    if grid < 1 or grid * grid + 1 != positions:
+        raise ArchitectureError(f"vision position embedding has {positions} rows, not a square grid plus a class token")
+    return grid
+
+
 def disagreements(claimed: Architecture, shapes: Shapes) -> list[str]:
     """Where a config's architecture says other numbers than the tensors, each as `name is X, the tensors Y`."""
+    if claimed.towers != shapes.towers:
+        return [f"the config has the {' and '.join(claimed.towers)} tower(s), the tensors the "
+                f"{' and '.join(shapes.towers)}"]
     found = {
         "embed_dim": (claimed.embed_dim, shapes.embed_dim),
         "image_resolution": (claimed.image_resolution, shapes.image_resolution),
@@ -126,11 +173,14 @@ def disagreements(claimed: Architecture, shapes: Shapes) -> list[str]:
         "context_length": (claimed.context_length, shapes.context_length),
         "vocab_size": (claimed.vocab_size, shapes.vocab_size),
     }
-    for name in ("vision", "text"):
+    for name in claimed.towers:
         tower = getattr(claimed, name)
         for part in ("width", "layers", "mlp_width"):
             found[f"{name}.{part}"] = (getattr(tower, part), getattr(shapes, f"{name}_{part}"))
-    return [f"{name} is {said}, the tensors say {real}" for name, (said, real) in found.items() if said != real]
+    problems = [f"{name} is {said}, the tensors say {real}" for name, (said, real) in found.items() if said != real]
+    return problems + [f"the {name} tower has {'a' if getattr(claimed, name).projected else 'no'} projection in "
+                       f"the config, {'one' if name in shapes.projections else 'none'} in the tensors"
+                       for name in claimed.towers if getattr(claimed, name).projected != (name in shapes.projections)]
 
 
 def argmax_pooling_problems(architecture: Architecture, code: str) -> list[str]:
@@ -144,7 +194,7 @@ def argmax_pooling_problems(architecture: Architecture, code: str) -> list[str]:
 def head_problems(architecture: Architecture) -> list[str]:
     """Heads that do not divide their tower's width: no attention implementation can split it."""
     return [f"{name} width {tower.width} does not split into {tower.heads} heads"
-            for name, tower in (("vision", architecture.vision), ("text", architecture.text))
+            for name in architecture.towers for tower in [getattr(architecture, name)]
             if tower.heads < 1 or tower.width % tower.heads]
 
 

@@ -74,10 +74,10 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _tower(fields: Mapping) -> Tower:
+def _tower(fields: Mapping, projected: bool) -> Tower:
     return Tower(width=fields["hidden_size"], layers=fields["num_hidden_layers"],
                  heads=fields["num_attention_heads"], mlp_width=fields["intermediate_size"],
-                 activation=fields["hidden_act"], layer_norm_eps=fields["layer_norm_eps"])
+                 activation=fields["hidden_act"], layer_norm_eps=fields["layer_norm_eps"], projected=projected)
 
 
 def architecture(config: Mapping, shapes: Shapes) -> Architecture:
@@ -90,7 +90,8 @@ def architecture(config: Mapping, shapes: Shapes) -> Architecture:
     claimed = Architecture(
         embed_dim=resolved["projection_dim"], image_resolution=vision["image_size"], patch_size=vision["patch_size"],
         context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"],
-        vision=_tower(vision), text=_tower(text), text_pool_token=None if argmax else eos,
+        vision=_tower(vision, projected=True), text=_tower(text, projected=True),
+        text_pool_token=None if argmax else eos,
     )
     problems = disagreements(claimed, shapes) + head_problems(claimed)
     if vision["num_channels"] != IMAGE_CHANNELS:

@@ -108,22 +108,28 @@ class Conversion:
     op: Operation
     tower: str | None  # None: shared by the two towers
     block: bool = False  # one per residual block ({i})
+    projection: bool = False  # a tower's projection, which a tower alone may lack
+
+    def optional(self, towers: tuple[str, ...]) -> bool:
+        """Whether a complete checkpoint of a model with `towers` may lack it: a tower alone may lack its
+        projection and what the two towers share (logit_scale)."""
+        return set(towers) != set(TOWERS) and (self.projection or self.tower is None)
 
 
 def _forward(rule: Rule) -> Conversion:
     return Conversion(tuple(map(Pattern, rule.openai)), tuple(map(Pattern, rule.hf)), rule.op, rule.tower,
-                      rule.block)
+                      rule.block, rule.projection)
 
 
 def _backward(rule: Rule) -> Conversion:
     return Conversion(tuple(map(Pattern, rule.hf)), tuple(map(Pattern, rule.openai)), rule.op.inverse, rule.tower,
-                      rule.block)
+                      rule.block, rule.projection)
 
 
 def _of_towers(conversions: tuple[Conversion, ...], towers: tuple[str, ...]) -> tuple[Conversion, ...]:
-    """The conversions of a model with just `towers`: theirs, and the shared ones if it has both."""
-    both = set(towers) == set(TOWERS)
-    return tuple(c for c in conversions if c.tower in towers or (c.tower is None and both))
+    """The conversions of a model with just `towers`: theirs, and the shared ones (which a tower alone may
+    keep)."""
+    return tuple(c for c in conversions if c.tower in towers or c.tower is None)
 
 
 TO_HF = tuple(_forward(rule) for rule in RULES)
@@ -248,6 +254,13 @@ def with_prefix(state_dict: Mapping, prefix: str) -> dict:
     return {prefix + key: tensor for key, tensor in state_dict.items()}
 
 
+def towers_of(keys: Iterable[str], layout: str) -> tuple[str, ...]:
+    """The towers of which `keys` (of `layout`) hold some tensor, in the order of TOWERS."""
+    keys = list(keys)
+    return tuple(tower for tower in TOWERS
+                 if any(_matches(key, tuple(c for c in READING[layout] if c.tower == tower)) for key in keys))
+
+
 def check_keys(keys: Iterable[str], layout: str, towers: tuple[str, ...] = TOWERS) -> dict[str, int]:
     """The number of residual blocks per tower of a complete checkpoint in `layout` (of a model with `towers`);
     else a MappingError that says what the keys are: a variant no rule converts, another layout or no CLIP at
@@ -261,7 +274,8 @@ def check_keys(keys: Iterable[str], layout: str, towers: tuple[str, ...] = TOWER
     if unmatched:
         raise MappingError(f"{len(unmatched)} key(s) match no rule: {describe_keys(unmatched)}")
     blocks = _block_indices(keys, conversions)
-    missing, total = _missing_keys(set(keys), blocks, conversions)
+    required = tuple(c for c in conversions if not c.optional(towers))
+    missing, total = _missing_keys(set(keys), blocks, required)
     if total:
         raise IncompleteCheckpoint(f"missing {total} tensor(s) that a CLIP of this architecture needs: "
                                    f"{describe_keys(missing, limit=5, total=total)}")

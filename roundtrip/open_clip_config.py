@@ -195,7 +195,7 @@ def _tower(settings: Mapping, where: str, heads: int, layers: int, width: int, a
     if not isinstance(eps, Real) or isinstance(eps, bool) or eps <= 0:
         raise ArchitectureError(f"{where}.norm_kwargs.eps is {eps!r}, expected a positive number")
     return Tower(width=width, layers=_number(settings, "layers", layers, where), heads=heads,
-                 mlp_width=int(width * ratio), activation=activation, layer_norm_eps=eps)
+                 mlp_width=int(width * ratio), activation=activation, layer_norm_eps=eps, projected=True)
 
 
 def _number(settings: Mapping, key: str, default, where: str) -> int:

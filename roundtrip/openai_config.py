@@ -19,13 +19,14 @@ def _tower(shapes: Shapes, name: str) -> Tower:
 
 def architecture(shapes: Shapes) -> Architecture:
     """The architecture clip.model.build_model builds for these shapes."""
-    return shapes.architecture(vision=_tower(shapes, "vision"), text=_tower(shapes, "text"))
+    vision, text = (_tower(shapes, name) if name in shapes.towers else None for name in ("vision", "text"))
+    return shapes.architecture(vision=vision, text=text)
 
 
 def incompatibilities(architecture: Architecture) -> list[str]:
     """Every way `architecture` departs from what OpenAI's model code can build; empty when it can."""
     problems = []
-    for name in ("vision", "text"):
+    for name in architecture.towers:
         tower: Tower = getattr(architecture, name)
         if tower.width % HEAD_WIDTH or tower.heads != tower.width // HEAD_WIDTH:
             problems.append(f"{name} has {tower.heads} heads of {tower.head_width:g}, OpenAI's code uses "
@@ -61,7 +62,7 @@ def from_clip_kwargs(embed_dim: int, image_resolution: int, vision_layers: int, 
     """The architecture `clip.model.CLIP(...)` builds from these arguments (its heads for the text tower,
     width // 64 for the vision tower)."""
     def tower(width: int, layers: int, heads: int) -> Tower:
-        return Tower(width, layers, heads, MLP_RATIO * width, ACTIVATION, LAYER_NORM_EPS)
+        return Tower(width, layers, heads, MLP_RATIO * width, ACTIVATION, LAYER_NORM_EPS, projected=True)
 
     return Architecture(embed_dim=embed_dim, image_resolution=image_resolution, patch_size=vision_patch_size,
                         context_length=context_length, vocab_size=vocab_size,

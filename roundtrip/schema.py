@@ -40,6 +40,9 @@ class Rule:
     op: Operation  # openai tensors -> hf tensors; op.inverse goes back
     tower: str | None  # "text" or "vision"; None for what the two towers share (a model with both)
     block: bool = False  # one per residual block of its tower ({i}): these count the tower's layers
+    # The tower's projection to the shared embedding: a model of both towers has both, a tower alone may lack its
+    # own (CLIPTextModel, Stable Diffusion 1.x's text encoder).
+    projection: bool = False
 
 
 # Per-block rules, written once relative to a block and prefixed per tower below.
@@ -84,7 +87,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("positional_embedding",), ("text_model.embeddings.position_embedding.weight",), Identity(), "text"),
     Rule(("ln_final.{wb}",), ("text_model.final_layer_norm.{wb}",), Identity(), "text"),
     # OpenAI computes x @ P (P is width x embed); HF's nn.Linear stores P transposed.
-    Rule(("text_projection",), ("text_projection.weight",), Transpose(), "text"),
+    Rule(("text_projection",), ("text_projection.weight",), Transpose(), "text", projection=True),
     # Vision tower.
     Rule(("visual.conv1.weight",), ("vision_model.embeddings.patch_embedding.weight",), Identity(), "vision"),
     Rule(("visual.class_embedding",), ("vision_model.embeddings.class_embedding",), Identity(), "vision"),
@@ -93,8 +96,8 @@ RULES: tuple[Rule, ...] = (
     # "pre_layrnorm" is HF's own spelling.
     Rule(("visual.ln_pre.{wb}",), ("vision_model.pre_layrnorm.{wb}",), Identity(), "vision"),
     Rule(("visual.ln_post.{wb}",), ("vision_model.post_layernorm.{wb}",), Identity(), "vision"),
-    Rule(("visual.proj",), ("visual_projection.weight",), Transpose(), "vision"),
-    # Shared.
+    Rule(("visual.proj",), ("visual_projection.weight",), Transpose(), "vision", projection=True),
+    # Shared: a model of both towers has it; a tower alone may keep it (Stable Diffusion 2.x's text encoder does).
     Rule(("logit_scale",), ("logit_scale",), Identity(), None),
 ) + tuple(
     Rule(
@@ -152,16 +155,21 @@ UNSUPPORTED_VARIANTS = {
     "logit_bias": f"a model with a logit bias (SigLIP-style), {_NOT_CONVERTED} (CLIPModel has none)",
 }
 
-# Where each architecture number is read from, as clip.model.build_model does (and open_clip's shapes agree):
-# name -> (OpenAI key, axis). Layer counts come from the per-tower block rules.
+# Where each architecture number is read from, as clip.model.build_model does (and open_clip's shapes agree), per
+# tower: name -> (OpenAI key, axis). Layer counts come from the per-tower block rules.
 SHAPE_SOURCES = {
-    "vision_width": ("visual.conv1.weight", 0),
-    "patch_size": ("visual.conv1.weight", -1),
-    "vision_positions": ("visual.positional_embedding", 0),  # grid**2 + 1 (class token)
-    "vision_mlp_width": ("visual.transformer.resblocks.0.mlp.c_fc.weight", 0),
-    "embed_dim": ("text_projection", 1),
-    "context_length": ("positional_embedding", 0),
-    "vocab_size": ("token_embedding.weight", 0),
-    "text_width": ("ln_final.weight", 0),
-    "text_mlp_width": ("transformer.resblocks.0.mlp.c_fc.weight", 0),
+    "vision": {
+        "vision_width": ("visual.conv1.weight", 0),
+        "patch_size": ("visual.conv1.weight", -1),
+        "vision_positions": ("visual.positional_embedding", 0),  # grid**2 + 1 (class token)
+        "vision_mlp_width": ("visual.transformer.resblocks.0.mlp.c_fc.weight", 0),
+    },
+    "text": {
+        "context_length": ("positional_embedding", 0),
+        "vocab_size": ("token_embedding.weight", 0),
+        "text_width": ("ln_final.weight", 0),
+        "text_mlp_width": ("transformer.resblocks.0.mlp.c_fc.weight", 0),
+    },
 }
+# Each tower's projection, where it has one: (OpenAI key, the axis that is the shared embedding's width).
+PROJECTIONS = {"text": ("text_projection", 1), "vision": ("visual.proj", 1)}

@@ -24,7 +24,9 @@ def transformers_reading(config: dict) -> dict:
 
 def shapes_of(architecture: Architecture) -> Shapes:
     """What the tensors of a model of `architecture` would say."""
-    return Shapes(embed_dim=architecture.embed_dim, image_resolution=architecture.image_resolution,
+    return Shapes(towers=architecture.towers,
+                  projections=tuple(name for name in architecture.towers if getattr(architecture, name).projected),
+                  embed_dim=architecture.embed_dim, image_resolution=architecture.image_resolution,
                   patch_size=architecture.patch_size, context_length=architecture.context_length,
                   vocab_size=architecture.vocab_size, **{
                       f"{name}_{part}": getattr(getattr(architecture, name), part)

@@ -608,8 +608,9 @@ def test_a_registry_name_without_open_clip_installed_is_one_line(tmp_path, b32_w
 
 def test_logits_that_differ_by_1e_2_are_refused_at_the_real_tolerance(tmp_path, demo_state_dict_file, monkeypatch):
     # The tolerance itself, not a patched one: a check loosened to 1e-1 would let this through.
-    real = verify.reference_logits
-    monkeypatch.setattr(verify, "reference_logits", lambda *arguments: real(*arguments) + 1e-2)
+    real = verify.reference_outputs
+    monkeypatch.setattr(verify, "reference_outputs",
+                        lambda *arguments: {**real(*arguments), "logits": real(*arguments)["logits"] + 1e-2})
     assert_refused(run_cli("to-hf", demo_state_dict_file, tmp_path / "hf"), "logits differ", "by 0.01")
     assert list(tmp_path.iterdir()) == []
 
