@@ -139,6 +139,10 @@ OPENAI_FILES = {
                               "ln_final.weight has shape (), expected at least 1 dimension(s)"),
     "vision positions that are no square grid": (_reshaped("visual.positional_embedding", lambda t: t[:-1]),
                                                  "vision position embedding has 16 rows, not a square grid plus"),
+    # Read only off text_projection before: a model CLIPModel cannot load, written under --no-verify.
+    "projections of two widths": (_reshaped("visual.proj", lambda t: t[:, :64]),
+                                  "the projections disagree on the embedding width: text_projection gives 128, "
+                                  "visual.proj gives 64"),
 }
 
 

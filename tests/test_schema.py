@@ -229,3 +229,17 @@ def test_key_lists_name_a_few_then_count_the_rest():
     assert mapping.describe_keys(["c", "a", "b"], limit=2) == "a, b (and 1 more)"
     assert mapping.describe_keys(["a", "b"], limit=2, total=10**6) == "a, b (and 999998 more)"
     assert mapping.describe_keys(["b", "a"]) == "a, b"
+
+
+def test_the_modules_the_check_reads_are_those_whose_weights_the_rules_name():
+    """A module path in TOWER_MODULES that no weight key starts with would make the check read nothing there."""
+    from roundtrip.schema import TOWER_MODULES
+
+    for layout, towers in TOWER_MODULES.items():
+        keys = [key for rule in RULES for key in getattr(rule, layout)]
+        for tower, modules in towers.items():
+            tower_keys = [key for rule in RULES if rule.tower == tower for key in getattr(rule, layout)]
+            assert any(key.startswith(modules.block + ".") for key in tower_keys), (layout, tower)
+            assert f"{modules.final_norm}.{{wb}}" in tower_keys, (layout, tower)
+            if modules.projection is not None:
+                assert f"{modules.projection}.weight" in keys, (layout, tower)

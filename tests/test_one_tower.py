@@ -1,0 +1,93 @@
+"""One tower on its own (a diffusion model's text encoder, an IP-Adapter's image encoder): what its tensors say."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from roundtrip import mapping, openai_config
+from roundtrip.architecture import Architecture, ArchitectureError, Shapes
+from roundtrip.examples import DEMO, random_openai_state_dict
+
+
+@pytest.fixture(scope="module")
+def whole():
+    return random_openai_state_dict(DEMO)
+
+
+def text_alone(state_dict, projection=True, logit_scale=True):
+    return {key: tensor for key, tensor in state_dict.items() if not key.startswith("visual.")
+            and (projection or key != "text_projection") and (logit_scale or key != "logit_scale")}
+
+
+def vision_alone(state_dict, projection=True):
+    return {key: tensor for key, tensor in state_dict.items()
+            if key.startswith("visual.") and (projection or key != "visual.proj")}
+
+
+@pytest.mark.parametrize("projection", [True, False], ids=["with its projection", "without"])
+@pytest.mark.parametrize("logit_scale", [True, False], ids=["with logit_scale", "without"])
+def test_a_text_tower_alone_reads_as_its_numbers_and_no_vision(whole, projection, logit_scale):
+    shapes = Shapes.of(text_alone(whole, projection, logit_scale))
+    assert shapes.towers == ("text",) and shapes.projections == (("text",) if projection else ())
+    assert (shapes.text_width, shapes.text_layers, shapes.context_length, shapes.vocab_size) == (
+        DEMO.text.width, DEMO.text.layers, DEMO.context_length, DEMO.vocab_size)
+    assert shapes.embed_dim == (DEMO.embed_dim if projection else None)
+    assert None is shapes.vision_width is shapes.image_resolution is shapes.patch_size is shapes.vision_layers
+    architecture = openai_config.architecture(shapes)
+    assert architecture.towers == ("text",) and architecture.text.projected is projection
+    assert architecture.describe().startswith("text 128 wide x 2 layers")
+
+
+@pytest.mark.parametrize("projection", [True, False], ids=["with its projection", "without"])
+def test_a_vision_tower_alone_reads_as_its_numbers_and_no_text(whole, projection):
+    shapes = Shapes.of(vision_alone(whole, projection))
+    assert shapes.towers == ("vision",) and shapes.projections == (("vision",) if projection else ())
+    assert (shapes.vision_width, shapes.vision_layers, shapes.patch_size, shapes.image_resolution) == (
+        DEMO.vision.width, DEMO.vision.layers, DEMO.patch_size, DEMO.image_resolution)
+    assert None is shapes.text_width is shapes.context_length is shapes.vocab_size
+    assert openai_config.architecture(shapes).vision.projected is projection
+
+
+def test_a_whole_model_needs_both_projections_and_logit_scale(whole):
+    for key in ("text_projection", "visual.proj", "logit_scale"):
+        with pytest.raises(mapping.IncompleteCheckpoint, match="missing 1 tensor"):
+            Shapes.of({name: tensor for name, tensor in whole.items() if name != key})
+
+
+def test_a_tower_alone_still_needs_every_weight_of_its_blocks(whole):
+    text = text_alone(whole)
+    del text["transformer.resblocks.1.ln_2.bias"]
+    with pytest.raises(mapping.IncompleteCheckpoint, match="transformer.resblocks.1.ln_2.bias"):
+        Shapes.of(text)
+
+
+def test_the_towers_of_a_state_dict_are_those_it_holds_weights_of(whole):
+    assert mapping.towers_of(whole, "openai") == ("text", "vision")
+    assert mapping.towers_of(text_alone(whole), "openai") == ("text",)
+    assert mapping.towers_of(vision_alone(whole), "openai") == ("vision",)
+    assert mapping.towers_of({"logit_scale": None}, "openai") == ()
+    assert mapping.towers_of(mapping.to_hf(text_alone(whole), ("text",)), "hf") == ("text",)
+
+
+def test_a_text_tower_alone_maps_to_hf_and_back_with_its_logit_scale(whole):
+    text = text_alone(whole)
+    hf = mapping.to_hf(text, ("text",))
+    assert "logit_scale" in hf and not any(key.startswith("vision_model.") for key in hf)
+    assert mapping.to_openai(hf, ("text",)).keys() == text.keys()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(vision=None), "image_resolution, patch_size belong with a vision tower"),
+    (dict(text=None), "context_length, vocab_size belong with a text tower"),
+    (dict(vision=None, image_resolution=None, patch_size=None, text=None, context_length=None, vocab_size=None,
+          embed_dim=None), "needs a text tower, a vision tower or both"),
+    (dict(embed_dim=None), "embed_dim is the width of a projection"),
+    (dict(vision=None, image_resolution=None, patch_size=None,
+          text=dataclasses.replace(DEMO.text, projected=False)), "embed_dim is the width of a projection"),
+    (dict(text=None, context_length=None, vocab_size=None, text_pool_token=7), "text_pool_token belongs with"),
+])
+def test_an_architecture_that_no_model_is_cannot_be_made(change, message):
+    with pytest.raises(ArchitectureError, match=message):
+        Architecture(**{**dataclasses.asdict(DEMO) | {"vision": DEMO.vision, "text": DEMO.text}, **change})
