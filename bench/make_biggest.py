@@ -42,7 +42,7 @@ from roundtrip.architecture import Architecture
 from roundtrip.examples import DEMO
 from roundtrip.open_clip_config import registry_config
 from roundtrip.openai_config import from_clip_kwargs
-from roundtrip.verify import openai_code
+from roundtrip.references import openai_code
 
 BIGG = from_clip_kwargs(embed_dim=1280, image_resolution=224, vision_layers=48, vision_width=1664,
                         vision_patch_size=14, context_length=77, vocab_size=49408, transformer_width=1280,

@@ -85,8 +85,8 @@ def variants(source: Path, hf_folder: Path, open_clip: bool) -> dict[str, Comman
     weights = source / OPEN_CLIP_WEIGHTS if open_clip else source
     blocks = -(-(hf_folder / HF_SAFETENSORS).stat().st_size // BLOCK_BYTES)
     source_side = "OPEN_CLIP" if open_clip else "OPENAI"
-    imports = (f"import importlib; from roundtrip import verify; [importlib.import_module(name) for name in "
-               f"verify.frameworks(verify.Side(verify.{source_side}), verify.Side(verify.HF))]")
+    imports = (f"import importlib; from roundtrip import references, verify; [importlib.import_module(name) for "
+               f"name in verify.frameworks(verify.Side(references.{source_side}), verify.Side(references.HF))]")
     return {
         "clipconv to-hf": lambda dest: [CLIPCONV, "to-hf", source, dest],
         "clipconv to-hf --no-verify": lambda dest: [CLIPCONV, "to-hf", source, dest, "--no-verify"],

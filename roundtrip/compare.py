@@ -58,7 +58,7 @@ class Report:
     tolerance: float
     weights_tolerance: float
     max_logit_difference: float | None = None  # None when the models were not run
-    # Each output's largest |difference| (`verify.output_names`: every layer, pooled, projected, the logits), as
+    # Each output's largest |difference| (`references.output_names`: every layer, pooled, projected, the logits), as
     # conversion checks them; None when the models were not run.
     outputs: verify.Agreement | None = None
     logits_note: str | None = None  # why logits were not compared

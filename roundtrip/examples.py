@@ -18,8 +18,8 @@ from roundtrip import openai_config
 from roundtrip.architecture import Architecture, Shapes
 from roundtrip.facts import OPEN_CLIP_CONFIG, OPEN_CLIP_PICKLE, OPEN_CLIP_SAFETENSORS
 from roundtrip.openai_config import from_clip_kwargs
+from roundtrip.references import openai_code
 from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
-from roundtrip.verify import openai_code
 
 _TEXT_B = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
 _TEXT_L = dict(context_length=77, vocab_size=49408, transformer_width=768, transformer_heads=12, transformer_layers=12)

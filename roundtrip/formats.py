@@ -20,6 +20,7 @@ from roundtrip import (
     open_clip_config,
     openai_config,
     readers,
+    references,
     verify,
     writers,
 )
@@ -133,7 +134,7 @@ class Format:
     title: str  # what its checkpoints are called
     layout: str  # the schema's key layout of its tensors
     output: OutputKind
-    reference: verify.Reference
+    reference: references.Reference
     read: Callable[[Path, SourceOptions], Source]
     architecture: Callable[[Source, Shapes], Architecture]  # its config (or fixed choices) -> an architecture
     incompatibilities: Callable[[Architecture], list[str]]  # what it cannot represent
@@ -375,19 +376,19 @@ def _write_open_clip(job: Job) -> Written:
 
 OPENAI = Format(
     name="openai", title="OpenAI CLIP checkpoint", layout="openai", output=writers.OPENAI_FILE,
-    reference=verify.OPENAI, read=_read_openai, architecture=_openai_architecture,
+    reference=references.OPENAI, read=_read_openai, architecture=_openai_architecture,
     incompatibilities=openai_config.incompatibilities, make_config=_no_config, write=_write_openai,
     fallback_dtype="keep", code="OpenAI's CLIP code", keeps_attributes=True,
 )
 HF = Format(
     name="hf", title="Hugging Face CLIPModel folder", layout="hf", output=writers.HF_FOLDER,
-    reference=verify.HF, read=_read_hf, architecture=_hf_architecture,
+    reference=references.HF, read=_read_hf, architecture=_hf_architecture,
     incompatibilities=hf_config.incompatibilities, make_config=_hf_config, write=_write_hf,
     fallback_dtype="float32", code="transformers' CLIPModel", shards=True,
 )
 OPEN_CLIP = Format(
     name="open_clip", title="open_clip model", layout="openai",
-    output=writers.OPEN_CLIP_FOLDER, reference=verify.OPEN_CLIP, read=_read_open_clip,
+    output=writers.OPEN_CLIP_FOLDER, reference=references.OPEN_CLIP, read=_read_open_clip,
     architecture=_open_clip_architecture, incompatibilities=open_clip_config.incompatibilities,
     make_config=_open_clip_config, write=_write_open_clip, fallback_dtype="float32", code="open_clip's CLIP",
     reference_config=lambda config: open_clip_config.split_config(config)[0],

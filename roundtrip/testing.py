@@ -179,7 +179,7 @@ def _halved_by_openai(architecture: Architecture, format: str) -> dict[str, bool
     from open_clip.model import CLIP
 
     from roundtrip import mapping
-    from roundtrip.verify import openai_code
+    from roundtrip.references import openai_code
 
     with torch.device("meta"):
         model = CLIP(**open_clip_config.model_config(architecture))

@@ -52,7 +52,7 @@ HF_FOLDER_FILES = sorted([
 
 def import_clip():
     """OpenAI's whole `clip` package (clip.load, clip.tokenize, clip's transform): the reference the tests
-    compare with. clipconv itself loads only the model module (roundtrip.verify.openai_code)."""
+    compare with. clipconv itself loads only the model module (roundtrip.references.openai_code)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # pkg_resources is deprecated
         import clip

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from roundtrip import mapping, verify
+from roundtrip import mapping, references, verify
 from roundtrip.architecture import Architecture
 from roundtrip.examples import DEMO
 from roundtrip.readers import read_hf_folder
@@ -36,7 +36,7 @@ TOLERANCE = 1e-3
 
 
 def openai_reference_logits(openai_weights: dict, architecture: Architecture):
-    return verify.openai_outputs(openai_weights, architecture, verify.probe_images(architecture),
+    return references.openai_outputs(openai_weights, architecture, verify.probe_images(architecture),
                                  verify.probe_tokens(architecture))["logits"]
 
 

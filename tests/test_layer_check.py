@@ -3,11 +3,13 @@ conditions on a penultimate layer, which logits that agree say nothing about. Wh
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from roundtrip import hf_config, open_clip_config, verify
+from roundtrip import formats, hf_config, open_clip_config, references, verify
 from roundtrip.examples import DEMO
 from roundtrip.testing import architectures, random_state_dict, seeds
 
@@ -30,11 +32,11 @@ def test_the_three_model_codes_compute_the_same_outputs_layer_by_layer(architect
     within the tolerance: the recording reads each code's blocks in its own order (OpenAI's sequence first)."""
     weights = random_state_dict(architecture, "openai", seed=seed)
     found = {
-        "openai": outputs(verify.OPENAI, weights, None, architecture),
-        "open_clip": outputs(verify.OPEN_CLIP, weights, open_clip_config.model_config(architecture), architecture),
-        "hf": outputs(verify.HF, weights, hf_config.config(architecture), architecture),
+        "openai": outputs(references.OPENAI, weights, None, architecture),
+        "open_clip": outputs(references.OPEN_CLIP, weights, open_clip_config.model_config(architecture), architecture),
+        "hf": outputs(references.HF, weights, hf_config.config(architecture), architecture),
     }
-    names = verify.output_names(architecture)
+    names = references.output_names(architecture)
     assert names[-1] == "logits" and f"text.layers.{architecture.text.layers - 1}" in names
     for code, computed in found.items():
         assert list(computed) == names, code
@@ -48,10 +50,10 @@ def test_the_hidden_states_recorded_are_transformers_own(demo_state_dict):
     and its `pooler_output` and embeddings, the same tensors the hooks recorded."""
     config = hf_config.config(DEMO)
     weights = {key: tensor.float() for key, tensor in demo_state_dict.items()}
-    recorded = outputs(verify.HF, weights, config, DEMO)
+    recorded = outputs(references.HF, weights, config, DEMO)
     from roundtrip import mapping
 
-    model = verify.hf_model(mapping.to_hf(weights), config)
+    model = references.hf_model(mapping.to_hf(weights), config)
     with torch.no_grad():
         text = model.text_model(input_ids=verify.probe_tokens(DEMO), output_hidden_states=True)
         vision = model.vision_model(pixel_values=verify.probe_images(DEMO), output_hidden_states=True)
@@ -97,17 +99,14 @@ def test_a_wrong_eps_or_activation_in_the_written_config_is_refused_naming_the_l
 def test_a_final_layernorm_alone_that_differs_is_named(tmp_path, demo_state_dict_file, monkeypatch):
     """A model whose blocks agree and whose final LayerNorm does not (a diffusion model reading the last layer
     would get other numbers; the logits move too, later): refused at text.final_layer_norm."""
-    real = verify.HF.build
+    real = references.HF.build
 
     def build(*arguments):
         model = real(*arguments)
         model.text_model.final_layer_norm.eps = 0.5
         return model
-    monkeypatch.setattr(verify, "HF", verify.Reference(**{**verify.HF.__dict__, "build": build}))
-    from roundtrip import formats
-
-    monkeypatch.setattr(formats, "HF", formats.Format(**{**formats.HF.__dict__, "reference": verify.HF}))
-    monkeypatch.setitem(formats.FORMATS, "hf", formats.HF)
+    patched = dataclasses.replace(references.HF, build=build)
+    monkeypatch.setitem(formats.FORMATS, "hf", dataclasses.replace(formats.HF, reference=patched))
     result = run_cli("to-hf", demo_state_dict_file, tmp_path / "hf")
     assert_refused(result, "text.final_layer_norm differs by", "nothing written")
 
@@ -117,4 +116,4 @@ def test_the_summary_names_where_the_largest_difference_is(tmp_path, demo_state_
     assert result.exit_code == 0, result.output
     line = next(line for line in result.stdout.splitlines() if "verification" in line)
     where = line.split(" at ", 1)[1].split(",", 1)[0]
-    assert where in verify.output_names(DEMO), line
+    assert where in references.output_names(DEMO), line

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from roundtrip import hf_config, mapping, verify
+from roundtrip import hf_config, mapping, references, verify
 from roundtrip.examples import DEMO, random_openai_model
 from roundtrip.testing import architectures, openai_dtypes, seeds
 
@@ -97,8 +97,8 @@ def test_legacy_eos_pools_like_openai_even_without_an_end_token(pooling_models):
 
 def openai_against_hf(state_dict, architecture, config=None) -> float:
     """The logit check of a conversion between OpenAI's format and transformers'."""
-    hf_side = verify.Side(verify.HF, config or hf_config.config(architecture))
-    return verify.check(state_dict, "openai", verify.Side(verify.OPENAI), hf_side, architecture).logits
+    hf_side = verify.Side(references.HF, config or hf_config.config(architecture))
+    return verify.check(state_dict, "openai", verify.Side(references.OPENAI), hf_side, architecture).logits
 
 
 def test_verification_catches_a_wrong_mapping(demo_state_dict, monkeypatch):

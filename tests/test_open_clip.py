@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from safetensors.torch import load_file
 
-from roundtrip import hf_config, mapping, open_clip_config, verify
+from roundtrip import hf_config, mapping, open_clip_config, references, verify
 from roundtrip.architecture import ArchitectureError, Shapes
 from roundtrip.examples import (
     DEMO,
@@ -88,10 +88,10 @@ def test_the_check_catches_a_wrong_activation_or_head_count_in_the_written_confi
     model_cfg = shallow(name, layers=1)
     weights = random_open_clip_model(model_cfg).state_dict()
     architecture = architecture_of(model_cfg, weights)
-    open_clip_side = verify.Side(verify.OPEN_CLIP, model_cfg)
+    open_clip_side = verify.Side(references.OPEN_CLIP, model_cfg)
 
     def gap(config) -> float:
-        return verify.check(weights, "openai", open_clip_side, verify.Side(verify.HF, config), architecture).logits
+        return verify.check(weights, "openai", open_clip_side, verify.Side(references.HF, config), architecture).logits
 
     right = hf_config.config(architecture)
     wrong_activation = json.loads(json.dumps(right))
@@ -290,7 +290,7 @@ def test_to_open_clip_writes_what_open_clip_loads_with_local_dir_strictly(tmp_pa
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'open-clip'}")
     weights = torch.load(demo_state_dict_file, weights_only=True)
     assert_identical(model.state_dict(), {key: tensor.float() for key, tensor in weights.items()})
-    reference = verify.openai_outputs(weights, DEMO, verify.probe_images(DEMO), verify.probe_tokens(DEMO))["logits"]
+    reference = references.openai_outputs(weights, DEMO, verify.probe_images(DEMO), verify.probe_tokens(DEMO))["logits"]
     assert (open_clip_logits(model.eval(), DEMO) - reference).abs().max() <= TOLERANCE
     assert run_cli("to-openai", tmp_path / "open-clip", tmp_path / "back.pt").exit_code == 0
     assert_identical(torch.load(tmp_path / "back.pt", weights_only=True), weights)  # OpenAI's fp16 mix restored

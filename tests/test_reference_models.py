@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roundtrip import hf_config, mapping, open_clip_config, verify
+from roundtrip import hf_config, mapping, open_clip_config, references, verify
 from roundtrip.architecture import Shapes
 from roundtrip.examples import random_open_clip_model, random_openai_state_dict, save_open_clip_folder
 from roundtrip.testing import architectures, open_clip_model_configs, seeds
@@ -42,7 +42,7 @@ def assert_same_logits(public, fast) -> None:
 def test_openais_reference_is_what_clip_model_build_model_builds(architecture, seed):
     state_dict = random_openai_state_dict(architecture, seed)  # OpenAI's fp16 mix: build_model's halving is exact
     public = import_clip().model.build_model(copy.deepcopy(state_dict)).float().eval()
-    fast = verify.openai_model(verify._float32(state_dict), None, architecture)
+    fast = references.openai_model(references._float32(state_dict), None, architecture)
     images, tokens = probes(architecture)
     with torch.no_grad():
         assert_same_logits(public(images, tokens)[0], fast(images, tokens)[0])
@@ -54,10 +54,10 @@ def test_transformers_reference_is_what_clipmodel_builds_from_its_config(archite
     from transformers import CLIPConfig, CLIPModel
 
     config = hf_config.config(architecture)
-    weights = verify._float32(mapping.to_hf(random_openai_state_dict(architecture, seed)))
+    weights = references._float32(mapping.to_hf(random_openai_state_dict(architecture, seed)))
     public = CLIPModel(CLIPConfig.from_dict(config)).eval()
     public.load_state_dict(weights, strict=False)  # position_ids: a buffer CLIPModel makes itself
-    fast = verify.hf_model(weights, config)
+    fast = references.hf_model(weights, config)
     images, tokens = probes(architecture)
     with torch.no_grad():
         assert_same_logits(public(input_ids=tokens, pixel_values=images).logits_per_image,
@@ -76,7 +76,7 @@ def test_open_clips_reference_is_what_open_clips_factory_builds_from_its_config(
     with tempfile.TemporaryDirectory() as folder:
         save_open_clip_folder(weights, model_cfg, Path(folder) / "model")
         public, _, _ = open_clip.create_model_and_transforms(f"local-dir:{Path(folder) / 'model'}")
-    fast = verify.open_clip_model(weights, model_cfg, architecture)
+    fast = references.open_clip_model(weights, model_cfg, architecture)
     images, tokens = probes(architecture)
     with torch.no_grad():
         assert_same_logits(public.eval().get_logits(images, tokens)[0], fast.get_logits(images, tokens)[0])
@@ -93,7 +93,7 @@ def test_a_buffer_the_fast_path_does_not_make_again_is_refused(monkeypatch):
     architecture = open_clip_config.architecture(model_cfg, Shapes.of(weights))
     monkeypatch.setattr(TextTransformer, "build_causal_mask", lambda self: torch.empty(0, device="meta"))
     with pytest.raises(RuntimeError, match="attn_mask was left on the meta device"):
-        verify.open_clip_model(weights, model_cfg, architecture)
+        references.open_clip_model(weights, model_cfg, architecture)
 
 
 def _b32_open_clip():
@@ -108,7 +108,7 @@ def test_open_clips_reference_takes_custom_text_out_of_the_config_as_its_factory
     `"custom_text": false`, as open_clip's factory accepts, could not be checked."""
     model_cfg, weights, architecture = _b32_open_clip()
     said = {**model_cfg, "custom_text": False}
-    verify.open_clip_model(weights, said, architecture)
+    references.open_clip_model(weights, said, architecture)
     assert said["custom_text"] is False  # the caller's config is left as it was
 
 
@@ -120,11 +120,11 @@ def test_every_reference_refuses_a_weight_it_has_no_place_for():
     """Kills a reference that loads leniently (`strict=False`): a weight the model has no place for is an error,
     not one left out of the check. (A missing one is refused as a tensor left on the meta device.)"""
     model_cfg, weights, architecture = _b32_open_clip()
-    openai_weights = verify._float32(weights)  # open_clip's keys are OpenAI's
-    hf_weights = verify._float32(mapping.to_hf(weights))
-    builds = [lambda: verify.open_clip_model(_with_a_weight_no_model_has(weights), model_cfg, architecture),
-              lambda: verify.openai_model(_with_a_weight_no_model_has(openai_weights), None, architecture),
-              lambda: verify.hf_model({**hf_weights, "vision_model.extra.weight": torch.zeros(1)},
+    openai_weights = references._float32(weights)  # open_clip's keys are OpenAI's
+    hf_weights = references._float32(mapping.to_hf(weights))
+    builds = [lambda: references.open_clip_model(_with_a_weight_no_model_has(weights), model_cfg, architecture),
+              lambda: references.openai_model(_with_a_weight_no_model_has(openai_weights), None, architecture),
+              lambda: references.hf_model({**hf_weights, "vision_model.extra.weight": torch.zeros(1)},
                                       hf_config.config(architecture))]
     for build in builds:
         with pytest.raises((RuntimeError, ValueError), match="extra"):
