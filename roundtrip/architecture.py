@@ -8,6 +8,7 @@ an HF config.json or an open_clip config spells it out (`roundtrip.openai_config
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -76,6 +77,18 @@ class Architecture:
     def towers(self) -> tuple[str, ...]:
         """The towers present, in the order of TOWERS."""
         return tuple(name for name in TOWERS if getattr(self, name) is not None)
+
+    def alone(self, tower: str, projected: bool = True) -> Architecture:
+        """This model's `tower` alone: with its projection if it has one, unless `projected` is False."""
+        part = getattr(self, tower)
+        if part is None:
+            raise ArchitectureError(f"this model has no {tower} tower")
+        keep = part.projected and projected
+        (other,) = (name for name in TOWERS if name != tower)
+        return dataclasses.replace(
+            self, **{tower: dataclasses.replace(part, projected=keep), other: None},
+            **dict.fromkeys(TOWER_NUMBERS[other]), embed_dim=self.embed_dim if keep else None,
+            text_pool_token=self.text_pool_token if tower == "text" else None)
 
     def describe(self) -> str:
         parts = []

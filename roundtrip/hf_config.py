@@ -101,35 +101,50 @@ def architecture(config: Mapping, shapes: Shapes) -> Architecture:
     return claimed
 
 
+# The transformers class that holds each kind of model: both towers, or one tower with or without its projection.
+MODEL_CLASSES = {
+    ("text", "vision"): "CLIPModel",
+    ("text",): {True: "CLIPTextModelWithProjection", False: "CLIPTextModel"},
+    ("vision",): {True: "CLIPVisionModelWithProjection", False: "CLIPVisionModel"},
+}
+
+
+def model_class(architecture: Architecture) -> str:
+    """The name of the transformers class that holds a model of `architecture`."""
+    held = MODEL_CLASSES[architecture.towers]
+    return held if isinstance(held, str) else held[getattr(architecture, architecture.towers[0]).projected]
+
+
 def config(architecture: Architecture) -> dict:
-    """A complete config.json for transformers' CLIPModel."""
+    """A complete config.json for the transformers class that holds `architecture` (`model_class`): CLIPModel's
+    for both towers, a tower's own config (CLIPTextConfig, CLIPVisionConfig) for one."""
     def tower(part: Tower) -> dict:
         return {"hidden_size": part.width, "intermediate_size": part.mlp_width, "num_hidden_layers": part.layers,
                 "num_attention_heads": part.heads, "hidden_act": part.activation,
-                "layer_norm_eps": part.layer_norm_eps, "projection_dim": architecture.embed_dim}
+                "layer_norm_eps": part.layer_norm_eps,
+                **({"projection_dim": architecture.embed_dim} if part.projected else {})}
 
-    pool_token = architecture.text_pool_token
-    text = {
-        "model_type": "clip_text_model",
-        "vocab_size": architecture.vocab_size,
-        "max_position_embeddings": architecture.context_length,
-        "eos_token_id": ARGMAX_POOLING_EOS_ID if pool_token is None else pool_token,
-        **tower(architecture.text),
-    }
-    vision = {
-        "model_type": "clip_vision_model",
-        "num_channels": IMAGE_CHANNELS,
-        "image_size": architecture.image_resolution,
-        "patch_size": architecture.patch_size,
-        **tower(architecture.vision),
-    }
-    return {
-        "architectures": ["CLIPModel"],
-        "model_type": "clip",
-        "projection_dim": architecture.embed_dim,
-        "text_config": text,
-        "vision_config": vision,
-    }
+    towers = {}
+    if architecture.text is not None:
+        pool_token = architecture.text_pool_token
+        towers["text_config"] = {
+            "model_type": "clip_text_model",
+            "vocab_size": architecture.vocab_size,
+            "max_position_embeddings": architecture.context_length,
+            "eos_token_id": ARGMAX_POOLING_EOS_ID if pool_token is None else pool_token,
+            **tower(architecture.text),
+        }
+    if architecture.vision is not None:
+        towers["vision_config"] = {
+            "model_type": "clip_vision_model",
+            "num_channels": IMAGE_CHANNELS,
+            "image_size": architecture.image_resolution,
+            "patch_size": architecture.patch_size,
+            **tower(architecture.vision),
+        }
+    if len(towers) == 1:
+        return {"architectures": [model_class(architecture)], **next(iter(towers.values()))}
+    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": architecture.embed_dim, **towers}
 
 
 def incompatibilities(architecture: Architecture) -> list[str]:

@@ -261,6 +261,14 @@ def towers_of(keys: Iterable[str], layout: str) -> tuple[str, ...]:
                  if any(_matches(key, tuple(c for c in READING[layout] if c.tower == tower)) for key in keys))
 
 
+def of_towers(state_dict: Mapping, layout: str, towers: tuple[str, ...], projections: tuple[str, ...]) -> dict:
+    """The tensors of `state_dict` (a model in `layout`) that a model of `towers` holds, with the projections
+    of `projections` only; what two towers share (logit_scale) only with both."""
+    kept = [c for c in READING[layout] if (c.tower in towers and (not c.projection or c.tower in projections))
+            or (c.tower is None and set(towers) == set(TOWERS))]
+    return {key: tensor for key, tensor in state_dict.items() if _matches(key, tuple(kept))}
+
+
 def check_keys(keys: Iterable[str], layout: str, towers: tuple[str, ...] = TOWERS) -> dict[str, int]:
     """The number of residual blocks per tower of a complete checkpoint in `layout` (of a model with `towers`);
     else a MappingError that says what the keys are: a variant no rule converts, another layout or no CLIP at

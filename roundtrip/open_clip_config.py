@@ -217,26 +217,32 @@ def _square(settings: Mapping, key: str, default: int) -> int:
 def incompatibilities(architecture: Architecture) -> list[str]:
     """What open_clip's CLIP cannot build: one activation for both towers, vision heads of a whole width."""
     problems = head_problems(architecture)
-    activations = {architecture.vision.activation, architecture.text.activation}
+    activations = {getattr(architecture, tower).activation for tower in architecture.towers}
     if len(activations) > 1 or not activations <= {"gelu", "quick_gelu"}:
-        problems.append(f"activations are {architecture.vision.activation} (vision) and "
-                        f"{architecture.text.activation} (text); open_clip uses gelu or quick_gelu for both")
+        problems.append("activations are " + " and ".join(f"{getattr(architecture, tower).activation} ({tower})"
+                                                          for tower in architecture.towers)
+                        + "; open_clip uses gelu or quick_gelu for both")
     return problems
 
 
 def model_config(architecture: Architecture) -> dict:
-    """The model config that makes open_clip build exactly this architecture (its defaults left out)."""
+    """The model config that makes open_clip build exactly this architecture (its defaults left out); of a tower
+    alone, that tower's settings (open_clip itself builds both towers, so only clipconv reads such a config)."""
     vision, text = architecture.vision, architecture.text
-    vision_cfg = {"image_size": architecture.image_resolution, "layers": vision.layers, "width": vision.width,
-                  **({"head_width": vision.width // vision.heads} if vision.width != HEAD_WIDTH * vision.heads
-                     else {}),
-                  **_tower_extras(vision), "patch_size": architecture.patch_size}
-    text_cfg = {"context_length": architecture.context_length, "vocab_size": architecture.vocab_size,
-                "width": text.width, "heads": text.heads, "layers": text.layers, **_tower_extras(text)}
-    if architecture.text_pool_token is not None:
-        text_cfg.update(pool_type="eos", eos_id=architecture.text_pool_token)
-    quick = {"quick_gelu": True} if vision.activation == "quick_gelu" else {}
-    return {"embed_dim": architecture.embed_dim, **quick, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+    config = {"embed_dim": architecture.embed_dim} if architecture.embed_dim is not None else {}
+    if (vision or text).activation == "quick_gelu":
+        config["quick_gelu"] = True
+    if vision is not None:
+        config["vision_cfg"] = {
+            "image_size": architecture.image_resolution, "layers": vision.layers, "width": vision.width,
+            **({"head_width": vision.width // vision.heads} if vision.width != HEAD_WIDTH * vision.heads else {}),
+            **_tower_extras(vision), "patch_size": architecture.patch_size}
+    if text is not None:
+        config["text_cfg"] = {"context_length": architecture.context_length, "vocab_size": architecture.vocab_size,
+                              "width": text.width, "heads": text.heads, "layers": text.layers, **_tower_extras(text)}
+        if architecture.text_pool_token is not None:
+            config["text_cfg"].update(pool_type="eos", eos_id=architecture.text_pool_token)
+    return config
 
 
 def _tower_extras(tower: Tower) -> dict:

@@ -13,6 +13,7 @@ logits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import sys
@@ -23,9 +24,10 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING
 
-from roundtrip.architecture import Architecture
+from roundtrip.architecture import Architecture, Tower
+from roundtrip.mapping import towers_of
 from roundtrip.openai_config import clip_kwargs
-from roundtrip.schema import TOWER_MODULES, TOWERS
+from roundtrip.schema import HF_TOWER_PREFIXES, PROJECTIONS, TOWER_MODULES, TOWERS, TowerModules
 
 if TYPE_CHECKING:
     import torch
@@ -59,18 +61,74 @@ def in_float32(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def openai_model(openai_weights: Mapping, _config, architecture: Architecture):
-    """OpenAI's CLIP holding `openai_weights` (float32)."""
+    """OpenAI's CLIP holding `openai_weights` (float32), of one tower or both."""
     import torch
 
-    with torch.device("meta"):
-        model = openai_code("model").CLIP(**clip_kwargs(architecture))  # no random init, no memory for weights
-    model.load_state_dict(openai_weights, strict=True, assign=True)
+    with torch.device("meta"):  # no random init, no memory for weights
+        model = openai_code("model").CLIP(**clip_kwargs(with_stand_in(architecture)))
+    _load_towers(model, openai_weights, architecture)
     # The text tower's causal mask is a plain attribute made in __init__, so it was made on the meta device
     # too: made again by OpenAI's own code, where that code puts it (the vision tower has none).
     mask = model.build_attention_mask()
     for block in model.transformer.resblocks:
         block.attn_mask = mask
+    if architecture.text is not None and not architecture.text.projected:
+        # OpenAI's encode_text always projects: the identity stands in, so that it returns the pooled output.
+        model.text_projection = torch.nn.Parameter(torch.eye(architecture.text.width))
+    if architecture.vision is not None and not architecture.vision.projected:
+        model.visual.proj = None  # its VisionTransformer then returns the pooled output
     return _nothing_left_on_meta(model).eval()
+
+
+# The smallest tower OpenAI's and open_clip's CLIP can build, standing in for the one a model of a single tower
+# lacks (their CLIP builds both); made empty and never run.
+_STAND_IN = Tower(width=64, layers=1, heads=1, mlp_width=256, activation="quick_gelu", layer_norm_eps=1e-5,
+                  projected=True)
+_STAND_IN_NUMBERS = {"vision": {"image_resolution": 16, "patch_size": 16}, "text": {"context_length": 2,
+                                                                                     "vocab_size": 3}}
+
+
+def with_stand_in(architecture: Architecture) -> Architecture:
+    """`architecture` with a stand-in for a tower it lacks (and projections where it has none), so that a CLIP
+    of both towers can be built around the tower it has."""
+    if architecture.towers == TOWERS:
+        return architecture
+    (absent,) = (tower for tower in TOWERS if tower not in architecture.towers)
+    present = getattr(architecture, architecture.towers[0])
+    embed_dim = architecture.embed_dim or present.width
+    return dataclasses.replace(architecture, embed_dim=embed_dim, **{absent: _STAND_IN},
+                               **_STAND_IN_NUMBERS[absent])
+
+
+def _load_towers(model, weights: Mapping, architecture: Architecture) -> None:
+    """Load `weights` (of the towers of `architecture`, in OpenAI's key layout) into `model`, a CLIP of both
+    towers built on the meta device. What the weights may lack (a stand-in tower, an absent projection or
+    logit_scale, in a model of one tower) is made empty, never run; any other weight missing, or one the model
+    has no place for, is refused."""
+    import torch
+
+    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    absent = [key for key in missing if not _may_lack(key, architecture)]
+    if unexpected or absent:
+        raise ValueError(f"weights the model has no place for: {sorted(unexpected)}; missing: {sorted(absent)}")
+    for key in missing:
+        owner_name, _, attribute = key.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        placeholder = torch.empty_like(getattr(owner, attribute), device="cpu")
+        if attribute in owner._parameters:
+            owner._parameters[attribute] = torch.nn.Parameter(placeholder, requires_grad=False)
+        else:
+            owner._buffers[attribute] = placeholder
+
+
+def _may_lack(key: str, architecture: Architecture) -> bool:
+    """Whether a model of `architecture` may lack the weight `key` (OpenAI's layout): one of a tower it does not
+    have, the projection of a tower without one, or what the towers share, when it has one tower."""
+    if architecture.towers == TOWERS:
+        return False
+    held = towers_of([key], "openai")
+    return not held or held[0] not in architecture.towers or (
+        key == PROJECTIONS[held[0]][0] and not getattr(architecture, held[0]).projected)
 
 
 def openai_outputs(openai_weights: Mapping, architecture: Architecture, images, tokens) -> Outputs:
@@ -81,32 +139,42 @@ def openai_outputs(openai_weights: Mapping, architecture: Architecture, images, 
 def _openai_run(model, images, tokens, architecture: Architecture) -> Outputs:
     import torch
 
-    methods = {"encode_text": "text.projected", "encode_image": "vision.projected"}
-    with _recording(model, "openai", architecture, sequence_first=True) as seen, \
-            _returned(model, methods) as returned, torch.no_grad():
-        logits = model(images, tokens)[0]
-    vision_pooled = seen.pop("vision.final_layer_norm")  # its ln_post is over the class token alone
-    text = seen["text.final_layer_norm"]
-    text_pooled = text[torch.arange(text.shape[0]), tokens.argmax(dim=-1)]  # as clip/model.py's encode_text pools
-    return _in_order(architecture, {**seen, **returned, "logits": logits, "text.pooled": text_pooled,
-                                    "vision.pooled": vision_pooled})
+    with _recording(model, TOWER_MODULES["openai"], architecture, sequence_first=True) as seen, \
+            _returned(model, _projecting_methods(architecture)) as returned, torch.no_grad():
+        found = _run_towers(model, images, tokens, architecture, lambda: model(images, tokens)[0])
+    if architecture.vision is not None:
+        found["vision.pooled"] = seen.pop("vision.final_layer_norm")  # its ln_post is over the class token alone
+    if architecture.text is not None:
+        text = seen["text.final_layer_norm"]
+        found["text.pooled"] = text[torch.arange(text.shape[0]), tokens.argmax(dim=-1)]  # as its encode_text pools
+    return _in_order(architecture, {**seen, **returned, **found})
 
 
 def open_clip_model(weights: Mapping, model_cfg: Mapping, architecture: Architecture):
-    """open_clip's CLIP built from `model_cfg`, holding `weights` (float32)."""
+    """open_clip's CLIP built from `model_cfg`, holding `weights` (float32), of one tower or both."""
     import torch
     from open_clip.model import CLIP
     from open_clip.transformer import TextTransformer
 
+    from roundtrip.open_clip_config import model_config
+
     # open_clip's factory takes custom_text out before building, too
     config = {key: value for key, value in model_cfg.items() if key != "custom_text"}
+    # A config of one tower (clipconv writes one for a tower alone) gets a stand-in for the other; a config of
+    # both is taken as it is.
+    stand_in = model_config(with_stand_in(architecture))
+    config = {**config, **{key: stand_in[key] for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config}}
     with torch.device("meta"):
         model = CLIP(**config)
-    model.load_state_dict(weights, strict=True, assign=True)
+    _load_towers(model, weights, architecture)
     # A non-persistent buffer made in __init__, on the meta device: made again by open_clip's own code, where
     # that code makes one (a text tower without the causal mask has None).
     if model.attn_mask is not None:
-        model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=architecture.context_length))
+        model.attn_mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=model.context_length))
+    if architecture.text is not None and not architecture.text.projected:
+        model.text_projection = None  # its encode_text then returns the pooled output
+    if architecture.vision is not None and not architecture.vision.projected:
+        model.visual.proj = None
     return _nothing_left_on_meta(model).eval()
 
 
@@ -128,33 +196,53 @@ def _open_clip_run(model, images, tokens, architecture: Architecture) -> Outputs
     import torch
     from open_clip.transformer import text_global_pool
 
-    methods = {"encode_text": "text.projected", "encode_image": "vision.projected"}
-    with _recording(model, "openai", architecture, sequence_first=False) as seen, \
-            _returned(model, methods) as returned, torch.no_grad():
-        logits = model.get_logits(images, tokens)[0]
+    with _recording(model, TOWER_MODULES["openai"], architecture, sequence_first=False) as seen, \
+            _returned(model, _projecting_methods(architecture)) as returned, torch.no_grad():
+        found = _run_towers(model, images, tokens, architecture, lambda: model.get_logits(images, tokens)[0])
         # Pooled by open_clip's own functions, as its encode_text and VisionTransformer pool.
-        text_pooled = text_global_pool(seen["text.final_layer_norm"], tokens, model.text_pool_type,
-                                       eos_token_id=getattr(model, "text_eos_id", None))
-        vision_pooled, _ = model.visual._global_pool(seen.pop("vision.final_layer_norm"))
-    return _in_order(architecture, {**seen, **returned, "logits": logits, "text.pooled": text_pooled,
-                                    "vision.pooled": vision_pooled})
+        if architecture.text is not None:
+            found["text.pooled"] = text_global_pool(seen["text.final_layer_norm"], tokens, model.text_pool_type,
+                                                    eos_token_id=getattr(model, "text_eos_id", None))
+        if architecture.vision is not None:
+            found["vision.pooled"], _ = model.visual._global_pool(seen.pop("vision.final_layer_norm"))
+    return _in_order(architecture, {**seen, **returned, **found})
 
 
-def hf_model(hf_weights: Mapping, hf_config: dict, _architecture=None):
-    """transformers' CLIPModel holding `hf_weights`, loaded as from_pretrained loads a folder."""
+def _projecting_methods(architecture: Architecture) -> dict[str, str]:
+    """OpenAI's and open_clip's methods that return a tower's projected embedding, for the towers that have one."""
+    methods = {"text": "encode_text", "vision": "encode_image"}
+    return {methods[tower]: f"{tower}.projected" for tower in architecture.towers
+            if getattr(architecture, tower).projected}
+
+
+def _run_towers(model, images, tokens, architecture: Architecture, logits: Callable) -> Outputs:
+    """Run OpenAI's or open_clip's CLIP: to its logits with both towers, else the one tower there is."""
+    if architecture.towers == TOWERS:
+        return {"logits": logits()}
+    if architecture.text is not None:
+        model.encode_text(tokens)
+    else:
+        model.encode_image(images)
+    return {}
+
+
+def hf_model(hf_weights: Mapping, config: dict, architecture: Architecture):
+    """The transformers class that holds `architecture` (`hf_config.model_class`: CLIPModel, or a class of one
+    tower), holding `hf_weights` (CLIPModel's key layout, which from_pretrained takes for a flat class too),
+    loaded as from_pretrained loads a folder."""
     import torch
-    from transformers import CLIPConfig, CLIPModel
+    import transformers
     from transformers.utils import logging
 
+    from roundtrip.hf_config import model_class
+
+    held = getattr(transformers, model_class(architecture))
     logging.disable_progress_bar()  # one model load is not a long step
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # its load report (in terminal colours) would say what the check below says
     try:
-        model, info = CLIPModel.from_pretrained(  # takes the given tensors as they are: views stay views
-            None,
-            config=CLIPConfig.from_dict(hf_config),
-            state_dict=_float32(hf_weights),
-            dtype=torch.float32,
+        model, info = held.from_pretrained(  # takes the given tensors as they are: views stay views
+            None, config=held.config_class.from_dict(config), state_dict=_float32(hf_weights), dtype=torch.float32,
             output_loading_info=True,
         )
     finally:
@@ -168,10 +256,30 @@ def hf_model(hf_weights: Mapping, hf_config: dict, _architecture=None):
 def hf_run(model, images, tokens, architecture: Architecture) -> Outputs:
     import torch
 
-    with _recording(model, "hf", architecture, sequence_first=False) as seen, torch.no_grad():
-        logits = model(input_ids=tokens, pixel_values=images).logits_per_image
-    seen.pop("vision.final_layer_norm")  # the pooled output, read as the projection's input
-    return _in_order(architecture, {**seen, "logits": logits})
+    with _recording(model, _hf_modules(model, architecture), architecture, sequence_first=False) as seen, \
+            torch.no_grad():
+        if architecture.towers == TOWERS:
+            found = {"logits": model(input_ids=tokens, pixel_values=images).logits_per_image}
+        else:
+            ran = model(input_ids=tokens) if architecture.text is not None else model(pixel_values=images)
+            found = {f"{tower}.pooled": ran.pooler_output for tower in architecture.towers
+                     if not getattr(architecture, tower).projected}
+    if architecture.vision is not None:
+        found["vision.pooled"] = seen.pop("vision.final_layer_norm")  # post_layernorm is over the class token
+    return _in_order(architecture, {**seen, **found})
+
+
+def _hf_modules(model, architecture: Architecture) -> dict[str, TowerModules]:
+    """Where `model`'s towers sit: CLIPModel's module paths, without the tower's prefix in a flat class."""
+    names = {name for name, _ in model.named_modules()}
+    modules = {}
+    for tower in architecture.towers:
+        parts = TOWER_MODULES["hf"][tower]
+        prefix = HF_TOWER_PREFIXES[tower]
+        flat = not any(name.startswith(prefix) for name in names)
+        modules[tower] = dataclasses.replace(parts, block=parts.block.removeprefix(prefix),
+                                             final_norm=parts.final_norm.removeprefix(prefix)) if flat else parts
+    return modules
 
 
 # ---- what each reference computes, named alike --------------------------------------------------------------
@@ -182,15 +290,15 @@ Outputs = dict  # output name -> tensor (batch first), in the order of `output_n
 def output_names(architecture: Architecture) -> list[str]:
     """What the check compares, in the order the models compute it: per tower, the input to its first block
     (the vision tower's after its first LayerNorm), each block's output, the text tower's final LayerNorm over
-    every token, the pooled output (the vision tower's after its final LayerNorm) and the projected embedding;
-    then the logits."""
+    every token, the pooled output (the vision tower's after its final LayerNorm) and, where it has a
+    projection, the projected embedding; then, with both towers, the logits."""
     names = []
-    for tower in TOWERS:
-        names += [f"{tower}.embeddings", *(f"{tower}.layers.{index}" for index in
-                                           range(getattr(architecture, tower).layers))]
+    for tower in architecture.towers:
+        parts = getattr(architecture, tower)
+        names += [f"{tower}.embeddings", *(f"{tower}.layers.{index}" for index in range(parts.layers))]
         names += ["text.final_layer_norm"] if tower == "text" else []
-        names += [f"{tower}.pooled", f"{tower}.projected"]
-    return [*names, "logits"]
+        names += [f"{tower}.pooled", *([f"{tower}.projected"] if parts.projected else [])]
+    return [*names, *(["logits"] if architecture.towers == TOWERS else [])]
 
 
 def _in_order(architecture: Architecture, outputs: Outputs) -> Outputs:
@@ -201,12 +309,13 @@ def _in_order(architecture: Architecture, outputs: Outputs) -> Outputs:
 
 
 @contextlib.contextmanager
-def _recording(model, layout: str, architecture: Architecture, sequence_first: bool) -> Iterator[Outputs]:
+def _recording(model, modules: Mapping[str, TowerModules], architecture: Architecture,
+               sequence_first: bool) -> Iterator[Outputs]:
     """While `model` runs: each tower's input to its first block, every block's output, its final LayerNorm's
-    output and, where the projection is a layer, its input (the pooled output) and output, read off the modules
-    `layout` names (`schema.TOWER_MODULES`). Batch first, whatever order the blocks take (`sequence_first`:
-    OpenAI's take the sequence first)."""
-    modules = dict(model.named_modules())
+    output and, where its projection is a layer, that layer's input (the pooled output) and output, read off
+    the `modules` of each tower (`schema.TOWER_MODULES`). Batch first, whatever order the blocks take
+    (`sequence_first`: OpenAI's take the sequence first)."""
+    named = dict(model.named_modules())
     seen: Outputs = {}
 
     def keep(name: str, in_block_order: bool, tensor) -> None:
@@ -220,17 +329,17 @@ def _recording(model, layout: str, architecture: Architecture, sequence_first: b
         keep(name, in_block_order, result)
 
     hooks = []
-    for tower in TOWERS:
-        parts = TOWER_MODULES[layout][tower]
-        blocks = [modules[parts.block.format(i=index)] for index in range(getattr(architecture, tower).layers)]
+    for tower in architecture.towers:
+        parts = modules[tower]
+        blocks = [named[parts.block.format(i=index)] for index in range(getattr(architecture, tower).layers)]
         hooks.append(blocks[0].register_forward_pre_hook(functools.partial(before, f"{tower}.embeddings", True),
                                                          with_kwargs=True))
         hooks += [block.register_forward_hook(functools.partial(after, f"{tower}.layers.{index}", True))
                   for index, block in enumerate(blocks)]
-        hooks.append(modules[parts.final_norm].register_forward_hook(
+        hooks.append(named[parts.final_norm].register_forward_hook(
             functools.partial(after, f"{tower}.final_layer_norm", False)))
-        if parts.projection is not None:
-            projection = modules[parts.projection]
+        if parts.projection is not None and getattr(architecture, tower).projected:
+            projection = named[parts.projection]
             hooks.append(projection.register_forward_pre_hook(functools.partial(before, f"{tower}.pooled", False),
                                                               with_kwargs=True))
             hooks.append(projection.register_forward_hook(functools.partial(after, f"{tower}.projected", False)))

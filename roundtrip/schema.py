@@ -76,6 +76,11 @@ TOWER_MODULES = {
                                   "visual_projection")},
 }
 
+# What CLIPModel puts before each tower's keys and modules in the HF layout. CLIPTextModel and CLIPVisionModel,
+# as transformers >= 5.6 builds and saves them, hold their tower without it ("flat"; older ones and the hub's
+# folders keep it); the classes with a projection keep it.
+HF_TOWER_PREFIXES = {"text": "text_model.", "vision": "vision_model."}
+
 # tower -> (OpenAI block prefix, HF block prefix)
 _TOWER_BLOCKS = {tower: (TOWER_MODULES["openai"][tower].block + ".", TOWER_MODULES["hf"][tower].block + ".")
                  for tower in TOWERS}

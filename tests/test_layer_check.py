@@ -53,7 +53,7 @@ def test_the_hidden_states_recorded_are_transformers_own(demo_state_dict):
     recorded = outputs(references.HF, weights, config, DEMO)
     from roundtrip import mapping
 
-    model = references.hf_model(mapping.to_hf(weights), config)
+    model = references.hf_model(mapping.to_hf(weights), config, DEMO)
     with torch.no_grad():
         text = model.text_model(input_ids=verify.probe_tokens(DEMO), output_hidden_states=True)
         vision = model.vision_model(pixel_values=verify.probe_images(DEMO), output_hidden_states=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from roundtrip import mapping, openai_config
+from roundtrip import hf_config, mapping, open_clip_config, openai_config, references, verify
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes
 from roundtrip.examples import DEMO, random_openai_state_dict
+from roundtrip.testing import architectures, random_state_dict, seeds
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +94,30 @@ def test_a_text_tower_alone_maps_to_hf_and_back_with_its_logit_scale(whole):
 def test_an_architecture_that_no_model_is_cannot_be_made(change, message):
     with pytest.raises(ArchitectureError, match=message):
         Architecture(**{**dataclasses.asdict(DEMO) | {"vision": DEMO.vision, "text": DEMO.text}, **change})
+
+
+BUILDING = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@BUILDING
+@given(architectures(), seeds, st.sampled_from(["text", "vision"]), st.booleans())
+def test_a_tower_alone_computes_the_same_outputs_in_the_three_model_codes(architecture, seed, tower, projected):
+    """OpenAI's and open_clip's code (which build both towers: a stand-in for the other, never run) and
+    transformers' class of one tower (CLIPTextModel, CLIPVisionModelWithProjection, ...) give the same outputs
+    of one tower, every layer, with and without its projection."""
+    alone = architecture.alone(tower, projected)
+    weights = mapping.of_towers(random_state_dict(architecture, "openai", seed=seed), "openai", alone.towers,
+                                (tower,) if projected else ())
+    images, tokens = verify.probe_images(architecture), verify.probe_tokens(architecture)
+    found = {name: verify.reference_outputs(verify.Side(reference, config), weights, "openai", alone, images, tokens)
+             for name, reference, config in (
+                 ("openai", references.OPENAI, None),
+                 ("open_clip", references.OPEN_CLIP, open_clip_config.model_config(alone)),
+                 ("hf", references.HF, hf_config.config(alone)))}
+    names = references.output_names(alone)
+    assert (f"{tower}.projected" in names) is projected and "logits" not in names
+    for code, computed in found.items():
+        assert list(computed) == names, code
+    for other in ("open_clip", "hf"):
+        agreement = verify.agreement(found["openai"], found[other])
+        assert agreement.diverges_at(1e-3) is None, (other, agreement.describe(1e-3))

@@ -57,7 +57,7 @@ def test_transformers_reference_is_what_clipmodel_builds_from_its_config(archite
     weights = references._float32(mapping.to_hf(random_openai_state_dict(architecture, seed)))
     public = CLIPModel(CLIPConfig.from_dict(config)).eval()
     public.load_state_dict(weights, strict=False)  # position_ids: a buffer CLIPModel makes itself
-    fast = references.hf_model(weights, config)
+    fast = references.hf_model(weights, config, architecture)
     images, tokens = probes(architecture)
     with torch.no_grad():
         assert_same_logits(public(input_ids=tokens, pixel_values=images).logits_per_image,
@@ -125,7 +125,7 @@ def test_every_reference_refuses_a_weight_it_has_no_place_for():
     builds = [lambda: references.open_clip_model(_with_a_weight_no_model_has(weights), model_cfg, architecture),
               lambda: references.openai_model(_with_a_weight_no_model_has(openai_weights), None, architecture),
               lambda: references.hf_model({**hf_weights, "vision_model.extra.weight": torch.zeros(1)},
-                                      hf_config.config(architecture))]
+                                          hf_config.config(architecture), architecture)]
     for build in builds:
         with pytest.raises((RuntimeError, ValueError), match="extra"):
             build()
