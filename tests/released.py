@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from roundtrip import open_clip_config, verify
+from roundtrip import open_clip_config, references, verify
 from roundtrip.architecture import Shapes
 from roundtrip.examples import (
     RELEASED,
@@ -42,7 +42,7 @@ def make_openai(name: str, file_format: str, folder: str) -> None:
     weights = {key: tensor for key, tensor in load_openai(path, file_format).items()
                if key not in OPENAI_ARCHIVE_ATTRIBUTES}
     images, tokens = verify.probe_images(architecture), verify.probe_tokens(architecture)
-    logits = verify.openai_logits(weights, architecture, images, tokens)
+    logits = references.openai_outputs(weights, architecture, images, tokens)["logits"]
     torch.save({"images": images, "tokens": tokens, "logits": logits}, Path(folder) / REFERENCE)
 
 
