@@ -277,8 +277,8 @@ def _print_summary(summary) -> None:
         click.echo("  verification  skipped (--no-verify)")
     else:
         where, largest = summary.agreement.largest
-        click.echo(f"  verification  max |difference| = {largest:.2e} at {where}, over every layer's output, the "
-                   "pooled and projected embeddings and the logits (tolerance 1e-3)")
+        click.echo(f"  verification  max |difference| = {largest:.2e} at {where}, over "
+                   f"{summary.agreement.scope()} (tolerance 1e-3)")
     for note in summary.notes:
         click.echo(f"  note          {note}")
 

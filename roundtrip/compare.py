@@ -110,9 +110,10 @@ class Report:
                              f"{_side_text(tensor, 'b')}{difference})")
         if self.outputs is not None:
             where, largest = self.outputs.largest
-            lines.append(f"outputs       max |difference| {largest:.3g} at {where}, over every layer's output, the "
-                         f"pooled and projected embeddings and the logits (tolerance {self.tolerance:g})")
-            lines.append(f"logits        max |difference| {self.max_logit_difference:.3g}")
+            lines.append(f"outputs       max |difference| {largest:.3g} at {where}, over {self.outputs.scope()} "
+                         f"(tolerance {self.tolerance:g})")
+            if self.max_logit_difference is not None:
+                lines.append(f"logits        max |difference| {self.max_logit_difference:.3g}")
         else:
             lines.append(f"logits        not compared ({self.logits_note})")
         lines.append(f"verdict       {self.verdict}")

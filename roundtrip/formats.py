@@ -40,7 +40,7 @@ from roundtrip.mapping import MappingError, OtherLayout
 from roundtrip.ops import OperationError
 from roundtrip.preprocessing import Preprocessing
 from roundtrip.provenance import Provenance, Record
-from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
+from roundtrip.schema import HF_TOWER_PREFIXES, OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
 from roundtrip.strided import Strided
 
 KINDS = {"torchscript": "TorchScript archive", "state_dict": "torch.save state dict",
@@ -145,6 +145,8 @@ class Format:
     reference_config: Callable[[dict | None], object] = lambda config: config  # its config as its code takes it
     keeps_attributes: bool = False  # whether it holds OpenAI's 0-dim TorchScript attributes
     shards: bool = False  # whether its weights are split above a size (--max-shard-size)
+    # What to tell of an output of one tower ("{tower}": which), where the format can hold one; None: refused.
+    one_tower: str | None = None
     # For formats that hold part of a model inside a larger checkpoint (Stable Diffusion's text encoders):
     towers: tuple[str, ...] = ("text", "vision")
     key_prefix: str = ""
@@ -215,11 +217,28 @@ def _write_openai(job: Job) -> Written:
 
 def _read_hf(path: Path, options: SourceOptions) -> Source:
     folder = readers.read_hf_folder(path)
-    notes = _tokenizer_warnings(path)
+    try:
+        held = hf_config.towers(folder.config)
+    except ArchitectureError as error:
+        raise InputError(path / HF_CONFIG, str(error)) from None
+    tensors, notes = _with_tower_prefix(folder.tensors, held)
+    notes += _tokenizer_warnings(path)
     weights = folder.weight_files
-    return Source(path, HF, "folder", folder.tensors, folder.config, path / HF_CONFIG, folder.provenance,
+    return Source(path, HF, "folder", tensors, folder.config, path / HF_CONFIG, folder.provenance,
                   weights[0] if len(weights) == 1 else path / HF_SAFETENSORS_INDEX, folder.release, folder.check,
                   preprocessing=_hf_preprocessing(path), notes=notes)
+
+
+def _with_tower_prefix(tensors: dict, held: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """A tower's weights as CLIPModel names them: the keys of a flat one-tower folder (CLIPTextModel or
+    CLIPVisionModel as transformers >= 5.6 saves it) under their tower's prefix."""
+    if held == TOWERS:
+        return tensors, []
+    prefix = HF_TOWER_PREFIXES[held[0]]
+    if any(key.startswith(prefix) for key in tensors):
+        return tensors, []
+    return {prefix + key: tensor for key, tensor in tensors.items()}, [
+        f"its keys have no {prefix} prefix (as transformers 5.6 and later save a {held[0]} tower alone)"]
 
 
 def _hf_preprocessing(folder: Path) -> Preprocessing:
@@ -379,6 +398,8 @@ OPENAI = Format(
     reference=references.OPENAI, read=_read_openai, architecture=_openai_architecture,
     incompatibilities=openai_config.incompatibilities, make_config=_no_config, write=_write_openai,
     fallback_dtype="keep", code="OpenAI's CLIP code", keeps_attributes=True,
+    one_tower="it holds the {tower} tower alone, in OpenAI's key layout (as Stable Diffusion's checkpoints keep "
+              "one): clip.load and build_model need both towers",
 )
 HF = Format(
     name="hf", title="Hugging Face CLIPModel folder", layout="hf", output=writers.HF_FOLDER,
@@ -391,6 +412,8 @@ OPEN_CLIP = Format(
     output=writers.OPEN_CLIP_FOLDER, reference=references.OPEN_CLIP, read=_read_open_clip,
     architecture=_open_clip_architecture, incompatibilities=open_clip_config.incompatibilities,
     make_config=_open_clip_config, write=_write_open_clip, fallback_dtype="float32", code="open_clip's CLIP",
+    one_tower="it holds the {tower} tower alone, in open_clip's key layout: open_clip's local-dir: needs both "
+              "towers",
     reference_config=lambda config: open_clip_config.split_config(config)[0],
 )
 FORMATS = {entry.name: entry for entry in (HF, OPENAI, OPEN_CLIP)}
@@ -414,8 +437,10 @@ def load(entry: Format, path: Path, options: SourceOptions, towers: tuple[str, .
     """Read the source at `path` as a checkpoint of `entry`, check its keys (of the towers it shares with
     `towers`) and work out its architecture: each problem one InputError naming the file it is in."""
     source = entry.read(path, options)
-    towers = tuple(tower for tower in entry.towers if tower in towers)
     tensors = mapping.without_prefix(source.tensors, entry.key_prefix)
+    # The towers it holds weights of (none: check_keys says what the keys are instead).
+    held = mapping.towers_of(tensors, entry.layout) or entry.towers
+    towers = tuple(tower for tower in held if tower in entry.towers and tower in towers)
     with _as_input_error(source.path):
         mapping.check_keys(tensors, entry.layout, towers)  # names missing keys as the source names them
         shapes = Shapes.of(mapping.convert(tensors, entry.layout, "openai", towers))

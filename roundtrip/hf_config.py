@@ -18,6 +18,7 @@ from roundtrip.architecture import (
     disagreements,
     head_problems,
 )
+from roundtrip.schema import TOWERS
 
 # transformers pools the text tower at argmax(input_ids), exactly like OpenAI, only when eos_token_id is this
 # legacy value (see README, "Text pooling"); with another value, at its first occurrence.
@@ -80,25 +81,53 @@ def _tower(fields: Mapping, projected: bool) -> Tower:
                  activation=fields["hidden_act"], layer_norm_eps=fields["layer_norm_eps"], projected=projected)
 
 
+# model_type -> the towers a config of that type describes (a tower alone: its own config, at the top level)
+MODEL_TYPES = {"clip": TOWERS, "clip_text_model": ("text",), "clip_vision_model": ("vision",)}
+
+
+def towers(config: object) -> tuple[str, ...]:
+    """The towers a config.json describes, by its model_type."""
+    model_type = config.get("model_type") if isinstance(config, Mapping) else None
+    if model_type not in MODEL_TYPES:
+        raise ArchitectureError(f"is not a CLIP config (model_type is {model_type!r})")
+    return MODEL_TYPES[model_type]
+
+
 def architecture(config: Mapping, shapes: Shapes) -> Architecture:
-    """What a folder's config.json builds, which must agree with its tensors' shapes."""
-    resolved = resolved_hf_config(config)
+    """What a folder's config.json builds (CLIPModel's, or one tower's), which must agree with its tensors'
+    shapes. A tower alone has its projection where its weights do (the class with one, CLIPTextModelWithProjection
+    and the like); a config that names the other class is refused."""
+    held = towers(config)
+    whole = config if held == TOWERS else {  # a tower's own config, read as that tower of a CLIPConfig
+        **{key: config[key] for key in HF_DEFAULTS if key in config}, f"{held[0]}_config": config}
+    resolved = resolved_hf_config(whole)
     text, vision = resolved["text_config"], resolved["vision_config"]
-    eos = text["eos_token_id"]
-    # With eos = the largest id, "first eos" pooling equals OpenAI's argmax on tokenized text.
-    argmax = eos in (ARGMAX_POOLING_EOS_ID, text["vocab_size"] - 1)
+    projected = {tower: held == TOWERS or tower in shapes.projections for tower in held}
     claimed = Architecture(
-        embed_dim=resolved["projection_dim"], image_resolution=vision["image_size"], patch_size=vision["patch_size"],
-        context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"],
-        vision=_tower(vision, projected=True), text=_tower(text, projected=True),
-        text_pool_token=None if argmax else eos,
+        embed_dim=resolved["projection_dim"] if any(projected.values()) else None,
+        image_resolution=vision["image_size"] if "vision" in held else None,
+        patch_size=vision["patch_size"] if "vision" in held else None,
+        context_length=text["max_position_embeddings"] if "text" in held else None,
+        vocab_size=text["vocab_size"] if "text" in held else None,
+        vision=_tower(vision, projected["vision"]) if "vision" in held else None,
+        text=_tower(text, projected["text"]) if "text" in held else None,
+        text_pool_token=_pool_token(text) if "text" in held else None,
     )
     problems = disagreements(claimed, shapes) + head_problems(claimed)
-    if vision["num_channels"] != IMAGE_CHANNELS:
+    if "vision" in held and vision["num_channels"] != IMAGE_CHANNELS:
         problems.append(f"vision_config.num_channels is {vision['num_channels']}, CLIP's images have 3")
+    named = [name for name in config.get("architectures") or [] if name in _CLASS_NAMES]
+    if named and model_class(claimed) not in named:
+        problems.append(f"it names {named[0]}, the weights are a {model_class(claimed)}'s")
     if problems:
         raise ArchitectureError("config.json does not fit the tensors: " + "; ".join(problems))
     return claimed
+
+
+def _pool_token(text: Mapping) -> int | None:
+    eos = text["eos_token_id"]
+    # With eos = the largest id, "first eos" pooling equals OpenAI's argmax on tokenized text.
+    return None if eos in (ARGMAX_POOLING_EOS_ID, text["vocab_size"] - 1) else eos
 
 
 # The transformers class that holds each kind of model: both towers, or one tower with or without its projection.
@@ -107,6 +136,10 @@ MODEL_CLASSES = {
     ("text",): {True: "CLIPTextModelWithProjection", False: "CLIPTextModel"},
     ("vision",): {True: "CLIPVisionModelWithProjection", False: "CLIPVisionModel"},
 }
+
+
+_CLASS_NAMES = {name for held in MODEL_CLASSES.values()
+                for name in ([held] if isinstance(held, str) else held.values())}
 
 
 def model_class(architecture: Architecture) -> str:

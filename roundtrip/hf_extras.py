@@ -231,8 +231,8 @@ def model_card(facts: CardFacts) -> dict[str, str]:
     verification = (
         "skipped (`--no-verify`)"
         if facts.agreement is None
-        else f"max \\|Δ\\| = {facts.agreement.largest[1]:.2e} over every layer's output, the pooled and projected "
-             f"embeddings and the logits (largest at {facts.agreement.largest[0]}; tolerance {TOLERANCE:g})"
+        else f"max \\|Δ\\| = {facts.agreement.largest[1]:.2e} over {facts.agreement.scope()} (largest at "
+             f"{facts.agreement.largest[0]}; tolerance {TOLERANCE:g})"
     )
     lines = [
         "---",

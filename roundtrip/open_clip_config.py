@@ -289,5 +289,6 @@ def preprocess_config(preprocessing: Preprocessing, image_resolution: int) -> di
 
 def config_file(architecture: Architecture, preprocessing: Preprocessing) -> dict:
     """The whole open_clip_config.json of a folder that `local-dir:` loads."""
-    return {"model_cfg": model_config(architecture),
-            "preprocess_cfg": preprocess_config(preprocessing, architecture.image_resolution)}
+    images = {} if architecture.vision is None else {
+        "preprocess_cfg": preprocess_config(preprocessing, architecture.image_resolution)}
+    return {"model_cfg": model_config(architecture), **images}

@@ -20,7 +20,7 @@ from roundtrip.errors import InputError, VerificationError, one_line
 from roundtrip.formats import FORMATS, Format, Job, SourceOptions
 from roundtrip.mapping import MappingError
 from roundtrip.provenance import METADATA_KEY, Provenance, Record
-from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES
+from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
 from roundtrip.strided import Strided
 
 Report = Callable[[str], None]
@@ -84,6 +84,7 @@ def convert(
         raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
     read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
                                                    loaded.architecture, loaded.shapes)
+    notes = [*notes, *_one_tower_notes(read.path, towers, target)]
     problems = target.incompatibilities(architecture)
     if problems:
         raise InputError(read.path, f"{target.code} cannot represent this model: " + "; ".join(problems))
@@ -111,7 +112,7 @@ def convert(
         intact = background.submit(read.check)
         if verify_logits:
             # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
-            report(f"Verifying logits of {sides[0].reference.name} against {sides[1].reference.name}, "
+            report(f"Verifying the outputs of {sides[0].reference.name} against {sides[1].reference.name}, "
                    "alongside writing")
             verification = background.submit(verify.check, checked, checked_layout, *sides,
                                              architecture)
@@ -128,6 +129,18 @@ def convert(
         intact.result()
         summary.extra_files = written.finish(summary.agreement)
     return summary
+
+
+def _one_tower_notes(source: Path, towers: tuple[str, ...], target: Format) -> list[str]:
+    """What to tell of an output of one tower; refused where the target cannot hold one."""
+    if towers == TOWERS:
+        return []
+    (tower,) = towers
+    if target.one_tower is None:
+        (missing,) = (name for name in TOWERS if name != tower)
+        raise InputError(source, f"holds the {tower} tower alone, and {target.code} needs both: it has no "
+                                 f"{missing} tower")
+    return [target.one_tower.format(tower=tower)]
 
 
 def _in_order(weights: dict, restored: Record | None) -> dict:

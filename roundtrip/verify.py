@@ -39,12 +39,14 @@ OPENAI_VOCAB_SIZE = 49408
 PROBE_IMAGES = 1  # one forward pass per tower on a small batch is enough
 
 
-def probe_tokens(architecture: Architecture) -> torch.Tensor:
+def probe_tokens(architecture: Architecture) -> torch.Tensor | None:
     """`clip.tokenize(list(PROBE_TEXTS), context_length, truncate=True)` for OpenAI's vocabulary; for a
     vocabulary of another size, random ids in the same places. Either way the start and end-of-text
-    tokens are the two largest ids, as in OpenAI's vocabulary, and padding is 0."""
+    tokens are the two largest ids, as in OpenAI's vocabulary, and padding is 0. None without a text tower."""
     import torch
 
+    if architecture.text is None:
+        return None
     generator = torch.Generator().manual_seed(0)
     start, end = architecture.vocab_size - 2, architecture.vocab_size - 1
     tokens = torch.zeros(len(PROBE_TEXTS), architecture.context_length, dtype=torch.long)
@@ -57,9 +59,13 @@ def probe_tokens(architecture: Architecture) -> torch.Tensor:
     return tokens
 
 
-def probe_images(architecture: Architecture) -> torch.Tensor:
+def probe_images(architecture: Architecture) -> torch.Tensor | None:
+    """Random images at the model's resolution, normalised as clip's transform does; None without a vision
+    tower."""
     import torch
 
+    if architecture.vision is None:
+        return None
     size = architecture.image_resolution
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(PROBE_IMAGES, 3, size, size, generator=generator)
@@ -112,13 +118,21 @@ class Agreement:
     differences: dict[str, float]
 
     @property
-    def logits(self) -> float:
-        return self.differences["logits"]
+    def logits(self) -> float | None:
+        """None for a tower alone, which has no logits."""
+        return self.differences.get("logits")
 
     @property
     def largest(self) -> tuple[str, float]:
         """The output furthest apart, and by how much (NaN counts as furthest)."""
         return max(self.differences.items(), key=lambda item: math.inf if math.isnan(item[1]) else item[1])
+
+    def scope(self) -> str:
+        """What was compared, for people: "every layer's output, the pooled output, ... and the logits"."""
+        kinds = ["every layer's output", "the pooled output"]
+        kinds += ["the projected embedding"] if any(name.endswith(".projected") for name in self.differences) else []
+        kinds += ["the logits"] if self.logits is not None else []
+        return ", ".join(kinds[:-1]) + " and " + kinds[-1]
 
     def diverges_at(self, tolerance: float) -> str | None:
         """The first output further apart than `tolerance` (NaN is): where the two models part; None if none."""

@@ -13,6 +13,8 @@ from roundtrip.architecture import Architecture, ArchitectureError, Shapes
 from roundtrip.examples import DEMO, random_openai_state_dict
 from roundtrip.testing import architectures, random_state_dict, seeds
 
+from conftest import assert_refused, run_cli
+
 
 @pytest.fixture(scope="module")
 def whole():
@@ -121,3 +123,73 @@ def test_a_tower_alone_computes_the_same_outputs_in_the_three_model_codes(archit
     for other in ("open_clip", "hf"):
         agreement = verify.agreement(found["openai"], found[other])
         assert agreement.diverges_at(1e-3) is None, (other, agreement.describe(1e-3))
+
+
+# ---- one tower from the command line -----------------------------------------------------------------------
+
+ONE_TOWER_CLASSES = {"CLIPTextModel": ("text", False), "CLIPTextModelWithProjection": ("text", True),
+                     "CLIPVisionModel": ("vision", False), "CLIPVisionModelWithProjection": ("vision", True)}
+
+
+def save_one_tower(folder, name: str, prefixed: bool = False, seed: int = 0):
+    """A folder as transformers' `save_pretrained` writes one of its one-tower classes (flat keys for the classes
+    without a projection in transformers 5.25), or with every key under its tower's prefix, as the hub's are."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    tower, projected = ONE_TOWER_CLASSES[name]
+    architecture = DEMO.alone(tower, projected)
+    model_class = getattr(transformers, name)
+    torch.manual_seed(seed)
+    model_class(model_class.config_class.from_dict(hf_config.config(architecture))).save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    if prefixed and not projected:
+        save_file({f"{tower}_model.{key}": tensor for key, tensor in weights.items()}, folder / "model.safetensors",
+                  metadata={"format": "pt"})
+    return architecture, load_file(folder / "model.safetensors")
+
+
+@pytest.mark.parametrize("target", ["to-openai", "to-open-clip"])
+@pytest.mark.parametrize("name, prefixed", [(name, False) for name in ONE_TOWER_CLASSES] + [
+    ("CLIPTextModel", True), ("CLIPVisionModel", True)])
+def test_each_hf_class_of_one_tower_converts_checked_layer_by_layer_into_that_towers_weights(
+        tmp_path, name, prefixed, target):
+    import torch
+    from safetensors.torch import load_file
+
+    architecture, weights = save_one_tower(tmp_path / "hf", name, prefixed)
+    dest = tmp_path / ("out.pt" if target == "to-openai" else "out")
+    result = run_cli(target, tmp_path / "hf", dest)
+    assert result.exit_code == 0, result.output
+    tower = architecture.towers[0]
+    assert f"it holds the {tower} tower alone" in result.stdout
+    assert "verification  max |difference| = " in result.stdout and f" at {tower}." in result.stdout
+    written = torch.load(dest, weights_only=True) if target == "to-openai" else load_file(dest /
+                                                                                           "open_clip_model.safetensors")
+    prefix = f"{tower}_model."
+    canonical = {key if key.startswith(prefix) or "projection" in key else prefix + key: tensor
+                 for key, tensor in weights.items()}
+    expected = mapping.to_openai(canonical, (tower,))
+    assert written.keys() == expected.keys()
+    assert all(torch.equal(written[key], expected[key]) for key in expected)
+
+
+def test_a_tower_alone_is_refused_by_to_hf_naming_the_tower_it_lacks(tmp_path):
+    save_one_tower(tmp_path / "hf", "CLIPTextModelWithProjection")
+    result = run_cli("to-openai", tmp_path / "hf", tmp_path / "text.pt", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert_refused(run_cli("to-hf", tmp_path / "text.pt", tmp_path / "back"), "holds the text tower alone",
+                   "it has no vision tower")
+
+
+def test_a_config_that_names_a_class_with_a_projection_the_weights_lack_is_refused(tmp_path):
+    import json
+
+    save_one_tower(tmp_path / "hf", "CLIPTextModel")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["architectures"] = ["CLIPTextModelWithProjection"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--no-verify"),
+                   "config.json does not fit the tensors: it names CLIPTextModelWithProjection, the weights are a "
+                   "CLIPTextModel's")
