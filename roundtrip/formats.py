@@ -216,12 +216,8 @@ def _write_openai(job: Job) -> Written:
 
 
 def _read_hf(path: Path, options: SourceOptions) -> Source:
-    folder = readers.read_hf_folder(path)
-    try:
-        held = hf_config.towers(folder.config)
-    except ArchitectureError as error:
-        raise InputError(path / HF_CONFIG, str(error)) from None
-    tensors, notes = _with_tower_prefix(folder.tensors, held)
+    folder = readers.read_hf_folder(path, check_config=hf_config.towers)
+    tensors, notes = _with_tower_prefix(folder.tensors, hf_config.towers(folder.config))
     notes += _tokenizer_warnings(path)
     weights = folder.weight_files
     return Source(path, HF, "folder", tensors, folder.config, path / HF_CONFIG, folder.provenance,

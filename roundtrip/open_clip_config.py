@@ -220,7 +220,7 @@ def incompatibilities(architecture: Architecture) -> list[str]:
     activations = {getattr(architecture, tower).activation for tower in architecture.towers}
     if len(activations) > 1 or not activations <= {"gelu", "quick_gelu"}:
         problems.append("activations are " + " and ".join(f"{getattr(architecture, tower).activation} ({tower})"
-                                                          for tower in architecture.towers)
+                                                          for tower in reversed(architecture.towers))
                         + "; open_clip uses gelu or quick_gelu for both")
     return problems
 

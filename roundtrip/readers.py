@@ -205,13 +205,19 @@ def _as_view(value) -> Strided | None:
     return None
 
 
-def read_hf_folder(folder: Path) -> HFFolder:
+def read_hf_folder(folder: Path, check_config: Callable[[dict], object] = lambda config: None) -> HFFolder:
+    """A Hugging Face model folder: its config.json (`check_config` refuses one that is not the model sought, with
+    a ValueError, before any weight is read) and its weights."""
     if folder.is_file():
         raise InputError(folder, "is a file, expected a Hugging Face model folder (OpenAI checkpoint files convert "
                                  "with to-hf)")
     if not folder.is_dir():
         raise InputError(folder, "does not exist")
     config = _read_config(folder)
+    try:
+        check_config(config)
+    except ValueError as error:
+        raise InputError(folder / HF_CONFIG, str(error)) from None
     weight_files, weight_map = _weight_files(folder)
     tensors, files = {}, []
     for file in weight_files:
