@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch 2.14.1 + torchvision 0.29.1 is a matched pair (clip-anytorch imports torchvision).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast lint fuzz mutate demo bench clean
+.PHONY: install test test-fast lint fuzz mutate mutate-resume demo bench clean
 
 install: $(BIN)/clipconv
 
@@ -38,6 +38,15 @@ fuzz: install
 MUTANTS ?=
 mutate: install
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run $(MUTANTS); $(BIN)/mutmut results
+
+# Resume a stopped run of the modules docs/mutation.md reports: the mutants that have no result yet (mutmut's
+# own resume, a run without names, would also start every other module of only_mutate). After writing tests
+# for survivors: make mutate-resume MUTATE_RESUME=--survivors runs the survivors again too.
+MUTATE_MODULES ?= verify references compare open_clip_config architecture destination
+MUTATE_RESUME ?=
+mutate-resume: install
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run $$($(BIN)/python tools/unfinished_mutants.py $(MUTATE_RESUME) \
+		$(MUTATE_MODULES)); $(BIN)/mutmut results
 
 demo: install
 	$(BIN)/python -m roundtrip.demo
