@@ -1,6 +1,7 @@
 """Print the names of the mutants of the given modules that have no result yet in mutants/ (one per line), for
 `make mutate-resume`: mutmut's own resume, a run without names, would start every module of only_mutate.
-With --survivors, the survivors too (to run them against tests written or changed since)."""
+With --survivors, also those no test killed, whether tests ran or none was mapped to them (to run them against
+tests written, changed or moved since)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pathlib import Path
 META = Path("mutants/roundtrip")
 
 
-SURVIVED = 0  # mutmut's exit code of a mutant no test killed
+SURVIVED, NO_TESTS = 0, 33  # mutmut's results for a mutant its tests did not kill, and for one no test runs
 
 
 def unfinished(module: str, survivors: bool) -> list[str]:
     meta = META / f"{module}.py.meta"
     if not meta.is_file():
         sys.exit(f"{meta}: no such file: run `make mutate` on roundtrip.{module}.* first")
-    wanted = (None, SURVIVED) if survivors else (None,)
+    wanted = (None, SURVIVED, NO_TESTS) if survivors else (None,)
     return [name for name, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items()
             if exit_code in wanted]
 
