@@ -449,3 +449,11 @@ def test_a_config_that_names_a_class_with_a_projection_the_weights_lack_is_refus
     assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--no-verify"),
                    "config.json does not fit the tensors: it names CLIPTextModelWithProjection, the weights are a "
                    "CLIPTextModel's")
+
+
+def test_the_open_clip_config_of_a_text_tower_alone_has_no_image_settings(tmp_path):
+    """A text tower written for open_clip says nothing of images: no vision_cfg, no preprocess_cfg."""
+    save_one_tower(tmp_path / "hf", "CLIPTextModelWithProjection")
+    assert run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc", "--no-verify").exit_code == 0
+    config = read_json(tmp_path / "oc" / "open_clip_config.json")
+    assert set(config) == {"model_cfg"} and "vision_cfg" not in config["model_cfg"], config
