@@ -101,7 +101,8 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
             return convert(source, dest, name, dtype=options["dtype"], verify_logits=not options["no_verify"],
                            overwrite=options["overwrite"], open_clip_model=options["open_clip_model"],
                            open_clip_config=options["open_clip_config"],
-                           openai_architecture=options["openai_architecture"], report=report, progress=progress,
+                           openai_architecture=options["openai_architecture"], tower=options["tower"],
+                           report=report, progress=progress,
                            **({"max_shard_bytes": max_shard_size} if max_shard_size is not None else {}))
 
         _print_summary(_run(ctx, run, debug))
@@ -126,6 +127,10 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
         click.option("--openai-architecture", is_flag=True,
                      help="SOURCE (a checkpoint file) is OpenAI's architecture (QuickGELU, heads of 64), though it "
                           "looks like a training run's."),
+        click.option("--tower", type=click.Choice(["text", "vision"]),
+                     help="Convert this tower alone, from a model of both or of that one (to-hf: a CLIPTextModel"
+                          "WithProjection or CLIPVisionModelWithProjection folder, or the class without a "
+                          "projection for a tower that has none)."),
         click.option("--overwrite", is_flag=True, help="Replace DEST if clipconv wrote it with this command "
                      "(only once the new one is complete)."),
         click.option("--no-verify", is_flag=True, help="Skip the logit comparison and the read-back of the "

@@ -145,11 +145,18 @@ class Format:
     reference_config: Callable[[dict | None], object] = lambda config: config  # its config as its code takes it
     keeps_attributes: bool = False  # whether it holds OpenAI's 0-dim TorchScript attributes
     shards: bool = False  # whether its weights are split above a size (--max-shard-size)
-    # What to tell of an output of one tower ("{tower}": which), where the format can hold one; None: refused.
+    # What to tell of an output of one tower ("{tower}": which), where the format holds one whenever the source
+    # is one; None: only when asked for (--tower).
     one_tower: str | None = None
+    # What its output of an architecture is called, where that depends on the towers (HF's class).
+    title_of_towers: Callable[[Architecture], str] | None = None
     # For formats that hold part of a model inside a larger checkpoint (Stable Diffusion's text encoders):
     towers: tuple[str, ...] = ("text", "vision")
     key_prefix: str = ""
+
+    def title_of(self, architecture: Architecture) -> str:
+        """What its output of `architecture` is called."""
+        return self.title if self.title_of_towers is None else self.title_of_towers(architecture)
 
     def side(self, config: dict | None) -> verify.Side:
         """This format's model code as one side of the logit check, built from `config` (its own config)."""
@@ -305,6 +312,7 @@ def _write_card(job: Job, source_hash: Future, agreement: verify.Agreement | Non
         source_dtypes=Cast().summary(source.tensors),
         written_dtypes=job.cast.summary(job.weights), tool=tool(), architecture=job.architecture,
         agreement=agreement, notes=[*source.notes, *notes], reference=source.format.reference.name,
+        model_class=hf_config.model_class(job.architecture),
     ))
     writers.write_text_files(job.staging, card)
     return list(card)
@@ -402,6 +410,7 @@ HF = Format(
     reference=references.HF, read=_read_hf, architecture=_hf_architecture,
     incompatibilities=hf_config.incompatibilities, make_config=_hf_config, write=_write_hf,
     fallback_dtype="float32", code="transformers' CLIPModel", shards=True,
+    title_of_towers=lambda architecture: f"Hugging Face {hf_config.model_class(architecture)} folder",
 )
 OPEN_CLIP = Format(
     name="open_clip", title="open_clip model", layout="openai",

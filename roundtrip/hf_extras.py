@@ -189,8 +189,11 @@ def preprocessing_of(config) -> Preprocessing:
 
 def processing_files(architecture: Architecture, preprocessing: Preprocessing = Preprocessing(),
                      tokenizer_problem: str | None = None) -> tuple[dict[str, str], list[str]]:
-    """Image processor files, tokenizer files when OpenAI's tokenizer fits, and notes on what was left out."""
-    files = preprocessor_files(architecture.image_resolution, preprocessing)
+    """Image processor files (with a vision tower), tokenizer files (with a text tower, when OpenAI's tokenizer
+    fits), and notes on what was left out."""
+    files = {} if architecture.vision is None else preprocessor_files(architecture.image_resolution, preprocessing)
+    if architecture.text is None:
+        return files, []
     problem = tokenizer_problem or tokenizer_mismatch(architecture)
     if problem:
         return files, [f"no tokenizer written: {problem}"]
@@ -222,7 +225,8 @@ class CardFacts:
     architecture: Architecture
     agreement: Agreement | None  # None when not verified
     notes: list[str]
-    reference: str  # the source format's model code, which the logit check ran
+    reference: str  # the source format's model code, which the check ran
+    model_class: str  # the transformers class that holds the weights (CLIPModel, CLIPTextModel, ...)
 
 
 def model_card(facts: CardFacts) -> dict[str, str]:
@@ -234,10 +238,11 @@ def model_card(facts: CardFacts) -> dict[str, str]:
         else f"max \\|Δ\\| = {facts.agreement.largest[1]:.2e} over {facts.agreement.scope()} (largest at "
              f"{facts.agreement.largest[0]}; tolerance {TOLERANCE:g})"
     )
+    whole = architecture.towers == ("text", "vision")
     lines = [
         "---",
         "library_name: transformers",
-        "pipeline_tag: zero-shot-image-classification",
+        *(["pipeline_tag: zero-shot-image-classification"] if whole else []),
         "tags:",
         "- clip",
         "- clipconv",
@@ -256,18 +261,19 @@ def model_card(facts: CardFacts) -> dict[str, str]:
         f"| architecture | {architecture.describe()} |",
         f"| verification | {verification} |",
         "",
-        f"The verification ran {facts.reference} and transformers' `CLIPModel` on the converted weights in",
-        f"float32, with `clip.tokenize` prompts and random {architecture.image_resolution}px images, and compared",
-        "the image-text logits.",
+        f"The verification ran {facts.reference} and transformers' `{facts.model_class}` on the converted weights",
+        "in float32, on `clip.tokenize` prompts and random images, and compared every layer's output, the pooled",
+        "and projected embeddings" + (" and the image-text logits." if whole else "."),
         *(f"\nNote: {note}." for note in facts.notes),
         "",
         "## Usage",
         "",
         "```python",
-        "from transformers import pipeline",
-        "",
-        'classifier = pipeline("zero-shot-image-classification", model="path/to/this/folder")',
-        'classifier("photo.jpg", candidate_labels=["a cat", "a dog"])',
+        *(["from transformers import pipeline", "",
+           'classifier = pipeline("zero-shot-image-classification", model="path/to/this/folder")',
+           'classifier("photo.jpg", candidate_labels=["a cat", "a dog"])'] if whole else
+          [f"from transformers import {facts.model_class}", "",
+           f'model = {facts.model_class}.from_pretrained("path/to/this/folder")']),
         "```",
         "",
     ]

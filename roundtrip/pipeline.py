@@ -9,13 +9,14 @@ then moves the result into place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from roundtrip import casting, destination, dtypes, formats, mapping, verify, writers
-from roundtrip.architecture import Architecture
+from roundtrip.architecture import Architecture, Shapes
 from roundtrip.errors import InputError, VerificationError, one_line
 from roundtrip.formats import FORMATS, Format, Job, SourceOptions
 from roundtrip.mapping import MappingError
@@ -57,6 +58,7 @@ def convert(
     open_clip_model: str | None = None,
     open_clip_config: Path | str | None = None,
     openai_architecture: bool = False,
+    tower: str | None = None,
     report: Report = _silent,
     progress: writers.Progress = lambda done, total: None,
 ) -> Summary:
@@ -66,8 +68,11 @@ def convert(
     `dtype`: "restore" (the dtypes an earlier conversion recorded for this format, else the format's own
     default), "keep" (the source's), or "float32", "float16", "bfloat16". `max_shard_bytes`: bytes, or a size
     with a unit ("500MB", "2GiB"). A checkpoint file that is not OpenAI's as released needs `open_clip_model`,
-    `open_clip_config` or `openai_architecture=True`, unless an open_clip_config.json lies beside it.
+    `open_clip_config` or `openai_architecture=True`, unless an open_clip_config.json lies beside it. `tower`
+    ("text" or "vision"): that tower alone, from a source of both towers or of that one.
     """
+    if tower not in (None, *TOWERS):
+        raise ValueError(f"tower={tower!r} is not a tower ({', '.join(map(repr, TOWERS))})")
     if to not in FORMATS:
         raise ValueError(f"to={to!r} is not a format clipconv writes ({', '.join(map(repr, FORMATS))})")
     target = FORMATS[to]
@@ -80,11 +85,15 @@ def convert(
                                            [entry.output for entry in FORMATS.values()])
     report(f"Reading {source_path}")
     loaded = formats.load(source_format, source_path, options, target.towers)
-    if source_format is target:  # said only of a complete model that reads as one
+    if source_format is target and (tower is None or loaded.towers == (tower,)):
+        # said only of a model that reads as one (a tower taken out of a model of both is a conversion)
         raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
+    if tower is not None:
+        loaded, left_out = _tower_alone(loaded, tower, source_format.layout)
+        notes = [*notes, *left_out]
     read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
                                                    loaded.architecture, loaded.shapes)
-    notes = [*notes, *_one_tower_notes(read.path, towers, target)]
+    notes = [*notes, *_one_tower_notes(read.path, towers, target, chosen=tower is not None)]
     problems = target.incompatibilities(architecture)
     if problems:
         raise InputError(read.path, f"{target.code} cannot represent this model: " + "; ".join(problems))
@@ -96,7 +105,7 @@ def convert(
     cast = _cast(dtype, restored, target)
     provenance = (read.provenance or Provenance(formats.tool(), {})).adding(read.record(), formats.tool(),
                                                                               dropping=target.name)
-    summary = Summary(Path(dest), target.title, len(weights) + len(attributes),
+    summary = Summary(Path(dest), target.title_of(architecture), len(weights) + len(attributes),
                       cast.summary({**weights, **attributes}), [], architecture,
                       notes=[*notes, *read.notes, *config_notes])
     sides = (source_format.side(read.config), target.side(config))
@@ -131,16 +140,34 @@ def convert(
     return summary
 
 
-def _one_tower_notes(source: Path, towers: tuple[str, ...], target: Format) -> list[str]:
-    """What to tell of an output of one tower; refused where the target cannot hold one."""
+def _one_tower_notes(source: Path, towers: tuple[str, ...], target: Format, chosen: bool) -> list[str]:
+    """What to tell of an output of one tower; refused where the target holds one only when asked for
+    (`--tower`), and it was not."""
     if towers == TOWERS:
         return []
     (tower,) = towers
     if target.one_tower is None:
+        if chosen:
+            return []
         (missing,) = (name for name in TOWERS if name != tower)
         raise InputError(source, f"holds the {tower} tower alone, and {target.code} needs both: it has no "
-                                 f"{missing} tower")
+                                 f"{missing} tower (--tower {tower} writes the {tower} tower alone)")
     return [target.one_tower.format(tower=tower)]
+
+
+def _tower_alone(loaded: formats.Loaded, tower: str, layout: str) -> tuple[formats.Loaded, list[str]]:
+    """`loaded` cut down to its `tower` (with its projection, where it has one), and a note of what is left out."""
+    if tower not in loaded.towers:
+        raise InputError(loaded.source.path, f"has no {tower} tower (it holds the {loaded.towers[0]} tower alone)")
+    architecture = loaded.architecture.alone(tower)
+    projections = (tower,) if getattr(architecture, tower).projected else ()
+    kept = mapping.of_towers(loaded.tensors, layout, (tower,), projections)
+    shapes = Shapes.of(mapping.convert(kept, layout, "openai", (tower,)))
+    left_out = len(loaded.tensors) - len(kept)
+    notes = [f"the {tower} tower alone (--tower {tower}): {left_out} tensor(s) of the rest left out"] if left_out \
+        else []
+    cut = dataclasses.replace(loaded, tensors=kept, towers=(tower,), shapes=shapes, architecture=architecture)
+    return cut, notes
 
 
 def _in_order(weights: dict, restored: Record | None) -> dict:

@@ -457,3 +457,54 @@ def test_the_open_clip_config_of_a_text_tower_alone_has_no_image_settings(tmp_pa
     assert run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc", "--no-verify").exit_code == 0
     config = read_json(tmp_path / "oc" / "open_clip_config.json")
     assert set(config) == {"model_cfg"} and "vision_cfg" not in config["model_cfg"], config
+
+
+def test_to_hf_tower_vision_of_open_clips_vit_h_14_is_its_visual_tower_layer_by_layer(tmp_path):
+    """An open_clip ViT-H-14 (two layers per tower) as an IP-Adapter image encoder: the folder loads into
+    CLIPVisionModelWithProjection with no key missing or unexpected, and its image embeddings and every hidden
+    state are open_clip's own visual tower's, run block by block."""
+    import transformers
+
+    model_cfg = shallow("ViT-H-14")
+    model = random_open_clip_model(model_cfg, seed=3)
+    save_open_clip_folder(model.state_dict(), model_cfg, tmp_path / "oc")
+    result = run_cli("to-hf", tmp_path / "oc", tmp_path / "image_encoder", "--tower", "vision")
+    assert result.exit_code == 0, result.output
+    assert "Hugging Face CLIPVisionModelWithProjection folder" in result.stdout
+    loaded, info = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp_path / "image_encoder",
+                                                                               output_loading_info=True)
+    assert not any(info.values()), info
+    images = verify.probe_images(architecture_of(model_cfg, model.state_dict()))
+    with torch.no_grad():
+        ported = loaded.eval()(pixel_values=images, output_hidden_states=True)
+        visual = model.eval().visual
+        hidden = [visual._embeds(images)]  # open_clip's own blocks, one after the other
+        for block in visual.transformer.resblocks:
+            hidden.append(block(hidden[-1]))
+        embeds = model.encode_image(images)
+    assert len(ported.hidden_states) == len(hidden)
+    for own, theirs in zip(hidden, ported.hidden_states, strict=True):
+        assert (own - theirs).abs().max() <= TOLERANCE
+    assert (embeds - ported.image_embeds).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["CLIPTextModelWithProjection", "CLIPVisionModelWithProjection"])
+def test_a_tower_alone_goes_to_openais_layout_and_back_to_hf_bit_exact(tmp_path, name):
+    from safetensors.torch import load_file as load
+
+    _, weights = save_one_tower(tmp_path / "hf", name)
+    tower = ONE_TOWER_CLASSES[name][0]
+    # safetensors, which carries clipconv's record of the folder it came from (its config.json)
+    assert run_cli("to-openai", tmp_path / "hf", tmp_path / "tower.safetensors").exit_code == 0
+    back = run_cli("to-hf", tmp_path / "tower.safetensors", tmp_path / "back", "--tower", tower)
+    assert back.exit_code == 0, back.output
+    again = load(tmp_path / "back" / "model.safetensors")
+    assert again.keys() == weights.keys() and all(torch.equal(again[key], weights[key]) for key in weights)
+    assert read_json(tmp_path / "back" / "config.json") == read_json(tmp_path / "hf" / "config.json")
+
+
+def test_a_tower_the_source_lacks_is_refused_by_name(tmp_path):
+    save_one_tower(tmp_path / "hf", "CLIPTextModelWithProjection")
+    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--tower", "vision"),
+                   "has no vision tower (it holds the text tower alone)")
+    assert_refused(run_cli("to-hf", tmp_path / "hf", tmp_path / "out"), "is already in the target's format")
