@@ -508,3 +508,26 @@ def test_a_tower_the_source_lacks_is_refused_by_name(tmp_path):
     assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--tower", "vision"),
                    "has no vision tower (it holds the text tower alone)")
     assert_refused(run_cli("to-hf", tmp_path / "hf", tmp_path / "out"), "is already in the target's format")
+
+
+def test_a_tower_taken_alone_keeps_its_own_settings_and_cannot_be_one_it_lacks():
+    """Architecture.alone: the text tower keeps where it pools, the vision tower drops it; a tower the model
+    lacks is refused by name (the pipeline refuses first, naming the source; Python callers reach this)."""
+    pooled_at_7 = dataclasses.replace(DEMO, text_pool_token=7)
+    assert pooled_at_7.alone("text").text_pool_token == 7
+    assert pooled_at_7.alone("vision").text_pool_token is None
+    with pytest.raises(ArchitectureError, match="this model has no vision tower"):
+        DEMO.alone("text").alone("vision")
+
+
+@pytest.mark.parametrize("architecture, missing", [(DEMO, "ln_final.bias"),
+                                                   (DEMO.alone("text", projected=False), "ln_final.bias")],
+                         ids=["both towers", "a text tower without its projection"])
+def test_a_reference_refuses_weights_that_lack_one_of_its_own(architecture, missing):
+    """The references load leniently only what a model of one tower may lack (the other tower, an absent
+    projection, logit_scale): a weight of its own tower missing is refused, not made empty."""
+    weights = mapping.of_towers(random_openai_state_dict(DEMO, openai_dtypes=False), "openai", architecture.towers,
+                                tuple(name for name in architecture.towers if getattr(architecture, name).projected))
+    del weights[missing]
+    with pytest.raises(ValueError, match=f"missing: \\['{missing}'\\]"):
+        references.openai_model(weights, None, architecture)
