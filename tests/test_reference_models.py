@@ -233,3 +233,11 @@ def test_the_summary_names_where_the_largest_difference_is(tmp_path, demo_state_
     line = next(line for line in result.stdout.splitlines() if "verification" in line)
     where = line.split(" at ", 1)[1].split(",", 1)[0]
     assert where in references.output_names(DEMO), line
+
+
+def test_where_two_models_part_is_named_with_the_largest_difference_where_that_is_elsewhere():
+    parted = verify.Agreement({"text.layers.0": 0.5, "text.layers.1": 2.0, "logits": 0.0})
+    assert parted.describe(1e-3) == ("text.layers.0 differs by 0.5 (tolerance 0.001); the largest difference is 2, "
+                                     "at text.layers.1")
+    at_the_end = verify.Agreement({"text.layers.0": 0.0, "logits": 0.25})
+    assert at_the_end.describe(1e-3) == "logits differ by 0.25 (tolerance 0.001)"
