@@ -151,7 +151,8 @@ COMPARE_EXAMPLES = """
   clipconv compare ViT-B-32.pt ViT-B-32-hf
   clipconv compare laion-ViT-H-14/ my-port-hf --json > report.json
   clipconv compare epoch_32.pt epoch_33.pt --open-clip-model-a ViT-B-16 --open-clip-model-b ViT-B-16 \\
-      --no-logits --weights-tolerance 1e-2"""
+      --no-logits --weights-tolerance 1e-2
+  clipconv compare sd-repo/image_encoder laion-ViT-H-14/ --tower vision"""
 
 
 def _side_options(function):
@@ -178,11 +179,14 @@ def _side_options(function):
               help="Largest |difference| of a weight for the same model (0: every value equal, bit for bit).")
 @click.option("--no-logits", is_flag=True, help="Compare configs and tensors only: no model is built.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON object.")
+@click.option("--tower", type=click.Choice(["text", "vision"]),
+              help="Compare this tower alone (its weights and every layer's output), of models of any kinds: "
+                   "a whole model's against a tower alone, say.")
 @_side_options
 @click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
 @click.pass_context
 def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: float, no_logits: bool,
-                    as_json: bool, debug: bool, **sides):
+                    as_json: bool, tower: str | None, debug: bool, **sides):
     """Are A and B the same model? Exit 0 if so, 1 if not (or one cannot be read), 2 on usage errors.
 
     A and B are any checkpoints clipconv reads, in any combination of formats. Both are mapped into A's key
@@ -199,7 +203,7 @@ def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: 
         options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"],
                                        sides[f"openai_architecture_{side}"]) for side in ("a", "b")}
         return compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=not no_logits,
-                       options_a=options["a"], options_b=options["b"])
+                       options_a=options["a"], options_b=options["b"], tower=tower)
 
     def error_as_json(message: str) -> None:  # CI reads stdout: one JSON object whatever happens
         click.echo(json.dumps({"verdict": "error", "same": False, "error": message}))

@@ -150,10 +150,13 @@ def _finite(value: float | None):
 
 def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weights_tolerance: float = 0.0,
             logits: bool = True, options_a: SourceOptions = SourceOptions(),
-            options_b: SourceOptions = SourceOptions()) -> Report:
-    """Compare the checkpoints at `a` and `b` (any formats clipconv reads, in any combination)."""
-    sides = [_load(Path(path), options, side) for path, options, side in ((a, options_a, "a"), (b, options_b, "b"))]
-    report = Report(_side(sides[0]), _side(sides[1]), [], tolerance, weights_tolerance)
+            options_b: SourceOptions = SourceOptions(), tower: str | None = None) -> Report:
+    """Compare the checkpoints at `a` and `b` (any formats clipconv reads, in any combination); of `tower`
+    ("text" or "vision") alone, if given."""
+    (first, side_a), (second, side_b) = (_load(Path(path), options, side, tower)
+                                         for path, options, side in ((a, options_a, "a"), (b, options_b, "b")))
+    sides = [first, second]
+    report = Report(side_a, side_b, [], tolerance, weights_tolerance)
     report.architecture_differences = _architecture_differences(sides[0], sides[1])
     layout = sides[0].source.format.layout
     weights = [mapping.convert(side.tensors, side.source.format.layout, layout, side.towers) for side in sides]
@@ -170,21 +173,18 @@ def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weigh
     return report
 
 
-def _load(path: Path, options: SourceOptions, side: str) -> Loaded:
-    """One side read and understood; its refusals name the side's own options."""
+def _load(path: Path, options: SourceOptions, side: str, tower: str | None) -> tuple[Loaded, SideReport]:
+    """One side read and understood (of `tower` alone, if given), and what it is; its refusals name the side's
+    own options."""
     try:
         detected = formats.detect(path, options)
         loaded = formats.load(detected.format, path, detected.options)
+        described = loaded.source.described(loaded.architecture)  # what it is, before a tower is taken out
+        cut, notes = (loaded, []) if tower is None else formats.tower_alone(loaded, tower)
     except ClipconvError as error:
         raise error.on_side(side) from None
-    loaded.source.notes[:0] = detected.notes
-    return loaded
-
-
-def _side(loaded: Loaded) -> SideReport:
-    source = loaded.source
-    return SideReport(str(source.path), source.described(),
-                      loaded.architecture.semantics(), list(source.notes))
+    notes = [*detected.notes, *notes, *cut.source.notes]
+    return cut, SideReport(str(path), described, cut.architecture.semantics(), notes)
 
 
 def _architecture_differences(a: Loaded, b: Loaded) -> list[str]:

@@ -40,7 +40,7 @@ from roundtrip.mapping import MappingError, OtherLayout
 from roundtrip.ops import OperationError
 from roundtrip.preprocessing import Preprocessing
 from roundtrip.provenance import Provenance, Record
-from roundtrip.schema import HF_TOWER_PREFIXES, OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
+from roundtrip.schema import HF_IGNORED_KEYS, HF_TOWER_PREFIXES, OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
 from roundtrip.strided import Strided
 
 KINDS = {"torchscript": "TorchScript archive", "state_dict": "torch.save state dict",
@@ -88,16 +88,27 @@ class Source:
     notes: list[str] = field(default_factory=list)
     tokenizer_note: str | None = None  # why OpenAI's tokenizer is not this model's, when its config says so
     not_released: list[str] = field(default_factory=list)  # signs that OpenAI never shipped it (a training run's)
+    aside: dict[str, Strided] = field(default_factory=dict)  # tensors it holds that no conversion carries
+    unprefixed: str = ""  # the tower prefix its keys were stored without (a flat one-tower HF folder)
 
-    def described(self) -> str:
-        """Its format and how it is stored, for people: "OpenAI CLIP checkpoint, TorchScript archive"."""
-        return f"{self.format.title}, {KINDS[self.kind]}"
+    def described(self, architecture: Architecture | None = None) -> str:
+        """What it is (named after `architecture`, where its format's names depend on the towers) and how it is
+        stored, for people: "OpenAI CLIP checkpoint, TorchScript archive"."""
+        title = self.format.title if architecture is None else self.format.title_of(architecture)
+        return f"{title}, {KINDS[self.kind]}"
 
     def record(self) -> Record:
         """This source as the way back to its format needs it."""
-        dtypes = {key: tensor.dtype.name for key, tensor in self.tensors.items()}
+        dtypes = {key: tensor.dtype.name for key, tensor in {**self.tensors, **self.aside}.items()}
         order = self.key_order or list(self.tensors)
-        return Record(self.format.name, self.path.name, self.kind, dtypes, order, self.attributes, self.config)
+        aside = {key: {"dtype": tensor.dtype.name, "shape": list(tensor.shape), "hex": _bytes(tensor).hex()}
+                 for key, tensor in self.aside.items()}
+        return Record(self.format.name, self.path.name, self.kind, dtypes, order, self.attributes, self.config,
+                      aside, self.unprefixed)
+
+
+def _bytes(tensor: Strided) -> bytes:
+    return bytes(tensor.raw()) if tensor.is_contiguous() else tensor.numpy().tobytes()
 
 
 @dataclass
@@ -224,24 +235,60 @@ def _write_openai(job: Job) -> Written:
 
 def _read_hf(path: Path, options: SourceOptions) -> Source:
     folder = readers.read_hf_folder(path, check_config=hf_config.towers)
-    tensors, notes = _with_tower_prefix(folder.tensors, hf_config.towers(folder.config))
+    tensors, unprefixed, notes = _with_tower_prefix(folder.tensors, hf_config.towers(folder.config))
+    aside = {key: tensors.pop(key) for key in HF_IGNORED_KEYS if key in tensors}
+    for key, tensor in aside.items():
+        check_aside(path, key, tensor)
+        notes.append(_position_ids_note(key, tensor))
     notes += _tokenizer_warnings(path)
     weights = folder.weight_files
     return Source(path, HF, "folder", tensors, folder.config, path / HF_CONFIG, folder.provenance,
                   weights[0] if len(weights) == 1 else path / HF_SAFETENSORS_INDEX, folder.release, folder.check,
-                  preprocessing=_hf_preprocessing(path), notes=notes)
+                  preprocessing=_hf_preprocessing(path), notes=notes, aside=aside, unprefixed=unprefixed,
+                  key_order=[*tensors, *aside])
 
 
-def _with_tower_prefix(tensors: dict, held: tuple[str, ...]) -> tuple[dict, list[str]]:
+def _with_tower_prefix(tensors: dict, held: tuple[str, ...]) -> tuple[dict, str, list[str]]:
     """A tower's weights as CLIPModel names them: the keys of a flat one-tower folder (CLIPTextModel or
-    CLIPVisionModel as transformers >= 5.6 saves it) under their tower's prefix."""
+    CLIPVisionModel as transformers >= 5.6 saves it) under their tower's prefix, and the prefix they lacked."""
     if held == TOWERS:
-        return tensors, []
+        return tensors, "", []
     prefix = HF_TOWER_PREFIXES[held[0]]
     if any(key.startswith(prefix) for key in tensors):
-        return tensors, []
-    return {prefix + key: tensor for key, tensor in tensors.items()}, [
+        return tensors, "", []
+    return {prefix + key: tensor for key, tensor in tensors.items()}, prefix, [
         f"its keys have no {prefix} prefix (as transformers 5.6 and later save a {held[0]} tower alone)"]
+
+
+def _position_ids_note(key: str, tensor: Strided) -> str:
+    return (f"{key} ({tensor.dtype.name}, 0..{tensor.shape[-1] - 1}) is set aside: transformers makes it itself, "
+            "and a conversion back to an HF folder puts it back")
+
+
+def check_aside(where: Path | str, key: str, tensor: Strided) -> None:
+    """Refuse a tensor set aside (read, or recorded by an earlier conversion) that is not what its key holds:
+    position_ids that are not the positions in order (int64, or floats that round to them, as some older
+    checkpoints hold), a logit_scale that is not one float."""
+    import numpy
+
+    if key in HF_IGNORED_KEYS:
+        row = tensor.shape[-1] if tensor.dim() in (1, 2) and tensor.numel() == tensor.shape[-1] else None
+        if row is None or not (tensor.dtype.name == "int64" or tensor.is_floating_point()) or not bool(
+                (_as_float64(tensor).reshape(-1).round() == numpy.arange(row)).all()):
+            raise InputError(where, f"{key} is not the positions 0 to n-1 in order ({tensor.dtype.name}, shape "
+                                    f"{list(tensor.shape)}): a model that embeds its positions otherwise")
+    elif tensor.dim() != 0 or not tensor.is_floating_point():
+        raise InputError(where, f"{key} is not one float ({tensor.dtype.name}, shape {list(tensor.shape)})")
+
+
+def _as_float64(tensor: Strided):
+    """Its values as numpy float64, bfloat16 (which numpy lacks) included: its bits are float32's upper half."""
+    import numpy
+
+    if tensor.dtype.name != "bfloat16":
+        return tensor.numpy().astype(numpy.float64)
+    halves = numpy.frombuffer(_bytes(tensor), numpy.uint16)
+    return (halves.astype(numpy.uint32) << 16).view(numpy.float32).astype(numpy.float64)
 
 
 def _hf_preprocessing(folder: Path) -> Preprocessing:
@@ -452,6 +499,27 @@ def load(entry: Format, path: Path, options: SourceOptions, towers: tuple[str, .
     with _as_input_error(source.config_path):
         architecture = entry.architecture(source, shapes)
     return Loaded(source, tensors, towers, shapes, architecture)
+
+
+def tower_alone(loaded: Loaded, tower: str) -> tuple[Loaded, list[str]]:
+    """`loaded` cut down to its `tower` (with its projection, where it has one), and a note of what is left out."""
+    if tower not in loaded.towers:
+        raise InputError(loaded.source.path, f"has no {tower} tower (it holds the {loaded.towers[0]} tower alone)")
+    architecture, layout = loaded.architecture.alone(tower), loaded.source.format.layout
+    projections = (tower,) if getattr(architecture, tower).projected else ()
+    kept = mapping.of_towers(loaded.tensors, layout, (tower,), projections)
+    shapes = Shapes.of(mapping.convert(kept, layout, "openai", (tower,)))
+    left_out = {key: tensor for key, tensor in loaded.tensors.items() if key not in kept}
+    source, notes = loaded.source, []
+    if loaded.towers == (tower,) and left_out:
+        # what a tower alone holds beside its own weights (logit_scale): recorded, for the way back
+        source = dataclasses.replace(source, aside={**source.aside, **left_out})
+        notes = [f"the {tower} tower alone (--tower {tower}): {', '.join(left_out)} left out"]
+    elif left_out:
+        notes = [f"the {tower} tower alone (--tower {tower}): {len(left_out)} tensor(s) of the rest left out"]
+    cut = dataclasses.replace(loaded, source=source, tensors=kept, towers=(tower,), shapes=shapes,
+                              architecture=architecture)
+    return cut, notes
 
 
 @contextlib.contextmanager

@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
 
-from roundtrip.architecture import Architecture, ArchitectureError, Shapes, Tower, disagreements, head_problems
+from roundtrip.architecture import (
+    TOWER_NUMBERS,
+    Architecture,
+    ArchitectureError,
+    Shapes,
+    Tower,
+    disagreements,
+    head_problems,
+)
 from roundtrip.preprocessing import Preprocessing
 
 HEAD_WIDTH = 64  # CLIPVisionCfg.head_width's default
@@ -27,6 +35,7 @@ CONTEXT_LENGTH, VOCAB_SIZE, TEXT_WIDTH, TEXT_HEADS, TEXT_LAYERS = 77, 49408, 512
 # Settings whose default is the only value CLIPModel can hold: setting -> (values it holds, what others mean).
 _CUSTOM_BLOCK = "a custom attention block ({name}), which CLIPModel's attention does not have"
 _OFF = (False, None)
+TOWER_CONFIGS = {"vision": "vision_cfg", "text": "text_cfg"}  # each tower's settings in a model config
 _TOWER_FIXED = {
     "ls_init_value": ((None,), "layer scale (ls_1.gamma, ls_2.gamma), which CLIPModel's layers do not have"),
     "act_kwargs": ((None, {}), "activation arguments (act_kwargs), which CLIPModel's activations do not take"),
@@ -97,10 +106,10 @@ def split_config(config) -> tuple[dict, dict]:
         raise ArchitectureError(f"is a JSON {type(config).__name__}, expected an object")
     if "model_cfg" in config:
         model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg") or {}
-    elif {"vision_cfg", "text_cfg"} <= config.keys():
+    elif config.keys() & set(TOWER_CONFIGS.values()):
         model_cfg, preprocess_cfg = config, {}
     else:
-        raise ArchitectureError("has no model_cfg (nor vision_cfg and text_cfg): not an open_clip model config")
+        raise ArchitectureError("has no model_cfg (nor vision_cfg or text_cfg): not an open_clip model config")
     for name, value in (("model_cfg", model_cfg), ("preprocess_cfg", preprocess_cfg)):
         if not isinstance(value, Mapping):
             raise ArchitectureError(f"{name} should be a JSON object, found {type(value).__name__}")
@@ -111,11 +120,15 @@ def unsupported(model_cfg: Mapping) -> list[str]:
     """Every setting of `model_cfg` that transformers' CLIPModel cannot hold, each named with what it is."""
     problems = _against(model_cfg, _MODEL_FIXED, _MODEL_FREE | {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"},
                         "")
+    if not model_cfg.keys() & set(TOWER_CONFIGS.values()):
+        problems.append("it has neither vision_cfg nor text_cfg")
     for name, fixed, free, core in (("vision_cfg", _VISION_FIXED, _VISION_FREE, _VISION_CORE),
                                     ("text_cfg", _TEXT_FIXED, _TEXT_FREE, _TEXT_CORE)):
-        tower = model_cfg.get(name)
+        if name not in model_cfg:
+            continue  # a tower alone (clipconv writes such a config for one)
+        tower = model_cfg[name]
         if not isinstance(tower, Mapping):
-            problems.append(f"{name} is missing or not a JSON object")
+            problems.append(f"{name} is not a JSON object")
             continue
         problems += _against(tower, fixed, free | core, f"{name}.")
     vision = model_cfg.get("vision_cfg")
@@ -150,6 +163,9 @@ def architecture(model_cfg: Mapping, shapes: Shapes) -> Architecture:
     """What open_clip builds from `model_cfg` (refused if CLIPModel cannot hold it), which must agree with the
     tensors' shapes."""
     claimed = claimed_architecture(model_cfg)
+    if len(claimed.towers) > len(shapes.towers) == 1:
+        # one tower's weights with its whole model's config, as Stable Diffusion keeps open_clip's text tower
+        claimed = claimed.alone(*shapes.towers)
     problems = disagreements(claimed, shapes)
     if problems:
         raise ArchitectureError("the open_clip config does not fit the tensors: " + "; ".join(problems))
@@ -162,23 +178,16 @@ def claimed_architecture(model_cfg: Mapping) -> Architecture:
     if problems:
         raise ArchitectureError("clipconv does not convert this open_clip model (transformers' CLIPModel cannot hold "
                                 "it): " + "; ".join(problems))
-    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
     activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
-    vision_width = _number(vision, "width", VISION_WIDTH, "vision_cfg")
-    head_width = _number(vision, "head_width", HEAD_WIDTH, "vision_cfg")
-    if head_width < 1 or vision_width % head_width:
-        raise ArchitectureError(f"vision_cfg.width {vision_width} is not a multiple of its head_width {head_width}")
-    pool_token = text.get("eos_id", 2) if text.get("pool_type", "argmax") == "eos" else None
+    vision, text = model_cfg.get("vision_cfg"), model_cfg.get("text_cfg")
+    # open_clip always projects; clipconv writes the config of a tower alone without one with no embed_dim
+    unprojected = (vision is None or text is None) and "embed_dim" not in model_cfg
+    embed_dim = None if unprojected else _number(model_cfg, "embed_dim", None, "model_cfg")
     claimed = Architecture(
-        embed_dim=_number(model_cfg, "embed_dim", None, "model_cfg"),
-        image_resolution=_square(vision, "image_size", IMAGE_SIZE),
-        patch_size=_square(vision, "patch_size", PATCH_SIZE),
-        context_length=_number(text, "context_length", CONTEXT_LENGTH, "text_cfg"),
-        vocab_size=_number(text, "vocab_size", VOCAB_SIZE, "text_cfg"),
-        vision=_tower(vision, "vision_cfg", vision_width // head_width, VISION_LAYERS, VISION_WIDTH, activation),
-        text=_tower(text, "text_cfg", _number(text, "heads", TEXT_HEADS, "text_cfg"), TEXT_LAYERS, TEXT_WIDTH,
-                    activation),
-        text_pool_token=pool_token,
+        embed_dim=embed_dim,
+        **(_absent("vision") if vision is None else _vision_part(vision, activation, not unprojected)),
+        **(_absent("text") if text is None else _text_part(text, activation, not unprojected)),
+        text_pool_token=None if text is None or text.get("pool_type", "argmax") != "eos" else text.get("eos_id", 2),
     )
     problems = head_problems(claimed)
     if problems:
@@ -186,7 +195,30 @@ def claimed_architecture(model_cfg: Mapping) -> Architecture:
     return claimed
 
 
-def _tower(settings: Mapping, where: str, heads: int, layers: int, width: int, activation: str) -> Tower:
+def _absent(tower: str) -> dict:
+    return dict.fromkeys((tower, *TOWER_NUMBERS[tower]))
+
+
+def _vision_part(vision: Mapping, activation: str, projected: bool) -> dict:
+    width = _number(vision, "width", VISION_WIDTH, "vision_cfg")
+    head_width = _number(vision, "head_width", HEAD_WIDTH, "vision_cfg")
+    if head_width < 1 or width % head_width:
+        raise ArchitectureError(f"vision_cfg.width {width} is not a multiple of its head_width {head_width}")
+    return {"vision": _tower(vision, "vision_cfg", width // head_width, VISION_LAYERS, VISION_WIDTH, activation,
+                             projected),
+            "image_resolution": _square(vision, "image_size", IMAGE_SIZE),
+            "patch_size": _square(vision, "patch_size", PATCH_SIZE)}
+
+
+def _text_part(text: Mapping, activation: str, projected: bool) -> dict:
+    return {"text": _tower(text, "text_cfg", _number(text, "heads", TEXT_HEADS, "text_cfg"), TEXT_LAYERS, TEXT_WIDTH,
+                           activation, projected),
+            "context_length": _number(text, "context_length", CONTEXT_LENGTH, "text_cfg"),
+            "vocab_size": _number(text, "vocab_size", VOCAB_SIZE, "text_cfg")}
+
+
+def _tower(settings: Mapping, where: str, heads: int, layers: int, width: int, activation: str,
+           projected: bool) -> Tower:
     width = _number(settings, "width", width, where)
     ratio = settings.get("mlp_ratio", MLP_RATIO)
     if not isinstance(ratio, Real) or isinstance(ratio, bool) or ratio <= 0:
@@ -195,7 +227,7 @@ def _tower(settings: Mapping, where: str, heads: int, layers: int, width: int, a
     if not isinstance(eps, Real) or isinstance(eps, bool) or eps <= 0:
         raise ArchitectureError(f"{where}.norm_kwargs.eps is {eps!r}, expected a positive number")
     return Tower(width=width, layers=_number(settings, "layers", layers, where), heads=heads,
-                 mlp_width=int(width * ratio), activation=activation, layer_norm_eps=eps, projected=True)
+                 mlp_width=int(width * ratio), activation=activation, layer_norm_eps=eps, projected=projected)
 
 
 def _number(settings: Mapping, key: str, default, where: str) -> int:

@@ -9,19 +9,18 @@ then moves the result into place.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from roundtrip import casting, destination, dtypes, formats, mapping, verify, writers
-from roundtrip.architecture import Architecture, Shapes
+from roundtrip.architecture import Architecture
 from roundtrip.errors import InputError, VerificationError, one_line
 from roundtrip.formats import FORMATS, Format, Job, SourceOptions
 from roundtrip.mapping import MappingError
 from roundtrip.provenance import METADATA_KEY, Provenance, Record
-from roundtrip.schema import OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
+from roundtrip.schema import ASIDE_KEYS, HF_TOWER_PREFIXES, OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
 from roundtrip.strided import Strided
 
 Report = Callable[[str], None]
@@ -89,7 +88,7 @@ def convert(
         # said only of a model that reads as one (a tower taken out of a model of both is a conversion)
         raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
     if tower is not None:
-        loaded, left_out = _tower_alone(loaded, tower, source_format.layout)
+        loaded, left_out = formats.tower_alone(loaded, tower)
         notes = [*notes, *left_out]
     read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
                                                    loaded.architecture, loaded.shapes)
@@ -102,6 +101,7 @@ def convert(
     openai_weights = mapping.convert(tensors, source_format.layout, "openai", towers)
     weights = mapping.convert(openai_weights, "openai", target.layout, towers)
     attributes = _restored_attributes(restored, architecture) if target.keeps_attributes else {}
+    attributes.update(_put_back(read.path, restored, towers, target.layout, weights))
     cast = _cast(dtype, restored, target)
     provenance = (read.provenance or Provenance(formats.tool(), {})).adding(read.record(), formats.tool(),
                                                                               dropping=target.name)
@@ -114,7 +114,8 @@ def convert(
         checked, checked_layout = _cast_once(openai_weights, weights, target.layout, cast, read.release, sides)
         weights = mapping.convert(checked, checked_layout, target.layout, towers)
     # The logit check takes `checked` alone, the writer all it writes, under the target's key prefix.
-    output = mapping.with_prefix(_in_order({**weights, **attributes}, restored), target.key_prefix)
+    output = mapping.with_prefix(_as_stored(_in_order({**weights, **attributes}, restored), restored),
+                                 target.key_prefix)
     # The staged output is moved into place or removed first, then the side jobs are waited for.
     with _background() as background, destination.staged(placed, is_folder=target.output.is_folder) as staging:
         # The source's own checksums, beside the writing: a damaged file is refused before anything is kept.
@@ -155,26 +156,33 @@ def _one_tower_notes(source: Path, towers: tuple[str, ...], target: Format, chos
     return [target.one_tower.format(tower=tower)]
 
 
-def _tower_alone(loaded: formats.Loaded, tower: str, layout: str) -> tuple[formats.Loaded, list[str]]:
-    """`loaded` cut down to its `tower` (with its projection, where it has one), and a note of what is left out."""
-    if tower not in loaded.towers:
-        raise InputError(loaded.source.path, f"has no {tower} tower (it holds the {loaded.towers[0]} tower alone)")
-    architecture = loaded.architecture.alone(tower)
-    projections = (tower,) if getattr(architecture, tower).projected else ()
-    kept = mapping.of_towers(loaded.tensors, layout, (tower,), projections)
-    shapes = Shapes.of(mapping.convert(kept, layout, "openai", (tower,)))
-    left_out = len(loaded.tensors) - len(kept)
-    notes = [f"the {tower} tower alone (--tower {tower}): {left_out} tensor(s) of the rest left out"] if left_out \
-        else []
-    cut = dataclasses.replace(loaded, tensors=kept, towers=(tower,), shapes=shapes, architecture=architecture)
-    return cut, notes
-
-
 def _in_order(weights: dict, restored: Record | None) -> dict:
     """`weights` in the key order a source in this format had, where one was recorded."""
     order = restored.key_order if restored else []
     ordered = {key: weights[key] for key in order if key in weights}
     return {**ordered, **weights}  # keys the record does not know keep their place after it
+
+
+def _put_back(source: Path, restored: Record | None, towers: tuple[str, ...], layout: str,
+              weights: dict) -> dict[str, Strided]:
+    """The tensors the recorded source held that no conversion carries (Record.aside), for an output of the
+    towers that source had; `source` (whose metadata holds the record) is what a bad one is refused against."""
+    if restored is None or mapping.towers_of(restored.dtypes, layout) != towers:
+        return {}
+    put_back = {key: Strided.of_buffer(bytearray.fromhex(spec["hex"]), dtypes.from_name(spec["dtype"]),
+                                       spec["shape"])
+                for key, spec in restored.aside.items() if key in ASIDE_KEYS[layout] and key not in weights}
+    for key, tensor in put_back.items():
+        formats.check_aside(source, key, tensor)
+    return put_back
+
+
+def _as_stored(output: dict, restored: Record | None) -> dict:
+    """A one-tower output's keys without their tower prefix, where the recorded source stored them so."""
+    prefix = restored.unprefixed if restored else ""
+    if prefix not in HF_TOWER_PREFIXES.values() or not all(key.startswith(prefix) for key in output):
+        return output
+    return mapping.without_prefix(output, prefix)
 
 
 def _restored_attributes(restored: Record | None, architecture: Architecture) -> dict[str, Strided]:

@@ -9,11 +9,15 @@ open_clip_config.json or config.json holds more than the other formats can say).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
+
+from roundtrip import dtypes
 
 METADATA_KEY = "clipconv"
 FLOAT_DTYPES = ("float16", "float32", "bfloat16", "float64")
 INTEGER_DTYPES = ("int64", "int32", "int16", "int8", "uint8")
+MAX_ASIDE_BYTES = 1 << 16  # position_ids of a context of 8192, in int64: more is no bookkeeping tensor
 _LEGACY_KINDS = {"torchscript": "openai", "state_dict": "openai"}  # clipconv 0.1 recorded OpenAI sources only
 
 
@@ -29,6 +33,10 @@ class Record:
     # 0-dim TorchScript attributes (see schema.OPENAI_ARCHIVE_ATTRIBUTES): key -> {"dtype", "shape", "value"}
     attributes: dict[str, dict] = field(default_factory=dict)
     config: dict | None = None  # the format's own config file, as read
+    # Tensors the conversion did not carry (an HF folder's position_ids, the logit_scale of a tower taken alone):
+    # key (in the format's own layout) -> {"dtype", "shape", "hex": the tensor's bytes}, put back on the way back.
+    aside: dict[str, dict] = field(default_factory=dict)
+    unprefixed: str = ""  # the tower prefix its keys were stored without (a flat one-tower HF folder)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ def _record(name: str, value) -> Record:
     if not (isinstance(record.key_order, list) and all(isinstance(key, str) for key in record.key_order)):
         bad.append("key_order")
     bad += [f"{key}: {spec!r}" for key, spec in _items(record.attributes) if not _is_integer_attribute(spec)]
+    bad += [f"{key}: {spec!r}" for key, spec in _items(record.aside) if not _is_tensor_bytes(spec)]
+    if not isinstance(record.unprefixed, str):
+        bad.append("unprefixed")
     if record.config is not None and not isinstance(record.config, dict):
         bad.append("config")
     if not all(isinstance(text, str) for text in (record.name, record.kind)):
@@ -93,6 +104,25 @@ def _items(table) -> list:
     if not isinstance(table, dict):
         raise ValueError(f"expected a table, found {type(table).__name__}")
     return list(table.items())
+
+
+def _is_tensor_bytes(spec) -> bool:
+    """A small tensor set aside, as recorded: its dtype, shape and exactly as many bytes as they say."""
+    if not (isinstance(spec, dict) and spec.keys() == {"dtype", "shape", "hex"} and isinstance(spec["hex"], str)
+            and spec["dtype"] in FLOAT_DTYPES + INTEGER_DTYPES and isinstance(spec["shape"], list)
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_ASIDE_BYTES
+                    for n in spec["shape"])):
+        return False
+    size = math.prod(spec["shape"]) * dtypes.from_name(spec["dtype"]).itemsize
+    return size <= MAX_ASIDE_BYTES and len(spec["hex"]) == 2 * size and _is_hex(spec["hex"])
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return text.isascii() and " " not in text
 
 
 def _is_integer_attribute(spec) -> bool:

@@ -132,6 +132,11 @@ HF_IGNORED_KEYS = ("text_model.embeddings.position_ids", "vision_model.embedding
 # Keys a checkpoint of each layout may hold beside its weights; no rule needs them.
 OPTIONAL_KEYS = {"openai": tuple(OPENAI_ARCHIVE_ATTRIBUTES), "hf": HF_IGNORED_KEYS}
 
+# What a conversion may set aside (provenance.Record.aside) and put back on the way back to the same layout:
+# the buffers older transformers saved, and logit_scale, which a tower alone keeps in OpenAI's layout (as
+# Stable Diffusion 2's text encoder does) and transformers' one-tower classes have no place for.
+ASIDE_KEYS = {"openai": ("logit_scale",), "hf": HF_IGNORED_KEYS}
+
 # What each variant is, and why no format of clipconv's takes it (CLIPModel lacks it; OpenAI's code too, and
 # clipconv maps only what all its formats share, so to-open-clip and compare refuse it as well).
 _NOT_CONVERTED = "which clipconv does not convert"

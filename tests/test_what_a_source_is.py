@@ -387,9 +387,10 @@ ONE_TOWER_CLASSES = {"CLIPTextModel": ("text", False), "CLIPTextModelWithProject
                      "CLIPVisionModel": ("vision", False), "CLIPVisionModelWithProjection": ("vision", True)}
 
 
-def save_one_tower(folder, name: str, prefixed: bool = False, seed: int = 0):
+def save_one_tower(folder, name: str, prefixed: bool = False, seed: int = 0, position_ids: str | None = None):
     """A folder as transformers' `save_pretrained` writes one of its one-tower classes (flat keys for the classes
-    without a projection in transformers 5.25), or with every key under its tower's prefix, as the hub's are."""
+    without a projection in transformers 5.25), or with every key under its tower's prefix, as the hub's are;
+    with `position_ids` of that dtype, as older transformers saved them."""
     import torch
     import transformers
     from safetensors.torch import load_file, save_file
@@ -400,9 +401,15 @@ def save_one_tower(folder, name: str, prefixed: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     model_class(model_class.config_class.from_dict(hf_config.config(architecture))).save_pretrained(folder)
     weights = load_file(folder / "model.safetensors")
-    if prefixed and not projected:
-        save_file({f"{tower}_model.{key}": tensor for key, tensor in weights.items()}, folder / "model.safetensors",
-                  metadata={"format": "pt"})
+    prefix = f"{tower}_model."
+    flat = not any(key.startswith(prefix) for key in weights)
+    if prefixed and flat:
+        weights, flat = {prefix + key: tensor for key, tensor in weights.items()}, False
+    if position_ids is not None:
+        positions = DEMO.context_length if tower == "text" else (DEMO.image_resolution // DEMO.patch_size) ** 2 + 1
+        key = ("" if flat else prefix) + "embeddings.position_ids"
+        weights[key] = torch.arange(positions, dtype=getattr(torch, position_ids))[None]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return architecture, load_file(folder / "model.safetensors")
 
 
@@ -488,19 +495,73 @@ def test_to_hf_tower_vision_of_open_clips_vit_h_14_is_its_visual_tower_layer_by_
     assert (embeds - ported.image_embeds).abs().max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["CLIPTextModelWithProjection", "CLIPVisionModelWithProjection"])
-def test_a_tower_alone_goes_to_openais_layout_and_back_to_hf_bit_exact(tmp_path, name):
+ONE_TOWER_FOLDERS = {
+    **{name: (name, False, None) for name in ONE_TOWER_CLASSES},
+    "CLIPTextModel-prefixed": ("CLIPTextModel", True, None),
+    "CLIPVisionModel-prefixed": ("CLIPVisionModel", True, None),
+    "CLIPTextModel-position_ids-int64": ("CLIPTextModel", True, "int64"),
+    "CLIPTextModel-flat-position_ids-float32": ("CLIPTextModel", False, "float32"),
+    "CLIPVisionModelWithProjection-position_ids-int64": ("CLIPVisionModelWithProjection", False, "int64"),
+}
+
+
+@pytest.mark.parametrize("through", ["openai-safetensors", "open_clip"])
+@pytest.mark.parametrize("folder", ONE_TOWER_FOLDERS)
+def test_a_tower_alone_goes_to_openais_layout_and_back_to_hf_bit_exact(tmp_path, folder, through):
+    """Every tensor comes back, key style (flat or under the tower's prefix) and position_ids included, and
+    config.json as it was."""
     from safetensors.torch import load_file as load
 
-    _, weights = save_one_tower(tmp_path / "hf", name)
+    name, prefixed, position_ids = ONE_TOWER_FOLDERS[folder]
+    _, weights = save_one_tower(tmp_path / "hf", name, prefixed, position_ids=position_ids)
     tower = ONE_TOWER_CLASSES[name][0]
     # safetensors, which carries clipconv's record of the folder it came from (its config.json)
-    assert run_cli("to-openai", tmp_path / "hf", tmp_path / "tower.safetensors").exit_code == 0
-    back = run_cli("to-hf", tmp_path / "tower.safetensors", tmp_path / "back", "--tower", tower)
+    middle = tmp_path / ("tower.safetensors" if through == "openai-safetensors" else "oc")
+    there = run_cli("to-openai" if through == "openai-safetensors" else "to-open-clip", tmp_path / "hf", middle)
+    assert there.exit_code == 0, there.output
+    if position_ids:
+        assert "position_ids (" in there.stdout and "is set aside" in there.stdout
+    back = run_cli("to-hf", middle, tmp_path / "back", "--tower", tower)
     assert back.exit_code == 0, back.output
     again = load(tmp_path / "back" / "model.safetensors")
-    assert again.keys() == weights.keys() and all(torch.equal(again[key], weights[key]) for key in weights)
+    assert again.keys() == weights.keys()
+    assert all(torch.equal(again[key], weights[key]) and again[key].dtype == weights[key].dtype for key in weights)
     assert read_json(tmp_path / "back" / "config.json") == read_json(tmp_path / "hf" / "config.json")
+
+
+def test_open_clips_text_tower_alone_with_its_models_config_goes_to_hf_and_back_bit_exact(tmp_path):
+    """Stable Diffusion 2's text encoder: an open_clip ViT-H-14's text tower with its logit_scale, in open_clip's
+    layout, read with the whole model's config. The HF folder loads into CLIPTextModelWithProjection with no key
+    missing or unexpected, and the way back gives every tensor, logit_scale included, bit for bit."""
+    import transformers
+
+    model_cfg = shallow("ViT-H-14")
+    text = text_alone(random_open_clip_model(model_cfg, seed=4).state_dict())
+    save_file({key: tensor.contiguous() for key, tensor in text.items()}, tmp_path / "text.safetensors")
+    (tmp_path / "ViT-H-14.json").write_text(json.dumps(model_cfg))
+    result = run_cli("to-hf", "--tower", "text", tmp_path / "text.safetensors", tmp_path / "text_encoder",
+                     "--open-clip-config", tmp_path / "ViT-H-14.json")
+    assert result.exit_code == 0, result.output
+    assert "logit_scale left out" in result.stdout
+    _, info = transformers.CLIPTextModelWithProjection.from_pretrained(tmp_path / "text_encoder",
+                                                                       output_loading_info=True)
+    assert not any(info.values()), info
+    back = run_cli("to-open-clip", tmp_path / "text_encoder", tmp_path / "back")
+    assert back.exit_code == 0, back.output
+    again = load_file(tmp_path / "back" / "open_clip_model.safetensors")
+    assert again.keys() == text.keys()
+    assert all(torch.equal(again[key], text[key]) and again[key].dtype == text[key].dtype for key in text)
+
+
+def test_position_ids_out_of_order_are_refused_naming_the_folder_and_the_key(tmp_path):
+    from safetensors.torch import load_file as load
+
+    save_one_tower(tmp_path / "hf", "CLIPTextModel", position_ids="int64")
+    weights = load(tmp_path / "hf" / "model.safetensors")
+    weights["embeddings.position_ids"] = weights["embeddings.position_ids"].flip(-1).contiguous()
+    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--no-verify"), str(tmp_path / "hf"),
+                   "text_model.embeddings.position_ids is not the positions 0 to n-1 in order (int64, shape [1, 77])")
 
 
 def test_a_tower_the_source_lacks_is_refused_by_name(tmp_path):
@@ -531,3 +592,79 @@ def test_a_reference_refuses_weights_that_lack_one_of_its_own(architecture, miss
     del weights[missing]
     with pytest.raises(ValueError, match=f"missing: \\['{missing}'\\]"):
         references.openai_model(weights, None, architecture)
+
+
+def _with_aside(path, change) -> None:
+    """Rewrite the record of the HF folder that the safetensors file at `path` came from: `change(aside)`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file as load
+
+    with safe_open(path, "pt") as opened:
+        metadata = opened.metadata()
+    record = json.loads(metadata["clipconv"])
+    change(record["records"]["hf"]["aside"])
+    weights = load(path)
+    save_file(weights, path, metadata={**metadata, "clipconv": json.dumps(record)})
+
+
+def _reversed(spec: dict) -> dict:
+    values = bytes.fromhex(spec["hex"])
+    return {**spec, "hex": b"".join(values[i:i + 8] for i in range(len(values) - 8, -1, -8)).hex()}
+
+
+POSITION_IDS = "text_model.embeddings.position_ids"
+BAD_ASIDE = {
+    "bytes that do not fill the shape": (lambda aside: aside[POSITION_IDS].update(hex=aside[POSITION_IDS]["hex"][:-2]),
+                                         "malformed clipconv metadata"),
+    "a dtype no tensor has": (lambda aside: aside[POSITION_IDS].update(dtype="object"), "malformed clipconv metadata"),
+    "a shape larger than a bookkeeping tensor": (
+        lambda aside: aside[POSITION_IDS].update(shape=[1, 1 << 20], hex="00" * (8 << 20)), "malformed clipconv"),
+    "position_ids out of order": (lambda aside: aside.update({POSITION_IDS: _reversed(aside[POSITION_IDS])}),
+                                  f"{POSITION_IDS} is not the positions 0 to n-1 in order (int64, shape [1, 77])"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ASIDE)
+def test_a_tensor_set_aside_that_a_record_garbles_is_refused_and_nothing_is_written(tmp_path, case):
+    change, message = BAD_ASIDE[case]
+    save_one_tower(tmp_path / "hf", "CLIPTextModel", prefixed=True, position_ids="int64")
+    assert run_cli("to-openai", tmp_path / "hf", tmp_path / "tower.safetensors", "--no-verify").exit_code == 0
+    _with_aside(tmp_path / "tower.safetensors", change)
+    assert_refused(run_cli("to-hf", tmp_path / "tower.safetensors", tmp_path / "back", "--tower", "text",
+                           "--no-verify"), "tower.safetensors", message)
+    assert not (tmp_path / "back").exists()
+
+
+def test_a_record_puts_back_only_what_a_conversion_sets_aside(tmp_path):
+    """A key the schema does not set aside, slipped into a record, is not written: no output holds a tensor
+    that was not in a source."""
+    from safetensors.torch import load_file as load
+
+    save_one_tower(tmp_path / "hf", "CLIPTextModel", prefixed=True, position_ids="int64")
+    assert run_cli("to-openai", tmp_path / "hf", tmp_path / "tower.safetensors", "--no-verify").exit_code == 0
+    _with_aside(tmp_path / "tower.safetensors",
+                lambda aside: aside.update({"text_model.extra": {"dtype": "float32", "shape": [], "hex": "0000803f"}}))
+    assert run_cli("to-hf", tmp_path / "tower.safetensors", tmp_path / "back", "--tower", "text").exit_code == 0
+    assert "text_model.extra" not in load(tmp_path / "back" / "model.safetensors")
+
+
+def test_compare_tower_tells_an_image_encoder_from_another_and_from_itself_in_another_format(tmp_path):
+    """Is this IP-Adapter's image encoder really open_clip's ViT-H-14? Its vision tower, compared with the whole
+    model's: the same (exit 0) against the model it came from, and not (exit 1) against another one."""
+    model_cfg = shallow("ViT-H-14", layers=1)
+    for name, seed in (("oc", 3), ("other", 4)):
+        save_open_clip_folder(random_open_clip_model(model_cfg, seed=seed).state_dict(), model_cfg, tmp_path / name)
+    assert run_cli("to-hf", tmp_path / "oc", tmp_path / "image_encoder", "--tower", "vision").exit_code == 0
+
+    same = run_cli("compare", tmp_path / "image_encoder", tmp_path / "oc", "--tower", "vision")
+    assert same.exit_code == 0, same.output
+    assert "image_encoder (Hugging Face CLIPVisionModelWithProjection folder, folder)" in same.stdout
+    assert "over every layer's output, the pooled output and the projected embedding" in same.stdout
+    other = run_cli("compare", tmp_path / "image_encoder", tmp_path / "other", "--tower", "vision", "--json")
+    assert other.exit_code == 1, other.output
+    report = json.loads(other.stdout)
+    assert not report["same"] and {row["name"] for row in report["tensors"]} == set(
+        load_file(tmp_path / "image_encoder" / "model.safetensors"))
+    assert set(report["outputs"]) == {"vision.embeddings", "vision.layers.0",
+                                      "vision.pooled", "vision.projected"}
+    assert report["outputs"]["vision.embeddings"] > 1e-3
