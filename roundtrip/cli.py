@@ -97,12 +97,16 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
     def command(ctx, source: Path, dest: str, debug: bool, max_shard_size: int | None = None, **options):
         from roundtrip.pipeline import convert
 
+        if options["without_projection"] and options["tower"] is None:
+            raise click.UsageError("--without-projection leaves a tower's projection out: give --tower text or "
+                                   "--tower vision too", ctx)
+
         def run(report, progress):
             return convert(source, dest, name, dtype=options["dtype"], verify_logits=not options["no_verify"],
                            overwrite=options["overwrite"], open_clip_model=options["open_clip_model"],
                            open_clip_config=options["open_clip_config"],
                            openai_architecture=options["openai_architecture"], tower=options["tower"],
-                           report=report, progress=progress,
+                           without_projection=options["without_projection"], report=report, progress=progress,
                            **({"max_shard_bytes": max_shard_size} if max_shard_size is not None else {}))
 
         _print_summary(_run(ctx, run, debug))
@@ -131,10 +135,14 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
                      help="Convert this tower alone, from a model of both or of that one (to-hf: a CLIPTextModel"
                           "WithProjection or CLIPVisionModelWithProjection folder, or the class without a "
                           "projection for a tower that has none)."),
+        click.option("--without-projection", is_flag=True,
+                     help="With --tower: leave the tower's projection out (Stable Diffusion 1's text encoder is a "
+                          "CLIPTextModel, which has none)."),
         click.option("--overwrite", is_flag=True, help="Replace DEST if clipconv wrote it with this command "
                      "(only once the new one is complete)."),
-        click.option("--no-verify", is_flag=True, help="Skip the logit comparison and the read-back of the "
-                     "written bytes (faster: no model is built, torch is not even imported)."),
+        click.option("--no-verify", is_flag=True, help="Skip the check of every layer's output and the logits, "
+                     "and the read-back of the written bytes (faster: no model is built, torch is not even "
+                     "imported)."),
         click.option("--debug", is_flag=True, help="Show a traceback when something fails."),
         click.pass_context,
     ]
@@ -286,7 +294,8 @@ def _print_summary(summary) -> None:
         click.echo("  verification  skipped (--no-verify)")
     else:
         where, largest = summary.agreement.largest
-        click.echo(f"  verification  max |difference| = {largest:.2e} at {where}, over "
+        at = f" at {where}" if largest else ""  # equal everywhere: nowhere to name
+        click.echo(f"  verification  max |difference| = {largest:.2e}{at}, over "
                    f"{summary.agreement.scope()} (tolerance 1e-3)")
     for note in summary.notes:
         click.echo(f"  note          {note}")

@@ -501,15 +501,19 @@ def load(entry: Format, path: Path, options: SourceOptions, towers: tuple[str, .
     return Loaded(source, tensors, towers, shapes, architecture)
 
 
-def tower_alone(loaded: Loaded, tower: str) -> tuple[Loaded, list[str]]:
-    """`loaded` cut down to its `tower` (with its projection, where it has one), and a note of what is left out."""
+def tower_alone(loaded: Loaded, tower: str, projected: bool = True) -> tuple[Loaded, list[str]]:
+    """`loaded` cut down to its `tower` (with its projection, where it has one, unless `projected` is False),
+    and notes of what is left out."""
+    path = loaded.source.path
     if tower not in loaded.towers:
-        raise InputError(loaded.source.path, f"has no {tower} tower (it holds the {loaded.towers[0]} tower alone)")
-    architecture, layout = loaded.architecture.alone(tower), loaded.source.format.layout
-    projections = (tower,) if getattr(architecture, tower).projected else ()
-    kept = mapping.of_towers(loaded.tensors, layout, (tower,), projections)
+        raise InputError(path, f"has no {tower} tower (it holds the {loaded.towers[0]} tower alone)")
+    if not projected and not getattr(loaded.architecture, tower).projected:
+        raise InputError(path, f"its {tower} tower has no projection to leave out (--without-projection)")
+    architecture, layout = loaded.architecture.alone(tower, projected), loaded.source.format.layout
+    kept = mapping.of_towers(loaded.tensors, layout, (tower,), (tower,) if projected else ())
+    dropped = [key for key in mapping.of_towers(loaded.tensors, layout, (tower,), (tower,)) if key not in kept]
     shapes = Shapes.of(mapping.convert(kept, layout, "openai", (tower,)))
-    left_out = {key: tensor for key, tensor in loaded.tensors.items() if key not in kept}
+    left_out = {key: tensor for key, tensor in loaded.tensors.items() if key not in kept and key not in dropped}
     source, notes = loaded.source, []
     if loaded.towers == (tower,) and left_out:
         # what a tower alone holds beside its own weights (logit_scale): recorded, for the way back
@@ -517,6 +521,9 @@ def tower_alone(loaded: Loaded, tower: str) -> tuple[Loaded, list[str]]:
         notes = [f"the {tower} tower alone (--tower {tower}): {', '.join(left_out)} left out"]
     elif left_out:
         notes = [f"the {tower} tower alone (--tower {tower}): {len(left_out)} tensor(s) of the rest left out"]
+    if dropped:
+        notes.append(f"{', '.join(dropped)} left out (--without-projection): the {tower} tower ends at its pooled "
+                     "output")
     cut = dataclasses.replace(loaded, source=source, tensors=kept, towers=(tower,), shapes=shapes,
                               architecture=architecture)
     return cut, notes

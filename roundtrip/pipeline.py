@@ -58,6 +58,7 @@ def convert(
     open_clip_config: Path | str | None = None,
     openai_architecture: bool = False,
     tower: str | None = None,
+    without_projection: bool = False,
     report: Report = _silent,
     progress: writers.Progress = lambda done, total: None,
 ) -> Summary:
@@ -68,10 +69,13 @@ def convert(
     default), "keep" (the source's), or "float32", "float16", "bfloat16". `max_shard_bytes`: bytes, or a size
     with a unit ("500MB", "2GiB"). A checkpoint file that is not OpenAI's as released needs `open_clip_model`,
     `open_clip_config` or `openai_architecture=True`, unless an open_clip_config.json lies beside it. `tower`
-    ("text" or "vision"): that tower alone, from a source of both towers or of that one.
+    ("text" or "vision"): that tower alone, from a source of both towers or of that one; `without_projection`:
+    without its projection (as Stable Diffusion 1's text encoder, a CLIPTextModel, has none).
     """
     if tower not in (None, *TOWERS):
         raise ValueError(f"tower={tower!r} is not a tower ({', '.join(map(repr, TOWERS))})")
+    if without_projection and tower is None:
+        raise ValueError("without_projection=True needs tower='text' or 'vision': a whole model keeps both")
     if to not in FORMATS:
         raise ValueError(f"to={to!r} is not a format clipconv writes ({', '.join(map(repr, FORMATS))})")
     target = FORMATS[to]
@@ -88,7 +92,7 @@ def convert(
         # said only of a model that reads as one (a tower taken out of a model of both is a conversion)
         raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
     if tower is not None:
-        loaded, left_out = formats.tower_alone(loaded, tower)
+        loaded, left_out = formats.tower_alone(loaded, tower, projected=not without_projection)
         notes = [*notes, *left_out]
     read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
                                                    loaded.architecture, loaded.shapes)

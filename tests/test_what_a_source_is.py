@@ -427,7 +427,7 @@ def test_each_hf_class_of_one_tower_converts_checked_layer_by_layer_into_that_to
     assert result.exit_code == 0, result.output
     tower = architecture.towers[0]
     assert f"it holds the {tower} tower alone" in result.stdout
-    assert "verification  max |difference| = " in result.stdout and f" at {tower}." in result.stdout
+    assert "verification  max |difference| = " in result.stdout and "over every layer's output" in result.stdout
     written = torch.load(dest, weights_only=True) if target == "to-openai" else load_file(dest /
                                                                                            "open_clip_model.safetensors")
     prefix = f"{tower}_model."
@@ -668,3 +668,30 @@ def test_compare_tower_tells_an_image_encoder_from_another_and_from_itself_in_an
     assert set(report["outputs"]) == {"vision.embeddings", "vision.layers.0",
                                       "vision.pooled", "vision.projected"}
     assert report["outputs"]["vision.embeddings"] > 1e-3
+
+
+def test_a_projection_is_left_out_only_when_asked_and_the_summary_names_it(tmp_path, demo_state_dict_file):
+    """Stable Diffusion 1's text encoder: OpenAI's text tower without its projection, a CLIPTextModel, as
+    transformers loads it (no key missing or unexpected); the summary names what was left out."""
+    import transformers
+
+    kept = run_cli("to-hf", demo_state_dict_file, tmp_path / "with", "--tower", "text")
+    assert kept.exit_code == 0 and "CLIPTextModelWithProjection" in kept.stdout and "projection" not in " ".join(
+        line for line in kept.stdout.splitlines() if "note" in line), kept.output
+    result = run_cli("to-hf", demo_state_dict_file, tmp_path / "text_encoder", "--tower", "text",
+                     "--without-projection")
+    assert result.exit_code == 0, result.output
+    assert "Hugging Face CLIPTextModel folder" in result.stdout
+    assert "text_projection left out (--without-projection)" in result.stdout
+    _, info = transformers.CLIPTextModel.from_pretrained(tmp_path / "text_encoder", output_loading_info=True)
+    assert not any(info.values()), info
+    assert not any("projection" in key for key in load_file(tmp_path / "text_encoder" / "model.safetensors"))
+
+
+def test_without_projection_is_refused_without_a_tower_or_for_a_tower_that_has_none(tmp_path, demo_state_dict_file):
+    usage = run_cli("to-hf", demo_state_dict_file, tmp_path / "out", "--without-projection")
+    assert usage.exit_code == 2 and "give --tower text or --tower vision too" in usage.output
+    assert not (tmp_path / "out").exists()
+    save_one_tower(tmp_path / "hf", "CLIPTextModel")
+    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--tower", "text",
+                           "--without-projection"), "its text tower has no projection to leave out")
