@@ -26,13 +26,14 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from roundtrip import hf_config, open_clip_config, openai_config
+from roundtrip import hf_config, mapping, open_clip_config, openai_config
 from roundtrip.architecture import Architecture
 from roundtrip.compare import TOLERANCE, Report, compare
 from roundtrip.dtypes import DTYPES
 from roundtrip.errors import ClipconvError
 from roundtrip.formats import SourceOptions
 from roundtrip.openai_config import HEAD_WIDTH, from_clip_kwargs
+from roundtrip.schema import TOWERS
 
 __all__ = ["FAMILIES", "FORMATS", "DTYPE_MIXES", "architectures", "open_clip_model_configs", "checkpoints",
            "Checkpoint", "random_state_dict", "write_checkpoint", "assert_equivalent"]
@@ -50,13 +51,23 @@ _VOCAB_SIZES = st.sampled_from([64, 100, 1000, OPENAI_VOCAB_SIZE])
 # ---- architectures -------------------------------------------------------------------------------------------
 
 
-def architectures(family: str = "openai", vocab_sizes=_VOCAB_SIZES) -> st.SearchStrategy[Architecture]:
-    """Random valid CLIP architectures of a family, small enough to build, convert and compare in a second."""
+def architectures(family: str = "openai", vocab_sizes=_VOCAB_SIZES,
+                  towers: str = "both") -> st.SearchStrategy[Architecture]:
+    """Random valid CLIP architectures of a family, small enough to build, convert and compare in a second:
+    whole models (`towers="both"`), a text or vision tower alone with or without its projection ("one"), or
+    either ("any")."""
     if family == "openai":
-        return _openai_architectures(vocab_sizes)
-    if family == "open_clip":
-        return open_clip_model_configs(vocab_sizes).map(open_clip_config.claimed_architecture)
-    raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
+        whole = _openai_architectures(vocab_sizes)
+    elif family == "open_clip":
+        whole = open_clip_model_configs(vocab_sizes).map(open_clip_config.claimed_architecture)
+    else:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
+    alone = st.builds(lambda architecture, tower, projected: architecture.alone(tower, projected), whole,
+                      st.sampled_from(TOWERS), st.booleans())
+    drawn = {"both": whole, "one": alone, "any": st.one_of(whole, alone)}
+    if towers not in drawn:
+        raise ValueError(f"towers must be one of {', '.join(drawn)}, not {towers!r}")
+    return drawn[towers]
 
 
 @st.composite
@@ -145,15 +156,20 @@ def random_state_dict(architecture: Architecture, format: str = "openai", dtype_
     import torch
 
     from roundtrip.examples import random_open_clip_model, random_openai_model
+    from roundtrip.references import with_stand_in
 
+    whole = with_stand_in(architecture)  # a tower alone: cut out of a model of both, built by the format's code
     if format == "openai":
-        state_dict = random_openai_model(architecture, seed, openai_dtypes=False).state_dict()
+        state_dict = random_openai_model(whole, seed, openai_dtypes=False).state_dict()
     elif format == "open_clip":
-        state_dict = random_open_clip_model(open_clip_config.model_config(architecture), seed).state_dict()
+        state_dict = random_open_clip_model(open_clip_config.model_config(whole), seed).state_dict()
     elif format == "hf":
         state_dict = _hf_model(architecture, seed).state_dict()
     else:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format != "hf" and architecture.towers != TOWERS:
+        projections = tuple(tower for tower in architecture.towers if getattr(architecture, tower).projected)
+        state_dict = mapping.of_towers(state_dict, "openai", architecture.towers, projections)
     if dtype_mix == "openai":
         halved = _halved_by_openai(architecture, format)
         return {key: tensor.half() if halved[key] else tensor for key, tensor in state_dict.items()}
@@ -164,11 +180,13 @@ def random_state_dict(architecture: Architecture, format: str = "openai", dtype_
 
 
 def _hf_model(architecture: Architecture, seed: int):
+    """transformers' model of `architecture`: CLIPModel, or the class that holds a tower alone."""
     import torch
-    from transformers import CLIPConfig, CLIPModel
+    import transformers
 
+    model_class = getattr(transformers, hf_config.model_class(architecture))
     torch.manual_seed(seed)
-    return CLIPModel(CLIPConfig.from_dict(hf_config.config(architecture))).eval()
+    return model_class(model_class.config_class.from_dict(hf_config.config(architecture))).eval()
 
 
 def _halved_by_openai(architecture: Architecture, format: str) -> dict[str, bool]:
@@ -178,11 +196,10 @@ def _halved_by_openai(architecture: Architecture, format: str) -> dict[str, bool
     import torch
     from open_clip.model import CLIP
 
-    from roundtrip import mapping
-    from roundtrip.references import openai_code
+    from roundtrip.references import openai_code, with_stand_in
 
     with torch.device("meta"):
-        model = CLIP(**open_clip_config.model_config(architecture))
+        model = CLIP(**open_clip_config.model_config(with_stand_in(architecture)))
     openai_code("model").convert_weights(model)
     state_dict = mapping.convert(model.state_dict(), "openai", "hf" if format == "hf" else "openai")
     return {key: tensor.dtype == torch.float16 for key, tensor in state_dict.items()}
@@ -191,7 +208,8 @@ def _halved_by_openai(architecture: Architecture, format: str) -> dict[str, bool
 def write_checkpoint(path: Path | str, architecture: Architecture, format: str = "openai",
                      dtype_mix: str = "float32", seed: int = 0) -> Path:
     """Write a random checkpoint of `architecture` in `format` to `path`, as that format's own tools write
-    one: a `torch.save` state dict (OpenAI), a `save_pretrained` folder (HF), a hub folder (open_clip).
+    one: a `torch.save` state dict (OpenAI), a `save_pretrained` folder (HF: CLIPModel, or the class of a
+    tower alone), a hub folder (open_clip; of a tower alone, with the config clipconv writes for one).
     Returns `path`."""
     import torch
 
@@ -217,17 +235,18 @@ def assert_equivalent(a: Path | str, b: Path | str, *, tolerance: float = TOLERA
                       logits: bool = True, open_clip_model_a: str | None = None,
                       open_clip_config_a: Path | str | None = None, openai_architecture_a: bool = False,
                       open_clip_model_b: str | None = None, open_clip_config_b: Path | str | None = None,
-                      openai_architecture_b: bool = False) -> Report:
+                      openai_architecture_b: bool = False, tower: str | None = None) -> Report:
     """`clipconv compare A B` as an assertion: returns the report when A and B are the same model (weights
-    equal after mapping, or within `weights_tolerance`; logits within `tolerance`), raises AssertionError
-    carrying the report otherwise (or the one-line reason a side could not be read)."""
+    equal after mapping, or within `weights_tolerance`; every output within `tolerance`), of `tower` alone if
+    given; raises AssertionError carrying the report otherwise (or the one-line reason a side could not be
+    read)."""
     options_a = SourceOptions(open_clip_model_a, Path(open_clip_config_a) if open_clip_config_a else None,
                               openai_architecture_a)
     options_b = SourceOptions(open_clip_model_b, Path(open_clip_config_b) if open_clip_config_b else None,
                               openai_architecture_b)
     try:
         report = compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=logits,
-                         options_a=options_a, options_b=options_b)
+                         options_a=options_a, options_b=options_b, tower=tower)
     except ClipconvError as error:
         raise AssertionError(str(error)) from None
     if not report.same:
