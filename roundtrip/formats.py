@@ -235,7 +235,10 @@ def _write_openai(job: Job) -> Written:
 
 def _read_hf(path: Path, options: SourceOptions) -> Source:
     folder = readers.read_hf_folder(path, check_config=hf_config.towers)
-    tensors, unprefixed, notes = _with_tower_prefix(folder.tensors, hf_config.towers(folder.config))
+    held = hf_config.towers(folder.config)
+    tensors, unprefixed, notes = _with_tower_prefix(folder.tensors, held)
+    if unprefixed:
+        _check_flat_tower(path, folder.tensors, held[0])
     aside = {key: tensors.pop(key) for key in HF_IGNORED_KEYS if key in tensors}
     for key, tensor in aside.items():
         check_aside(path, key, tensor)
@@ -258,6 +261,21 @@ def _with_tower_prefix(tensors: dict, held: tuple[str, ...]) -> tuple[dict, str,
         return tensors, "", []
     return {prefix + key: tensor for key, tensor in tensors.items()}, prefix, [
         f"its keys have no {prefix} prefix (as transformers 5.6 and later save a {held[0]} tower alone)"]
+
+
+def _check_flat_tower(folder: Path, tensors: dict, tower: str) -> None:
+    """Flat keys say no tower: config.json does. Where they are the other tower's, that is what to say."""
+    (other,) = (name for name in TOWERS if name != tower)
+    keys = [key for key in tensors if key not in HF_IGNORED_KEYS]
+    try:
+        mapping.check_keys([HF_TOWER_PREFIXES[tower] + key for key in keys], "hf", (tower,))
+    except MappingError:
+        try:
+            mapping.check_keys([HF_TOWER_PREFIXES[other] + key for key in keys], "hf", (other,))
+        except MappingError:
+            return  # neither tower's: loading says which keys are wrong
+        raise InputError(folder / HF_CONFIG, f"describes a {tower} tower alone, and the weights (their keys without "
+                                             f"a prefix) are a {other} tower's") from None
 
 
 def _position_ids_note(key: str, tensor: Strided) -> str:

@@ -457,6 +457,23 @@ def _file_with_config(config):
     return build
 
 
+def _text_alone(key: str) -> bool:
+    return not key.startswith("visual.") and key != "logit_scale"
+
+
+def _tower_file(config, keep, *options):
+    """One tower's weights (those whose keys `keep` takes) in a file, with `config` named for it."""
+    def build(tmp_path, b32_weights):
+        torch.save({key: tensor for key, tensor in b32_weights.items() if keep(key)}, tmp_path / "tower.pt")
+        (tmp_path / "model.json").write_text(json.dumps(config))
+        return [tmp_path / "tower.pt", "--open-clip-config", tmp_path / "model.json", *options]
+    return build
+
+
+def _without(config: dict, tower_cfg: str) -> dict:
+    return {key: value for key, value in config.items() if key != tower_cfg}
+
+
 def _folder_with(*options):
     return lambda tmp_path, weights: [*_folder()(tmp_path, weights), *options]
 
@@ -586,6 +603,19 @@ OPEN_CLIP_SOURCES = {
     "a config file that is not open_clip's": (_file_with_config({"hidden_size": 3}), "has no model_cfg"),
     "options for a folder": (_folder_with("--open-clip-model", "ViT-B-32"), "are for checkpoint files"),
     "a folder without weights": (_folder_without("open_clip_model.safetensors"), "has no weights"),
+    "a text tower without the projection its config has": (
+        _tower_file(_open_clip_config(), lambda key: _text_alone(key) and key != "text_projection", "--tower",
+                    "text"), "the text tower has a projection in the config, none in the tensors"),
+    "a text tower whose config says another width": (
+        _tower_file(_open_clip_config(**{"text_cfg.width": 768}), _text_alone, "--tower", "text"),
+        "the open_clip config does not fit the tensors: text.width is 768, the tensors say 512"),
+    "a vision tower with a config of the text tower alone": (
+        _tower_file(_without(_open_clip_config(), "vision_cfg"), lambda key: key.startswith("visual."), "--tower",
+                    "vision"), "the config has the text tower(s), the tensors the vision"),
+    "a config of neither tower": (_tower_file(_without(_without(_open_clip_config(), "vision_cfg"), "text_cfg"),
+                                              _text_alone, "--tower", "text"), "has no model_cfg (nor vision_cfg"),
+    "a text tower to to-hf without --tower": (_tower_file(_open_clip_config(), _text_alone),
+                                              "it has no vision tower (--tower text writes the text tower alone)"),
 }
 
 
