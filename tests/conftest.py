@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from roundtrip import open_clip_config, verify
+from roundtrip import hf_config, open_clip_config, verify
 from roundtrip.architecture import Shapes
 from roundtrip.cli import main as clipconv
 from roundtrip.dtypes import dtype_of, raw_bytes
@@ -243,3 +243,34 @@ def hf_folder_logits(folder: Path, architecture) -> torch.Tensor:
     model = CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
     return model(input_ids=verify.probe_tokens(architecture),
                  pixel_values=verify.probe_images(architecture)).logits_per_image
+
+
+# ---- one tower alone, as transformers saves each of its classes ---------------------------------------------
+
+ONE_TOWER_CLASSES = {"CLIPTextModel": ("text", False), "CLIPTextModelWithProjection": ("text", True),
+                     "CLIPVisionModel": ("vision", False), "CLIPVisionModelWithProjection": ("vision", True)}
+
+
+def save_one_tower(folder, name: str, prefixed: bool = False, seed: int = 0, position_ids: str | None = None):
+    """A folder as transformers' `save_pretrained` writes one of its one-tower classes (flat keys for the classes
+    without a projection in transformers 5.25), or with every key under its tower's prefix, as the hub's are;
+    with `position_ids` of that dtype, as older transformers saved them."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    tower, projected = ONE_TOWER_CLASSES[name]
+    architecture = DEMO.alone(tower, projected)
+    model_class = getattr(transformers, name)
+    torch.manual_seed(seed)
+    model_class(model_class.config_class.from_dict(hf_config.config(architecture))).save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    prefix = f"{tower}_model."
+    flat = not any(key.startswith(prefix) for key in weights)
+    if prefixed and flat:
+        weights, flat = {prefix + key: tensor for key, tensor in weights.items()}, False
+    if position_ids is not None:
+        positions = DEMO.context_length if tower == "text" else (DEMO.image_resolution // DEMO.patch_size) ** 2 + 1
+        key = ("" if flat else prefix) + "embeddings.position_ids"
+        weights[key] = torch.arange(positions, dtype=getattr(torch, position_ids))[None]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return architecture, load_file(folder / "model.safetensors")

@@ -305,7 +305,12 @@ def test_no_verify_converts_every_way_without_importing_torch_transformers_clip_
                                                                                           demo_state_dict_file):
     for args in (["to-hf", demo_state_dict_file, tmp_path / "hf"], ["to-openai", tmp_path / "hf", tmp_path / "back.pt"],
                  ["to-open-clip", tmp_path / "hf", tmp_path / "open-clip"],
-                 ["to-hf", tmp_path / "open-clip", tmp_path / "hf-again"]):
+                 ["to-hf", tmp_path / "open-clip", tmp_path / "hf-again"],
+                 # one tower, in each layout
+                 ["to-hf", tmp_path / "hf", tmp_path / "text-hf", "--tower", "text"],
+                 ["to-openai", tmp_path / "text-hf", tmp_path / "text.safetensors"],
+                 ["to-open-clip", tmp_path / "text.safetensors", tmp_path / "text-open-clip"],
+                 ["to-hf", tmp_path / "text-open-clip", tmp_path / "text-hf-again", "--tower", "text"]):
         done = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER_CONVERTING, *map(str, args), "--no-verify"],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr

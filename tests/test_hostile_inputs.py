@@ -23,7 +23,7 @@ from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state
 from roundtrip.strided import as_torch
 from roundtrip.torch_zip import read_torchscript_state_dict
 
-from conftest import assert_nothing_left, assert_refused, listing, run_cli
+from conftest import assert_nothing_left, assert_refused, listing, read_json, run_cli, save_one_tower
 from hostile import (
     SystemCall,
     edited_archive,
@@ -730,3 +730,25 @@ def test_staging_of_a_running_clipconv_is_left_alone_and_ours_from_a_failed_call
     finally:
         running.kill()
         running.wait()
+
+
+ONE_TOWER_CONFIG_DAMAGE = {
+    "another width": ("CLIPTextModel", {"hidden_size": 64}, "text.width is 64, the tensors say 128"),
+    "another number of layers": ("CLIPVisionModel", {"num_hidden_layers": 3}, "vision.layers is 3, the tensors say 2"),
+    "a projection the weights lack": ("CLIPTextModel", {"architectures": ["CLIPTextModelWithProjection"]},
+                                      "it names CLIPTextModelWithProjection, the weights are a CLIPTextModel's"),
+    "a vision config for text weights": ("CLIPTextModel", {"model_type": "clip_vision_model"},
+                                         "describes a vision tower alone, and the weights (their keys without a "
+                                         "prefix) are a text tower's"),
+}
+
+
+@pytest.mark.parametrize("case", ONE_TOWER_CONFIG_DAMAGE)
+def test_a_tower_whose_config_and_weights_disagree_is_refused_naming_config_json(tmp_path, case):
+    name, changes, message = ONE_TOWER_CONFIG_DAMAGE[case]
+    save_one_tower(tmp_path / "hf", name)
+    config = read_json(tmp_path / "hf" / "config.json")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, **changes}))
+    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--no-verify"), "config.json",
+                   message)
+    assert not (tmp_path / "out.pt").exists()

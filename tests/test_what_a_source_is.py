@@ -26,6 +26,7 @@ from roundtrip.examples import (
 from roundtrip.testing import architectures, random_state_dict, seeds
 
 from conftest import (
+    ONE_TOWER_CLASSES,
     architecture_of,
     assert_refused,
     hf_clip_config,
@@ -35,6 +36,7 @@ from conftest import (
     read_json,
     resnet_clip_state_dict,
     run_cli,
+    save_one_tower,
     shallow,
 )
 
@@ -383,36 +385,6 @@ def test_a_tower_alone_computes_the_same_outputs_in_the_three_model_codes(archit
 
 # ---- one tower from the command line -----------------------------------------------------------------------
 
-ONE_TOWER_CLASSES = {"CLIPTextModel": ("text", False), "CLIPTextModelWithProjection": ("text", True),
-                     "CLIPVisionModel": ("vision", False), "CLIPVisionModelWithProjection": ("vision", True)}
-
-
-def save_one_tower(folder, name: str, prefixed: bool = False, seed: int = 0, position_ids: str | None = None):
-    """A folder as transformers' `save_pretrained` writes one of its one-tower classes (flat keys for the classes
-    without a projection in transformers 5.25), or with every key under its tower's prefix, as the hub's are;
-    with `position_ids` of that dtype, as older transformers saved them."""
-    import torch
-    import transformers
-    from safetensors.torch import load_file, save_file
-
-    tower, projected = ONE_TOWER_CLASSES[name]
-    architecture = DEMO.alone(tower, projected)
-    model_class = getattr(transformers, name)
-    torch.manual_seed(seed)
-    model_class(model_class.config_class.from_dict(hf_config.config(architecture))).save_pretrained(folder)
-    weights = load_file(folder / "model.safetensors")
-    prefix = f"{tower}_model."
-    flat = not any(key.startswith(prefix) for key in weights)
-    if prefixed and flat:
-        weights, flat = {prefix + key: tensor for key, tensor in weights.items()}, False
-    if position_ids is not None:
-        positions = DEMO.context_length if tower == "text" else (DEMO.image_resolution // DEMO.patch_size) ** 2 + 1
-        key = ("" if flat else prefix) + "embeddings.position_ids"
-        weights[key] = torch.arange(positions, dtype=getattr(torch, position_ids))[None]
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return architecture, load_file(folder / "model.safetensors")
-
-
 @pytest.mark.parametrize("target", ["to-openai", "to-open-clip"])
 @pytest.mark.parametrize("name, prefixed", [(name, False) for name in ONE_TOWER_CLASSES] + [
     ("CLIPTextModel", True), ("CLIPVisionModel", True)])
@@ -724,25 +696,3 @@ def test_a_tower_alone_of_any_architecture_goes_between_every_pair_of_layouts_an
     back = run_cli(command, folder / TARGETS[target][1], folder / f"back-{name}", *tower)
     assert back.exit_code == 0, back.output
     assert_equivalent(written, folder / f"back-{name}")
-
-
-ONE_TOWER_CONFIG_DAMAGE = {
-    "another width": ("CLIPTextModel", {"hidden_size": 64}, "text.width is 64, the tensors say 128"),
-    "another number of layers": ("CLIPVisionModel", {"num_hidden_layers": 3}, "vision.layers is 3, the tensors say 2"),
-    "a projection the weights lack": ("CLIPTextModel", {"architectures": ["CLIPTextModelWithProjection"]},
-                                      "it names CLIPTextModelWithProjection, the weights are a CLIPTextModel's"),
-    "a vision config for text weights": ("CLIPTextModel", {"model_type": "clip_vision_model"},
-                                         "describes a vision tower alone, and the weights (their keys without a "
-                                         "prefix) are a text tower's"),
-}
-
-
-@pytest.mark.parametrize("case", ONE_TOWER_CONFIG_DAMAGE)
-def test_a_tower_whose_config_and_weights_disagree_is_refused_naming_config_json(tmp_path, case):
-    name, changes, message = ONE_TOWER_CONFIG_DAMAGE[case]
-    save_one_tower(tmp_path / "hf", name)
-    config = read_json(tmp_path / "hf" / "config.json")
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, **changes}))
-    assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--no-verify"), "config.json",
-                   message)
-    assert not (tmp_path / "out.pt").exists()
