@@ -31,9 +31,10 @@ from roundtrip.architecture import Architecture
 from roundtrip.compare import TOLERANCE, Report, compare
 from roundtrip.dtypes import DTYPES
 from roundtrip.errors import ClipconvError
+from roundtrip.facts import HF_SAFETENSORS
 from roundtrip.formats import SourceOptions
 from roundtrip.openai_config import HEAD_WIDTH, from_clip_kwargs
-from roundtrip.schema import TOWERS
+from roundtrip.schema import HF_TOWER_PREFIXES, TOWERS
 
 __all__ = ["FAMILIES", "FORMATS", "DTYPE_MIXES", "architectures", "open_clip_model_configs", "checkpoints",
            "Checkpoint", "random_state_dict", "write_checkpoint", "assert_equivalent"]
@@ -206,11 +207,12 @@ def _halved_by_openai(architecture: Architecture, format: str) -> dict[str, bool
 
 
 def write_checkpoint(path: Path | str, architecture: Architecture, format: str = "openai",
-                     dtype_mix: str = "float32", seed: int = 0) -> Path:
+                     dtype_mix: str = "float32", seed: int = 0, prefixed: bool = False) -> Path:
     """Write a random checkpoint of `architecture` in `format` to `path`, as that format's own tools write
     one: a `torch.save` state dict (OpenAI), a `save_pretrained` folder (HF: CLIPModel, or the class of a
     tower alone), a hub folder (open_clip; of a tower alone, with the config clipconv writes for one).
-    Returns `path`."""
+    `prefixed`: an HF tower alone with every key under its tower's prefix, as the hub's folders hold them
+    (transformers 5.25 saves the classes without a projection with none). Returns `path`."""
     import torch
 
     from roundtrip.examples import save_open_clip_folder
@@ -225,7 +227,20 @@ def write_checkpoint(path: Path | str, architecture: Architecture, format: str =
         model = _hf_model(architecture, seed)
         model.load_state_dict(state_dict, assign=True)
         model.save_pretrained(path)
+        if prefixed and architecture.towers != TOWERS:
+            _prefix_keys(path / HF_SAFETENSORS, HF_TOWER_PREFIXES[architecture.towers[0]])
     return path
+
+
+def _prefix_keys(path: Path, prefix: str) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(path, "pt") as opened:
+        metadata = opened.metadata()
+    weights = load_file(path)
+    if not any(key.startswith(prefix) for key in weights):  # the classes with a projection keep their prefix
+        save_file({prefix + key: tensor for key, tensor in weights.items()}, path, metadata=metadata)
 
 
 # ---- the assertion -----------------------------------------------------------------------------------------
