@@ -670,7 +670,8 @@ def test_without_projection_is_refused_without_a_tower_or_for_a_tower_that_has_n
 
 
 # safetensors for OpenAI's layout too: it carries clipconv's record of the source, which the way back restores
-TARGETS = {"openai": ("to-openai", "tower.safetensors"), "hf": ("to-hf", "tower-hf"), "open_clip": ("to-open-clip", "tower-oc")}
+TARGETS = {"openai": ("to-openai", "tower.safetensors"), "hf": ("to-hf", "tower-hf"),
+           "open_clip": ("to-open-clip", "tower-oc")}
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
