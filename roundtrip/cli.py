@@ -46,16 +46,19 @@ SOURCES = """
     torch.save state dict, a Hugging Face CLIPModel folder, an open_clip folder
     (open_clip_config.json beside its weights), or an open_clip checkpoint file
     (a state dict, or a training run's epoch_N.pt) with --open-clip-model NAME
-    or --open-clip-config FILE, unless an open_clip_config.json lies beside it.
+    or --open-clip-config FILE, unless an open_clip_config.json lies beside it;
+    or one tower of any of these (a CLIPTextModel or CLIPVisionModel folder, a
+    text encoder's state dict); --tower text|vision converts that tower alone.
     An open_clip model's activation and heads are not in its tensors: they are
     never guessed. A file that looks like a training run's ({"state_dict": ...},
     "module." prefixes) is read as OpenAI's only with --openai-architecture.
 
     DEST must not exist, or with --overwrite be this command's own earlier
     output; it is never SOURCE, inside it, or a folder holding it. Unless
-    --no-verify is given, the source's own model code and the target's compute
-    the logits of the converted weights, which must agree within 1e-3;
-    otherwise nothing is written. Ctrl-C, SIGTERM or SIGHUP stop it leaving
+    --no-verify is given, the source's own model code and the target's run the
+    converted weights, and every layer's output, the pooled and projected
+    embeddings and the logits must agree within 1e-3; otherwise nothing is
+    written. Ctrl-C, SIGTERM or SIGHUP stop it leaving
     nothing behind (exit 130, 143, 129)."""
 
 
@@ -85,8 +88,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     compare       are two checkpoints, in any formats, the same model?
 
     Every direction comes from one schema; a round trip gives back every tensor
-    bit for bit. After converting, the logits of the source's model code and the
-    target's are compared (max |diff| <= 1e-3) unless --no-verify is given.
+    bit for bit. After converting, the outputs of the source's model code and the
+    target's are compared layer by layer (max |diff| <= 1e-3) unless --no-verify
+    is given.
     """
     ctx.obj = {"debug": debug}
 
@@ -182,7 +186,7 @@ def _side_options(function):
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @click.option("--tolerance", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-              help="Largest |difference| of logits for the same model.")
+              help="Largest |difference| of any output (a layer's, an embedding, the logits) for the same model.")
 @click.option("--weights-tolerance", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Largest |difference| of a weight for the same model (0: every value equal, bit for bit).")
 @click.option("--no-logits", is_flag=True, help="Compare configs and tensors only: no model is built.")
@@ -200,9 +204,9 @@ def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: 
     A and B are any checkpoints clipconv reads, in any combination of formats. Both are mapped into A's key
     layout and compared: each side's architecture (widths, layers, heads, MLP width, activation, LayerNorm
     eps, patch, resolution, context, vocab, text pooling); each tensor (missing or extra, shape, dtype, and
-    values bit for bit in the wider dtype, else the largest |difference|); and the logits of each side's own
-    model code on the same tokens and images. A dtype that differs while every value is equal is reported,
-    not failed.
+    values bit for bit in the wider dtype, else the largest |difference|); and what each side's own model code
+    computes on the same tokens and images: every layer's output, the embeddings and the logits. A dtype that
+    differs while every value is equal is reported, not failed. --tower compares one tower of each.
     """
     from roundtrip.compare import compare
     from roundtrip.formats import SourceOptions
