@@ -241,7 +241,11 @@ def _read_hf(path: Path, options: SourceOptions) -> Source:
         _check_flat_tower(path, folder.tensors, held[0])
     aside = {key: tensors.pop(key) for key in HF_IGNORED_KEYS if key in tensors}
     for key, tensor in aside.items():
-        check_aside(path, key, tensor)
+        try:
+            check_aside(path, key, tensor)
+        except InputError:
+            folder.check()  # damage first: a flipped bit is named as the record it is in
+            raise
         notes.append(_position_ids_note(key, tensor))
     notes += _tokenizer_warnings(path)
     weights = folder.weight_files
