@@ -40,8 +40,9 @@ mutate: install
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run $(MUTANTS); $(BIN)/mutmut results
 
 # Resume a stopped run of the modules docs/mutation.md reports: the mutants that have no result yet (mutmut's
-# own resume, a run without names, would also start every other module of only_mutate). After writing tests
-# for survivors: make mutate-resume MUTATE_RESUME=--survivors runs the survivors again too.
+# own resume, a run without names, would also start every other module of only_mutate), and every mutant of a
+# function changed since (with the statistics collected again). After writing tests for survivors:
+# make mutate-resume MUTATE_RESUME=--survivors runs the survivors again too.
 MUTATE_MODULES ?= verify references compare open_clip_config architecture destination
 MUTATE_RESUME ?=
 mutate-resume: install
