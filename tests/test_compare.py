@@ -156,6 +156,21 @@ def test_json_carries_the_verdict_the_tensor_table_and_the_logit_figure(tmp_path
     assert len(report["tensors"]) == len(torch.load(sources["openai"], weights_only=True))
     assert isinstance(report["logits"]["max_abs_difference"], float)
     assert report["a"]["architecture"]["vision.heads"] == 2
+    assert (report["tolerance"], report["weights_tolerance"]) == (1e-3, 0.0)
+    loose = json.loads(run_cli("compare", sources["openai"], port, "--json", "--weights-tolerance", "0.5").stdout)
+    assert loose["weights_tolerance"] == 0.5  # the tolerance the report was judged by, as given
+
+
+def test_compare_from_python_holds_weights_bit_for_bit_and_runs_both_models_unless_told_otherwise(tmp_path,
+                                                                                                   sources):
+    """compare()'s own defaults, which Python callers get: every weight equal (a weights tolerance of 0) and
+    each side's model code run (the outputs compared)."""
+    from roundtrip.compare import compare
+
+    assert run_cli("to-hf", sources["openai"], tmp_path / "hf").exit_code == 0
+    report = compare(sources["openai"], tmp_path / "hf")
+    assert report.same and report.weights_tolerance == 0.0
+    assert report.outputs is not None and report.outputs.logits is not None
 
 
 def test_usage_errors_exit_2_and_unreadable_sources_1(tmp_path, sources):

@@ -139,6 +139,9 @@ def test_compare_refuses_a_training_checkpoint_naming_its_sides_options_and_says
     assert_refused(result, "epoch_3.pt", "--open-clip-model-b NAME", "--open-clip-config-b FILE",
                    "--openai-architecture-b")
     assert "different" not in result.stdout
+    # on side A, side A's options
+    assert_refused(run_cli("compare", tmp_path / "epoch_3.pt", tmp_path / "oc", "--no-logits"), "epoch_3.pt",
+                   "--open-clip-model-a NAME", "--open-clip-config-a FILE", "--openai-architecture-a")
     (tmp_path / "model.json").write_text(json.dumps(model_cfg))
     same = run_cli("compare", tmp_path / "oc", tmp_path / "epoch_3.pt", "--open-clip-config-b", tmp_path / "model.json")
     assert same.exit_code == 0, same.output
