@@ -202,7 +202,7 @@ def _open_clip_run(model, images, tokens, architecture: Architecture) -> Outputs
         # Pooled by open_clip's own functions, as its encode_text and VisionTransformer pool.
         if architecture.text is not None:
             found["text.pooled"] = text_global_pool(seen["text.final_layer_norm"], tokens, model.text_pool_type,
-                                                    eos_token_id=getattr(model, "text_eos_id", None))
+                                                    eos_token_id=model.text_eos_id)
         if architecture.vision is not None:
             found["vision.pooled"], _ = model.visual._global_pool(seen.pop("vision.final_layer_norm"))
     return _in_order(architecture, {**seen, **returned, **found})

@@ -161,6 +161,12 @@ def test_json_carries_the_verdict_the_tensor_table_and_the_logit_figure(tmp_path
     assert loose["weights_tolerance"] == 0.5  # the tolerance the report was judged by, as given
 
 
+def test_no_logits_is_said_in_the_report_and_no_model_is_run(tmp_path, sources):
+    assert run_cli("to-hf", sources["openai"], tmp_path / "hf").exit_code == 0
+    report = json.loads(run_cli("compare", sources["openai"], tmp_path / "hf", "--no-logits", "--json").stdout)
+    assert report["logits"] == {"max_abs_difference": None, "note": "--no-logits"} and report["outputs"] is None
+
+
 def test_compare_from_python_holds_weights_bit_for_bit_and_runs_both_models_unless_told_otherwise(tmp_path,
                                                                                                    sources):
     """compare()'s own defaults, which Python callers get: every weight equal (a weights tolerance of 0) and
