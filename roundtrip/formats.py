@@ -55,6 +55,12 @@ class SourceOptions:
     open_clip_config: Path | None = None  # a model config or open_clip_config.json
     openai_architecture: bool = False  # OpenAI's choices (QuickGELU, heads of 64), whatever the file looks like
 
+    @classmethod
+    def of(cls, open_clip_model: str | None, open_clip_config: Path | str | None,
+           openai_architecture: bool) -> SourceOptions:
+        """The options as a caller gives them (a config path as text too; an empty one is refused, not ignored)."""
+        return cls(open_clip_model, None if open_clip_config is None else Path(open_clip_config), openai_architecture)
+
     def given(self) -> bool:
         """Whether an open_clip model is named (an empty name too: it is refused, not ignored)."""
         return self.open_clip_model is not None or self.open_clip_config is not None

@@ -81,8 +81,8 @@ def convert(
     target = FORMATS[to]
     max_shard_bytes = writers.byte_size(max_shard_bytes)
     source_path = Path(source)
-    detected = formats.detect(source_path, SourceOptions(open_clip_model, Path(open_clip_config) if open_clip_config
-                                                         else None, openai_architecture), target)
+    detected = formats.detect(source_path, SourceOptions.of(open_clip_model, open_clip_config, openai_architecture),
+                              target)
     source_format, options, notes = detected.format, detected.options, detected.notes
     placed = destination.check_destination(dest, [source_path, *options.files()], target.output, overwrite,
                                            [entry.output for entry in FORMATS.values()])

@@ -255,10 +255,8 @@ def assert_equivalent(a: Path | str, b: Path | str, *, tolerance: float = TOLERA
     equal after mapping, or within `weights_tolerance`; every output within `tolerance`), of `tower` alone if
     given; raises AssertionError carrying the report otherwise (or the one-line reason a side could not be
     read)."""
-    options_a = SourceOptions(open_clip_model_a, Path(open_clip_config_a) if open_clip_config_a else None,
-                              openai_architecture_a)
-    options_b = SourceOptions(open_clip_model_b, Path(open_clip_config_b) if open_clip_config_b else None,
-                              openai_architecture_b)
+    options_a = SourceOptions.of(open_clip_model_a, open_clip_config_a, openai_architecture_a)
+    options_b = SourceOptions.of(open_clip_model_b, open_clip_config_b, openai_architecture_b)
     try:
         report = compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=logits,
                          options_a=options_a, options_b=options_b, tower=tower)

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import roundtrip
+from roundtrip.errors import ClipconvError
 
 from conftest import read_json
 
@@ -30,6 +31,7 @@ def test_every_exported_name_is_a_function_and_no_module_shares_it():
 _LOOP = """
 import importlib, sys
 import roundtrip
+from roundtrip.errors import ClipconvError
 from roundtrip import convert
 first = convert
 for module in sys.argv[3:]:
@@ -70,3 +72,11 @@ def test_shard_size_is_taken_as_a_size_with_a_unit_or_refused_with_the_reason(tm
     with pytest.raises(ValueError, match="to='onnx' is not a format"):
         roundtrip.convert(demo_state_dict_file, tmp_path / "other", to="onnx")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]
+
+
+def test_an_empty_open_clip_config_is_refused_not_taken_as_none(tmp_path, demo_state_dict_file):
+    """`open_clip_config=""` names a file (an empty path), as `--open-clip-config ""` does: refused, nothing
+    written, never read as "no config given"."""
+    with pytest.raises(ClipconvError):
+        roundtrip.convert(demo_state_dict_file, tmp_path / "out", to="hf", open_clip_config="", verify_logits=False)
+    assert not (tmp_path / "out").exists()
