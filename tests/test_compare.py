@@ -167,6 +167,14 @@ def test_no_logits_is_said_in_the_report_and_no_model_is_run(tmp_path, sources):
     assert report["logits"] == {"max_abs_difference": None, "note": "--no-logits"} and report["outputs"] is None
 
 
+def test_models_of_other_shapes_are_different_and_no_model_is_run_on_a_probe_that_fits_one(sources):
+    result = run_cli("compare", sources["openai"], sources["open_clip"], "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["logits"] == {"max_abs_difference": None, "note": "the shapes differ, so no probe fits both models"}
+    assert report["outputs"] is None and report["verdict"] == "different"
+
+
 def test_compare_from_python_holds_weights_bit_for_bit_and_runs_both_models_unless_told_otherwise(tmp_path,
                                                                                                    sources):
     """compare()'s own defaults, which Python callers get: every weight equal (a weights tolerance of 0) and
