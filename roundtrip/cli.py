@@ -12,6 +12,7 @@ import click
 from roundtrip import __version__, process
 from roundtrip.casting import DTYPE_CHOICES
 from roundtrip.facts import HF_SHARD_PATTERN
+from roundtrip.schema import TOWERS
 
 # Per target format: its command, what it does, examples; the options are the same for every command.
 COMMANDS = {
@@ -135,7 +136,7 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
         click.option("--openai-architecture", is_flag=True,
                      help="SOURCE (a checkpoint file) is OpenAI's architecture (QuickGELU, heads of 64), though it "
                           "looks like a training run's."),
-        click.option("--tower", type=click.Choice(["text", "vision"]),
+        click.option("--tower", type=click.Choice(TOWERS),
                      help="Convert this tower alone, from a model of both or of that one (to-hf: a CLIPTextModel"
                           "WithProjection or CLIPVisionModelWithProjection folder, or the class without a "
                           "projection for a tower that has none)."),
@@ -191,7 +192,7 @@ def _side_options(function):
               help="Largest |difference| of a weight for the same model (0: every value equal, bit for bit).")
 @click.option("--no-logits", is_flag=True, help="Compare configs and tensors only: no model is built.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON object.")
-@click.option("--tower", type=click.Choice(["text", "vision"]),
+@click.option("--tower", type=click.Choice(TOWERS),
               help="Compare this tower alone (its weights and every layer's output), of models of any kinds: "
                    "a whole model's against a tower alone, say.")
 @_side_options

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from roundtrip import formats, mapping, verify
-from roundtrip.dtypes import DTYPES
 from roundtrip.errors import ClipconvError
 from roundtrip.formats import Loaded, SourceOptions
 from roundtrip.strided import Joined
@@ -225,10 +224,7 @@ def _values(tensor):
 
     if isinstance(tensor, Joined):
         return numpy.concatenate([_values(part) for part in tensor.parts])
-    if tensor.dtype.name == "bfloat16":
-        bits = dataclasses.replace(tensor, dtype=DTYPES["int16"]).numpy().view(numpy.uint16)
-        return (bits.astype(numpy.uint32) << 16).view(numpy.float32)
-    return tensor.numpy()
+    return tensor.values()
 
 
 def _wider(a, b):

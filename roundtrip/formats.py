@@ -107,14 +107,11 @@ class Source:
         """This source as the way back to its format needs it."""
         dtypes = {key: tensor.dtype.name for key, tensor in {**self.tensors, **self.aside}.items()}
         order = self.key_order or list(self.tensors)
-        aside = {key: {"dtype": tensor.dtype.name, "shape": list(tensor.shape), "hex": _bytes(tensor).hex()}
+        aside = {key: {"dtype": tensor.dtype.name, "shape": list(tensor.shape), "hex": tensor.tobytes().hex()}
                  for key, tensor in self.aside.items()}
         return Record(self.format.name, self.path.name, self.kind, dtypes, order, self.attributes, self.config,
                       aside, self.unprefixed)
 
-
-def _bytes(tensor: Strided) -> bytes:
-    return bytes(tensor.raw()) if tensor.is_contiguous() else tensor.numpy().tobytes()
 
 
 @dataclass
@@ -302,21 +299,11 @@ def check_aside(where: Path | str, key: str, tensor: Strided) -> None:
     if key in HF_IGNORED_KEYS:
         row = tensor.shape[-1] if tensor.dim() in (1, 2) and tensor.numel() == tensor.shape[-1] else None
         if row is None or not (tensor.dtype.name == "int64" or tensor.is_floating_point()) or not bool(
-                (_as_float64(tensor).reshape(-1).round() == numpy.arange(row)).all()):
+                (tensor.values().reshape(-1).round() == numpy.arange(row)).all()):
             raise InputError(where, f"{key} is not the positions 0 to n-1 in order ({tensor.dtype.name}, shape "
                                     f"{list(tensor.shape)}): a model that embeds its positions otherwise")
     elif tensor.dim() != 0 or not tensor.is_floating_point():
         raise InputError(where, f"{key} is not one float ({tensor.dtype.name}, shape {list(tensor.shape)})")
-
-
-def _as_float64(tensor: Strided):
-    """Its values as numpy float64, bfloat16 (which numpy lacks) included: its bits are float32's upper half."""
-    import numpy
-
-    if tensor.dtype.name != "bfloat16":
-        return tensor.numpy().astype(numpy.float64)
-    halves = numpy.frombuffer(_bytes(tensor), numpy.uint16)
-    return (halves.astype(numpy.uint32) << 16).view(numpy.float32).astype(numpy.float64)
 
 
 def _hf_preprocessing(folder: Path) -> Preprocessing:

@@ -104,13 +104,14 @@ def convert(
     config, config_notes = target.make_config(architecture, read, restored, shapes)
     openai_weights = mapping.convert(tensors, source_format.layout, "openai", towers)
     weights = mapping.convert(openai_weights, "openai", target.layout, towers)
-    attributes = _restored_attributes(restored, architecture) if target.keeps_attributes else {}
-    attributes.update(_put_back(read.path, restored, towers, target.layout, weights))
+    # Beside the weights: OpenAI's TorchScript attributes, and what an earlier conversion set aside
+    beside = {**(_restored_attributes(restored, architecture) if target.keeps_attributes else {}),
+              **_put_back(read.path, restored, towers, target.layout, weights)}
     cast = _cast(dtype, restored, target)
     provenance = (read.provenance or Provenance(formats.tool(), {})).adding(read.record(), formats.tool(),
                                                                               dropping=target.name)
-    summary = Summary(Path(dest), target.title_of(architecture), len(weights) + len(attributes),
-                      cast.summary({**weights, **attributes}), [], architecture,
+    summary = Summary(Path(dest), target.title_of(architecture), len(weights) + len(beside),
+                      cast.summary({**weights, **beside}), [], architecture,
                       notes=[*notes, *read.notes, *config_notes])
     sides = (source_format.side(read.config), target.side(config))
     checked, checked_layout = weights, target.layout
@@ -118,7 +119,7 @@ def convert(
         checked, checked_layout = _cast_once(openai_weights, weights, target.layout, cast, read.release, sides)
         weights = mapping.convert(checked, checked_layout, target.layout, towers)
     # The logit check takes `checked` alone, the writer all it writes, under the target's key prefix.
-    output = mapping.with_prefix(_as_stored(_in_order({**weights, **attributes}, restored), restored),
+    output = mapping.with_prefix(_as_stored(_in_order({**weights, **beside}, restored), restored),
                                  target.key_prefix)
     # The staged output is moved into place or removed first, then the side jobs are waited for.
     with _background() as background, destination.staged(placed, is_folder=target.output.is_folder) as staging:

@@ -114,15 +114,15 @@ def _is_tensor_bytes(spec) -> bool:
                     for n in spec["shape"])):
         return False
     size = math.prod(spec["shape"]) * dtypes.from_name(spec["dtype"]).itemsize
-    return size <= MAX_ASIDE_BYTES and len(spec["hex"]) == 2 * size and _is_hex(spec["hex"])
+    return size <= MAX_ASIDE_BYTES and len(spec["hex"]) == 2 * size and _hex_bytes(spec["hex"]) == size
 
 
-def _is_hex(text: str) -> bool:
+def _hex_bytes(text: str) -> int | None:
+    """How many bytes `text` spells in hex (fromhex skips whitespace, which the length above counted)."""
     try:
-        bytes.fromhex(text)
+        return len(bytes.fromhex(text))
     except ValueError:
-        return False
-    return text.isascii() and " " not in text
+        return None
 
 
 def _is_integer_attribute(spec) -> bool:

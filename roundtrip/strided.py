@@ -46,6 +46,9 @@ class _TensorShaped:
         return self.dtype.is_floating_point
 
 
+_INTEGER_OF_WIDTH = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}  # bytes -> a dtype numpy has
+
+
 @dataclass(frozen=True)
 class Strided(_TensorShaped):
     """Elements of `dtype` in `buffer`: element [i, j, ...] is at byte `start + (i*strides[0] + j*strides[1] +
@@ -110,6 +113,24 @@ class Strided(_TensorShaped):
         item = self.dtype.itemsize
         return numpy.ndarray(self.shape, self.dtype.numpy, buffer=self.buffer, offset=self.start,
                              strides=tuple(stride * item for stride in self.strides))
+
+    def values(self) -> numpy.ndarray:
+        """Its values as a numpy array: a view, except for bfloat16 (which numpy lacks), widened exactly to
+        float32 by its bits."""
+        import numpy
+
+        if self.dtype.name != "bfloat16":
+            return self.numpy()
+        return (self._bits().astype(numpy.uint32) << 16).view(numpy.float32)
+
+    def tobytes(self) -> bytes:
+        """Its elements' bytes, in order (copied out of a view that is not contiguous)."""
+        return bytes(self.raw()) if self.is_contiguous() else self._bits().tobytes()
+
+    def _bits(self) -> numpy.ndarray:
+        """Its elements as numpy integers of their width (bfloat16's 16 bits included)."""
+        width = DTYPES[_INTEGER_OF_WIDTH[self.dtype.itemsize]]
+        return Strided(self.buffer, width, self.shape, self.strides, self.start).numpy().view(f"u{width.itemsize}")
 
     def torch(self) -> torch.Tensor:
         """A torch view of the same bytes."""

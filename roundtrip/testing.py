@@ -173,7 +173,10 @@ def random_state_dict(architecture: Architecture, format: str = "openai", dtype_
         state_dict = mapping.of_towers(state_dict, "openai", architecture.towers, projections)
     if dtype_mix == "openai":
         halved = _halved_by_openai(architecture, format)
-        return {key: tensor.half() if halved[key] else tensor for key, tensor in state_dict.items()}
+        # transformers' classes of a tower without a projection name their keys without the tower's prefix
+        prefix = HF_TOWER_PREFIXES[architecture.towers[0]] if architecture.towers != TOWERS else ""
+        return {key: tensor.half() if halved[key if key in halved else prefix + key] else tensor
+                for key, tensor in state_dict.items()}
     if dtype_mix not in DTYPE_MIXES:
         raise ValueError(f"dtype_mix must be one of {', '.join(DTYPE_MIXES)}, not {dtype_mix!r}")
     dtype = getattr(torch, dtype_mix)

@@ -122,3 +122,17 @@ def test_casting_joined_parts_into_memory_gives_the_bytes_of_torchs_cast():
     parts = [torch.randn(3, 4, generator=torch.Generator().manual_seed(n)) for n in range(3)]
     (cast,) = Cast.from_choice("float16").in_memory({"w": Joined(tuple(map(_as_view, parts)))}).values()
     assert bytes(cast.raw()) == bytes(raw_bytes(torch.cat(parts).half()))
+
+
+@given(dtype=st.sampled_from(["float32", "float16", "bfloat16", "int64"]), transposed=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_a_views_values_and_bytes_are_torchs_in_every_dtype_and_layout(dtype, transposed, seed):
+    """`Strided.values()` (bfloat16 widened by its bits) and `tobytes()` (a transposed view copied in order) give
+    what torch gives for the same tensor."""
+    torch.manual_seed(seed)
+    tensor = (torch.randn(3, 5) * 100).to(getattr(torch, dtype))
+    tensor = tensor.t() if transposed else tensor
+    view = _as_view(tensor)
+    assert view.is_contiguous() is not transposed
+    assert torch.equal(torch.from_numpy(view.values().copy()), tensor.float() if dtype == "bfloat16" else tensor)
+    assert view.tobytes() == bytes(raw_bytes(tensor))

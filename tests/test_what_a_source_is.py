@@ -592,6 +592,9 @@ BAD_ASIDE = {
     "bytes that do not fill the shape": (lambda aside: aside[POSITION_IDS].update(hex=aside[POSITION_IDS]["hex"][:-2]),
                                          "malformed clipconv metadata"),
     "a dtype no tensor has": (lambda aside: aside[POSITION_IDS].update(dtype="object"), "malformed clipconv metadata"),
+    "whitespace in the bytes, which spell fewer of them": (
+        lambda aside: aside[POSITION_IDS].update(hex=aside[POSITION_IDS]["hex"][:-2] + "\n\n"),
+        "malformed clipconv metadata"),
     "a shape larger than a bookkeeping tensor": (
         lambda aside: aside[POSITION_IDS].update(shape=[1, 1 << 20], hex="00" * (8 << 20)), "malformed clipconv"),
     "position_ids out of order": (lambda aside: aside.update({POSITION_IDS: _reversed(aside[POSITION_IDS])}),
@@ -673,6 +676,21 @@ def test_without_projection_is_refused_without_a_tower_or_for_a_tower_that_has_n
 
 
 # safetensors for OpenAI's layout too: it carries clipconv's record of the source, which the way back restores
+@pytest.mark.parametrize("name", ONE_TOWER_CLASSES)
+def test_a_tower_alone_in_openais_dtype_mix_halves_what_openai_halves(name):
+    """roundtrip.testing's OpenAI mix for each HF class of one tower (flat keys included): fp16 for the linear
+    layers and projections, fp32 for the embeddings' positions and the LayerNorms."""
+    tower, projected = ONE_TOWER_CLASSES[name]
+    weights = random_state_dict(DEMO.alone(tower, projected), "hf", "openai")
+    dtypes = {key.split("model.", 1)[-1] if key.startswith(f"{tower}_model.") else key: tensor.dtype
+              for key, tensor in weights.items()}
+    assert dtypes["encoder.layers.0.self_attn.q_proj.weight"] == torch.float16
+    assert dtypes["encoder.layers.0.layer_norm1.weight"] == torch.float32
+    assert dtypes["embeddings.position_embedding.weight"] == torch.float32
+    projection = "text_projection.weight" if tower == "text" else "visual_projection.weight"
+    assert (projection in dtypes) is projected and (not projected or dtypes[projection] == torch.float16)
+
+
 TARGETS = {"openai": ("to-openai", "tower.safetensors"), "hf": ("to-hf", "tower-hf"),
            "open_clip": ("to-open-clip", "tower-oc")}
 
