@@ -12,7 +12,7 @@ import click
 from roundtrip import __version__, process
 from roundtrip.casting import DTYPE_CHOICES
 from roundtrip.facts import HF_SHARD_PATTERN
-from roundtrip.schema import TOWERS
+from roundtrip.schema import ENCODER_NAMES, TOWERS
 
 # Per target format: its command, what it does, examples; the options are the same for every command.
 COMMANDS = {
@@ -111,7 +111,8 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
                            overwrite=options["overwrite"], open_clip_model=options["open_clip_model"],
                            open_clip_config=options["open_clip_config"],
                            openai_architecture=options["openai_architecture"], tower=options["tower"],
-                           without_projection=options["without_projection"], report=report, progress=progress,
+                           without_projection=options["without_projection"], encoder=options["encoder"],
+                           report=report, progress=progress,
                            **({"max_shard_bytes": max_shard_size} if max_shard_size is not None else {}))
 
         _print_summary(_run(ctx, run, debug))
@@ -143,6 +144,10 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
         click.option("--without-projection", is_flag=True,
                      help="With --tower: leave the tower's projection out (Stable Diffusion 1's text encoder is a "
                           "CLIPTextModel, which has none)."),
+        click.option("--encoder", type=click.Choice(ENCODER_NAMES),
+                     help="The text encoder to take out of a diffusion model's single-file checkpoint (Stable "
+                          "Diffusion 1.x/2.x/XL/3): clip_l (OpenAI's ViT-L/14), clip_h (ViT-H-14), clip_g "
+                          "(ViT-bigG-14); needed where it holds more than one."),
         click.option("--overwrite", is_flag=True, help="Replace DEST if clipconv wrote it with this command "
                      "(only once the new one is complete)."),
         click.option("--no-verify", is_flag=True, help="Skip the check of every layer's output and the logits, "
@@ -158,6 +163,65 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
 
 for _name, _help in COMMANDS.items():
     _command(_name, *_help, shards=_name == "hf")
+
+
+DIFFUSERS_EXAMPLES = """
+  clipconv to-diffusers sd_xl_base_1.0.safetensors sdxl-text-encoders
+  clipconv to-diffusers v1-5-pruned-emaonly.ckpt sd15-text-encoder --dtype float32
+  clipconv to-diffusers clip_g.safetensors clip-g-diffusers
+  python -c 'from transformers import CLIPTextModelWithProjection as M
+  M.from_pretrained("sdxl-text-encoders", subfolder="text_encoder_2")'"""
+
+
+@main.command("to-diffusers", epilog=f"\b\nExamples:{DIFFUSERS_EXAMPLES}",
+              short_help="A diffusion model's CLIP text encoders as diffusers components.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())
+@click.option("--dtype", type=click.Choice(["keep", *[choice for choice in DTYPE_CHOICES if choice not in
+                                                      ("keep", "restore")]]),
+              default="keep", show_default=True, help="'keep': the file's dtypes, as diffusers keeps them; or one "
+                                                       "dtype for every floating tensor.")
+@click.option("--overwrite", is_flag=True, help="Replace DEST if clipconv wrote it with this command (only once the "
+                                                "new one is complete).")
+@click.option("--no-verify", is_flag=True, help="Skip the check of every layer's output (no model is built).")
+@click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
+@click.pass_context
+def diffusers_command(ctx, source: Path, dest: str, dtype: str, overwrite: bool, no_verify: bool, debug: bool):
+    """Write the CLIP text encoders of a diffusion model's single file SOURCE as diffusers components in DEST.
+
+    \b
+    SOURCE is a Stable Diffusion 1.x, 2.x, XL, XL refiner or 3 single-file
+    checkpoint (.safetensors, or .ckpt/.pt read without running anything in
+    it), or a text encoder in a file of its own (clip_l, clip_g, clip_h as
+    ComfyUI keeps them). Only the encoders' tensors are read.
+
+    \b
+    DEST gets one folder per encoder, named as that model's diffusers pipeline
+    names it: text_encoder/ (CLIPTextModel, or CLIPTextModelWithProjection for
+    SD3) with tokenizer/, and text_encoder_2/ (CLIPTextModelWithProjection)
+    with tokenizer_2/. Each holds what diffusers' own single-file loading
+    builds: Stable Diffusion 2.x's text_encoder/ the blocks the model reads
+    (all but the last, without the projection and logit_scale), SD3's CLIP-L
+    the identity projection its pipeline implies; the summary names what is
+    left out or added. Tokenizers pad as the model's code does: with
+    end-of-text for CLIP-L, with "!" (id 0) for open_clip's H and bigG.
+
+    \b
+    Unless --no-verify is given, the source's own model code (open_clip's for
+    2.x's and XL's open_clip encoders, transformers' for the rest) and
+    transformers' class of each component run the weights, and every layer's
+    output and the pooled (and projected) embedding must agree within 1e-3;
+    otherwise nothing is written. DEST must not exist, or with --overwrite be
+    this command's own earlier output.
+    """
+    from roundtrip.pipeline import convert_to_diffusers
+
+    def run(report, progress):
+        return convert_to_diffusers(source, dest, dtype=dtype, verify_logits=not no_verify, overwrite=overwrite,
+                                    report=report, progress=progress)
+
+    for summary in _run(ctx, run, debug):
+        _print_summary(summary)
 
 
 COMPARE_EXAMPLES = """

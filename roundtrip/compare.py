@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roundtrip import formats, mapping, verify
+from roundtrip import formats, mapping, single_file, verify
 from roundtrip.errors import ClipconvError
 from roundtrip.formats import Loaded, SourceOptions
 from roundtrip.strided import Joined
@@ -176,7 +176,7 @@ def _load(path: Path, options: SourceOptions, side: str, tower: str | None) -> t
     """One side read and understood (of `tower` alone, if given), and what it is; its refusals name the side's
     own options."""
     try:
-        detected = formats.detect(path, options)
+        detected = single_file.detect(path, options) or formats.detect(path, options)
         loaded = formats.load(detected.format, path, detected.options)
         described = loaded.source.described(loaded.architecture)  # what it is, before a tower is taken out
         cut, notes = (loaded, []) if tower is None else formats.tower_alone(loaded, tower)
@@ -266,6 +266,6 @@ def _agreement(sides: list[Loaded], weights: list[dict], layout: str) -> verify.
     images, tokens = verify.probe_images(architecture), verify.probe_tokens(architecture)
     outputs = []
     for side, side_weights in zip(sides, weights, strict=True):
-        reference = side.source.format.side(side.source.config)
+        reference = side.source.format.side(side.source.config, side.architecture)
         outputs.append(verify.reference_outputs(reference, side_weights, layout, side.architecture, images, tokens))
     return verify.agreement(*outputs)

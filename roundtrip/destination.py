@@ -38,6 +38,7 @@ class OutputKind:
     title: str  # what it is called, e.g. "Hugging Face CLIPModel folder"
     written_here: Callable[[Path], bool]
     may_hold: Callable[[str], bool] = lambda name: False  # what `overwrite` may replace inside a folder
+    may_hold_folder: Callable[[Path], bool] = lambda folder: False  # ... and which folders inside it
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ def _check_replaceable(placed: Path, dest: Path | str, kind: OutputKind, overwri
         raise OutputError(dest, f"is another clipconv command's output ({other.title}), and overwriting replaces "
                                 f"only this command's ({kind.title}): choose another destination")
     if kind.is_folder:
-        foreign = sorted(entry.name for entry in placed.iterdir() if entry.is_dir() or not kind.may_hold(entry.name))
+        foreign = sorted(entry.name for entry in placed.iterdir()
+                         if not (kind.may_hold_folder(entry) if entry.is_dir() else kind.may_hold(entry.name)))
         if foreign:
             others = f" ({len(foreign)} such entries in all)" if len(foreign) > 1 else ""
             raise OutputError(dest, f"holds {foreign[0]}, which is not part of a clipconv model folder{others}: "

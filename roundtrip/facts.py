@@ -29,8 +29,12 @@ TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+# A diffusers pipeline's folder of a text encoder -> its tokenizer's folder
+DIFFUSERS_TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 MODEL_CARD = "README.md"
 MERGES_HEADER = "#version: 0.2"  # first line of the hub's merges.txt; readers of the format skip it
+
+TOKENIZER_FILES = frozenset({VOCAB_FILE, MERGES_FILE, TOKENIZER_JSON, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP})
 
 # Every name a folder written by `clipconv to-hf` can hold: what --overwrite may replace.
 HF_FOLDER_NAMES = frozenset({

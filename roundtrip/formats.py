@@ -54,12 +54,14 @@ class SourceOptions:
     open_clip_model: str | None = None  # a name in open_clip's registry
     open_clip_config: Path | None = None  # a model config or open_clip_config.json
     openai_architecture: bool = False  # OpenAI's choices (QuickGELU, heads of 64), whatever the file looks like
+    encoder: str | None = None  # which text encoder of a diffusion model's single file (clip_l, clip_g, ...)
 
     @classmethod
     def of(cls, open_clip_model: str | None, open_clip_config: Path | str | None,
-           openai_architecture: bool) -> SourceOptions:
+           openai_architecture: bool, encoder: str | None = None) -> SourceOptions:
         """The options as a caller gives them (a config path as text too; an empty one is refused, not ignored)."""
-        return cls(open_clip_model, None if open_clip_config is None else Path(open_clip_config), openai_architecture)
+        return cls(open_clip_model, None if open_clip_config is None else Path(open_clip_config), openai_architecture,
+                   encoder)
 
     def given(self) -> bool:
         """Whether an open_clip model is named (an empty name too: it is refused, not ignored)."""
@@ -147,16 +149,18 @@ class Format:
     name: str  # as provenance records name it, and convert(..., to=name) takes it
     title: str  # what its checkpoints are called
     layout: str  # the schema's key layout of its tensors
-    output: OutputKind
     reference: references.Reference
     read: Callable[[Path, SourceOptions], Source]
     architecture: Callable[[Source, Shapes], Architecture]  # its config (or fixed choices) -> an architecture
-    incompatibilities: Callable[[Architecture], list[str]]  # what it cannot represent
-    make_config: Callable[[Architecture, Source, Record | None, Shapes], tuple[dict | None, list[str]]]
-    write: Callable[[Job], Written]
-    fallback_dtype: str  # what `--dtype restore` writes where nothing is recorded
-    code: str  # whose code cannot represent what `incompatibilities` lists
-    reference_config: Callable[[dict | None], object] = lambda config: config  # its config as its code takes it
+    # As a target (None for a format clipconv reads only):
+    output: OutputKind | None = None
+    incompatibilities: Callable[[Architecture], list[str]] | None = None  # what it cannot represent
+    make_config: Callable[[Architecture, Source, Record | None, Shapes], tuple[dict | None, list[str]]] | None = None
+    write: Callable[[Job], Written] | None = None
+    fallback_dtype: str = "keep"  # what `--dtype restore` writes where nothing is recorded
+    code: str = ""  # whose code cannot represent what `incompatibilities` lists
+    # its config as its code takes it (formats without a config of their own: made from the architecture)
+    reference_config: Callable[[dict | None, Architecture], object] = lambda config, architecture: config
     keeps_attributes: bool = False  # whether it holds OpenAI's 0-dim TorchScript attributes
     shards: bool = False  # whether its weights are split above a size (--max-shard-size)
     # What to tell of an output of one tower ("{tower}": which), where the format holds one whenever the source
@@ -172,9 +176,10 @@ class Format:
         """What its output of `architecture` is called."""
         return self.title if self.title_of_towers is None else self.title_of_towers(architecture)
 
-    def side(self, config: dict | None) -> verify.Side:
-        """This format's model code as one side of the logit check, built from `config` (its own config)."""
-        return verify.Side(self.reference, self.reference_config(config))
+    def side(self, config: dict | None, architecture: Architecture) -> verify.Side:
+        """This format's model code as one side of the logit check, built from `config` (its own config) for a
+        model of `architecture`."""
+        return verify.Side(self.reference, self.reference_config(config, architecture))
 
 
 # ---- OpenAI: a TorchScript archive as released, or a torch.save state dict of clip.model.CLIP ----------------
@@ -481,7 +486,7 @@ OPEN_CLIP = Format(
     make_config=_open_clip_config, write=_write_open_clip, fallback_dtype="float32", code="open_clip's CLIP",
     one_tower="it holds the {tower} tower alone, in open_clip's key layout: open_clip's local-dir: needs both "
               "towers",
-    reference_config=lambda config: open_clip_config.split_config(config)[0],
+    reference_config=lambda config, architecture: open_clip_config.split_config(config)[0],
 )
 FORMATS = {entry.name: entry for entry in (HF, OPENAI, OPEN_CLIP)}
 

@@ -43,6 +43,7 @@ SPECIAL_TOKENS = {
 }
 WORD_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"
                 r"[^\s\p{L}\p{N}]+")
+OPEN_CLIP_PAD_TOKEN = "!"  # id 0, with which open_clip.tokenize pads (as Stable Diffusion 2.x and XL's tokenizers do)
 BPE_TABLE = "bpe_simple_vocab_16e6.txt.gz"  # inside the clip package
 BPE_MERGES = 49152 - 256 - 2  # how many of its merges clip.simple_tokenizer uses
 MIN_CONTEXT_LENGTH = 2  # room for the start and end tokens
@@ -90,23 +91,26 @@ def tokenizer_mismatch(architecture: Architecture) -> str | None:
     return None
 
 
-def tokenizer_files(context_length: int) -> dict[str, str]:
-    """vocab.json and merges.txt (the hub's format), and what CLIPTokenizer/CLIPTokenizerFast load directly."""
+def tokenizer_files(context_length: int, pad_token: str = END_OF_TEXT) -> dict[str, str]:
+    """vocab.json and merges.txt (the hub's format), and what CLIPTokenizer/CLIPTokenizerFast load directly;
+    padding with `pad_token` (end-of-text, as OpenAI's CLIP-L in Stable Diffusion; open_clip's towers pad with
+    id 0, OPEN_CLIP_PAD_TOKEN)."""
     bpe = openai_bpe()
+    special = {**SPECIAL_TOKENS, "pad_token": pad_token}
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": context_length,
         "do_lower_case": True,
         "errors": "replace",
         "add_prefix_space": False,
-        **SPECIAL_TOKENS,
+        **special,
     }
     return {
         VOCAB_FILE: _json(bpe.vocab, indent=None),
         MERGES_FILE: "\n".join([MERGES_HEADER, *(" ".join(pair) for pair in bpe.merges)]) + "\n",
         TOKENIZER_JSON: json.dumps(tokenizer_json(bpe), ensure_ascii=False) + "\n",
         TOKENIZER_CONFIG: _json(config),
-        SPECIAL_TOKENS_MAP: _json(SPECIAL_TOKENS),
+        SPECIAL_TOKENS_MAP: _json(special),
     }
 
 

@@ -254,6 +254,18 @@ def with_prefix(state_dict: Mapping, prefix: str) -> dict:
     return {prefix + key: tensor for key, tensor in state_dict.items()}
 
 
+def before_block(state_dict: Mapping, layout: str, tower: str, first_left_out: int) -> dict:
+    """`state_dict` (a model in `layout`) without `tower`'s residual blocks `first_left_out` and later."""
+    blocks = tuple(c for c in READING[layout] if c.block and c.tower == tower)
+
+    def kept(key: str) -> bool:
+        fields = next((found for c in blocks for pattern in c.sources if (found := pattern.parse(key)) is not None),
+                      None)
+        return fields is None or int(fields[BLOCK_FIELD]) < first_left_out
+
+    return {key: tensor for key, tensor in state_dict.items() if kept(key)}
+
+
 def towers_of(keys: Iterable[str], layout: str) -> tuple[str, ...]:
     """The towers of which `keys` (of `layout`) hold some tensor, in the order of TOWERS."""
     keys = list(keys)

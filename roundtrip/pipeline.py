@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roundtrip import casting, destination, dtypes, formats, mapping, verify, writers
+from roundtrip import casting, destination, diffusers_folder, dtypes, formats, mapping, single_file, verify, writers
 from roundtrip.architecture import Architecture
 from roundtrip.errors import InputError, VerificationError, one_line
 from roundtrip.formats import FORMATS, Format, Job, SourceOptions
@@ -59,6 +59,7 @@ def convert(
     openai_architecture: bool = False,
     tower: str | None = None,
     without_projection: bool = False,
+    encoder: str | None = None,
     report: Report = _silent,
     progress: writers.Progress = lambda done, total: None,
 ) -> Summary:
@@ -81,8 +82,8 @@ def convert(
     target = FORMATS[to]
     max_shard_bytes = writers.byte_size(max_shard_bytes)
     source_path = Path(source)
-    detected = formats.detect(source_path, SourceOptions.of(open_clip_model, open_clip_config, openai_architecture),
-                              target)
+    options = SourceOptions.of(open_clip_model, open_clip_config, openai_architecture, encoder)
+    detected = single_file.detect(source_path, options) or formats.detect(source_path, options, target)
     source_format, options, notes = detected.format, detected.options, detected.notes
     placed = destination.check_destination(dest, [source_path, *options.files()], target.output, overwrite,
                                            [entry.output for entry in FORMATS.values()])
@@ -91,12 +92,45 @@ def convert(
     if source_format is target and (tower is None or loaded.towers == (tower,)):
         # said only of a model that reads as one (a tower taken out of a model of both is a conversion)
         raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
+    if tower is None and source_format.towers != TOWERS:
+        tower = source_format.towers[0]  # a format of one tower (a text encoder): that tower, as if chosen
     if tower is not None:
         loaded, left_out = formats.tower_alone(loaded, tower, projected=not without_projection)
         notes = [*notes, *left_out]
+    notes = [*notes, *_one_tower_notes(loaded.source.path, loaded.towers, target, chosen=tower is not None)]
+    plan = _plan(loaded, target, dest, notes, dtype, verify_logits, max_shard_bytes)
+    # The staged output is moved into place or removed first, then the side jobs are waited for.
+    with _background() as background, destination.staged(placed, is_folder=target.output.is_folder) as staging:
+        # The source's own checksums, beside the writing: a damaged file is refused before anything is kept.
+        intact = background.submit(loaded.source.check)
+        summary = _carry_out(plan, staging, background, report, progress)
+        intact.result()
+        summary.extra_files = plan.finish(summary.agreement)
+    return summary
+
+
+@dataclass
+class _Plan:
+    """One conversion worked out, before anything is written: the weights as the target writes them (`output`)
+    and as the logit check takes them (`checked`, in `checked_layout`), and all its writer needs."""
+
+    target: Format
+    job: Callable[[Path, ThreadPoolExecutor, writers.Progress], Job]  # the writer's, given where to write
+    checked: dict
+    checked_layout: str
+    sides: tuple[verify.Side, verify.Side]
+    summary: Summary
+    verify_logits: bool
+    finish: Callable[[verify.Agreement | None], list[str]] = lambda agreement: []  # the writer's, once written
+
+
+def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[str], dtype: str, verify_logits: bool,
+          max_shard_bytes: int) -> _Plan:
+    """How `loaded` becomes `target` at `dest`: its config, weights, dtypes, provenance and the logit check's
+    sides; what the target cannot represent is refused here."""
     read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
                                                    loaded.architecture, loaded.shapes)
-    notes = [*notes, *_one_tower_notes(read.path, towers, target, chosen=tower is not None)]
+    source_format = read.format
     problems = target.incompatibilities(architecture)
     if problems:
         raise InputError(read.path, f"{target.code} cannot represent this model: " + "; ".join(problems))
@@ -113,7 +147,7 @@ def convert(
     summary = Summary(Path(dest), target.title_of(architecture), len(weights) + len(beside),
                       cast.summary({**weights, **beside}), [], architecture,
                       notes=[*notes, *read.notes, *config_notes])
-    sides = (source_format.side(read.config), target.side(config))
+    sides = (source_format.side(read.config, architecture), target.side(config, architecture))
     checked, checked_layout = weights, target.layout
     if verify_logits:
         checked, checked_layout = _cast_once(openai_weights, weights, target.layout, cast, read.release, sides)
@@ -121,28 +155,36 @@ def convert(
     # The logit check takes `checked` alone, the writer all it writes, under the target's key prefix.
     output = mapping.with_prefix(_as_stored(_in_order({**weights, **beside}, restored), restored),
                                  target.key_prefix)
-    # The staged output is moved into place or removed first, then the side jobs are waited for.
-    with _background() as background, destination.staged(placed, is_folder=target.output.is_folder) as staging:
-        # The source's own checksums, beside the writing: a damaged file is refused before anything is kept.
-        intact = background.submit(read.check)
-        if verify_logits:
-            # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
-            report(f"Verifying the outputs of {sides[0].reference.name} against {sides[1].reference.name}, "
-                   "alongside writing")
-            verification = background.submit(verify.check, checked, checked_layout, *sides,
-                                             architecture)
-        report(f"Writing {len(weights)} tensors")
-        written = target.write(Job(staging, dest, read, output, cast, architecture, config,
-                                   {"format": "pt", METADATA_KEY: provenance.to_json()}, max_shard_bytes, progress,
-                                   read.release, verify_logits, background))
-        summary.files, summary.notes = written.files, [*summary.notes, *written.notes]
-        if verify_logits:
-            # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
-            summary.agreement = _checked(verification, source_path)
-            summary.max_logit_difference = summary.agreement.logits
-            verify.require_agreement(dest, summary.agreement)
-        intact.result()
-        summary.extra_files = written.finish(summary.agreement)
+    metadata = {"format": "pt", METADATA_KEY: provenance.to_json()}
+
+    def job(staging: Path, background: ThreadPoolExecutor, progress: writers.Progress) -> Job:
+        return Job(staging, dest, read, output, cast, architecture, config, metadata, max_shard_bytes, progress,
+                   read.release, verify_logits, background)
+
+    return _Plan(target, job, checked, checked_layout, sides, summary, verify_logits)
+
+
+def _carry_out(plan: _Plan, staging: Path, background: ThreadPoolExecutor, report: Report,
+               progress: writers.Progress) -> Summary:
+    """Write `plan` into `staging`, with the logit check beside the writing; refused (VerificationError) where
+    the check finds the models apart."""
+    summary, sides = plan.summary, plan.sides
+    if plan.verify_logits:
+        # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
+        report(f"Verifying the outputs of {sides[0].reference.name} against {sides[1].reference.name}, "
+               "alongside writing")
+        verification = background.submit(verify.check, plan.checked, plan.checked_layout, *sides,
+                                         summary.architecture)
+    job = plan.job(staging, background, progress)
+    report(f"Writing {len(job.weights)} tensors")
+    written = plan.target.write(job)
+    summary.files, summary.notes = written.files, [*summary.notes, *written.notes]
+    plan.finish = written.finish
+    if plan.verify_logits:
+        # Verification ran on the tensors in memory; the files' bytes were read back from disk as written.
+        summary.agreement = _checked(verification, job.source.path)
+        summary.max_logit_difference = summary.agreement.logits
+        verify.require_agreement(job.dest, summary.agreement)
     return summary
 
 
@@ -249,6 +291,40 @@ def _checked(verification: Future, source: Path) -> verify.Agreement:
     except Exception as error:  # noqa: BLE001 - a model that cannot be built is a fact about this source
         raise VerificationError(source, f"the check could not run the models on it "
                                         f"({type(error).__name__}: {one_line(error)})") from None
+
+
+def convert_to_diffusers(source: Path | str, dest: Path | str, *, dtype: str = "keep", verify_logits: bool = True,
+                         overwrite: bool = False, report: Report = _silent,
+                         progress: writers.Progress = lambda done, total: None) -> list[Summary]:
+    """A diffusion model's single-file checkpoint (Stable Diffusion 1.x, 2.x, XL, XL refiner, 3) or a standalone
+    text encoder file -> a folder with the diffusers component of each CLIP text encoder it holds (`text_encoder/`
+    and `tokenizer/`, `text_encoder_2/` and `tokenizer_2/`), each what diffusers' own single-file loading builds.
+    `dtype`: "keep" (the file's, as diffusers keeps them) or one dtype. One summary per component."""
+    source_path = Path(source)
+    if not (source_path.exists() or source_path.is_symlink()):
+        raise InputError(source_path, "does not exist")
+    found = single_file.found_in(source_path)
+    placed = destination.check_destination(dest, [source_path], diffusers_folder.DIFFUSERS_FOLDER, overwrite,
+                                           [*(entry.output for entry in FORMATS.values()),
+                                            diffusers_folder.DIFFUSERS_FOLDER])
+    report(f"Reading {source_path} ({found.described})")
+    components = [(encoder, *diffusers_folder.component_of(
+        formats.load(single_file.encoder_format(found, encoder), source_path, SourceOptions()), encoder))
+        for encoder in found.encoders]
+    plans, summaries = [], []
+    with _background() as background, destination.staged(placed, is_folder=True) as staging:
+        intact = background.submit(components[0][1].source.check)
+        for encoder, component, notes in components:
+            # planned one at a time: one encoder's weights in memory at once (cast for the logit check)
+            plan = _plan(component, diffusers_folder.component_format(encoder), Path(dest) / encoder.component,
+                         notes, dtype, verify_logits, writers.DEFAULT_MAX_SHARD_BYTES)
+            plans.append(plan)
+            (staging / encoder.component).mkdir()
+            summaries.append(_carry_out(plan, staging / encoder.component, background, report, progress))
+        intact.result()
+        for plan, summary in zip(plans, summaries, strict=True):
+            summary.extra_files = plan.finish(summary.agreement)
+    return summaries
 
 
 def convert_to_hf(source: Path | str, dest: Path | str, **options) -> Summary:

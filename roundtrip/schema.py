@@ -85,6 +85,8 @@ HF_TOWER_PREFIXES = {"text": "text_model.", "vision": "vision_model."}
 _TOWER_BLOCKS = {tower: (TOWER_MODULES["openai"][tower].block + ".", TOWER_MODULES["hf"][tower].block + ".")
                  for tower in TOWERS}
 
+LOGIT_SCALE = "logit_scale"  # the two layouts share its name
+
 RULES: tuple[Rule, ...] = (
     # Text tower.
     Rule(("token_embedding.weight",), ("text_model.embeddings.token_embedding.weight",), Identity(), "text"),
@@ -103,7 +105,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("visual.ln_post.{wb}",), ("vision_model.post_layernorm.{wb}",), Identity(), "vision"),
     Rule(("visual.proj",), ("visual_projection.weight",), Transpose(), "vision", projection=True),
     # Shared: a model of both towers has it; a tower alone may keep it (Stable Diffusion 2.x's text encoder does).
-    Rule(("logit_scale",), ("logit_scale",), Identity(), None),
+    Rule((LOGIT_SCALE,), (LOGIT_SCALE,), Identity(), None),
 ) + tuple(
     Rule(
         tuple(openai_prefix + name for name in openai),
@@ -135,7 +137,7 @@ OPTIONAL_KEYS = {"openai": tuple(OPENAI_ARCHIVE_ATTRIBUTES), "hf": HF_IGNORED_KE
 # What a conversion may set aside (provenance.Record.aside) and put back on the way back to the same layout:
 # the buffers older transformers saved, and logit_scale, which a tower alone keeps in OpenAI's layout (as
 # Stable Diffusion 2's text encoder does) and transformers' one-tower classes have no place for.
-ASIDE_KEYS = {"openai": ("logit_scale",), "hf": HF_IGNORED_KEYS}
+ASIDE_KEYS = {"openai": (LOGIT_SCALE,), "hf": HF_IGNORED_KEYS}
 
 # What each variant is, and why no format of clipconv's takes it (CLIPModel lacks it; OpenAI's code too, and
 # clipconv maps only what all its formats share, so to-open-clip and compare refuse it as well).
@@ -183,3 +185,60 @@ SHAPE_SOURCES = {
 }
 # Each tower's projection, where it has one: (OpenAI key, the axis that is the shared embedding's width).
 PROJECTIONS = {"text": ("text_projection", 1), "vision": ("visual.proj", 1)}
+
+
+# ---- Diffusion models' CLIP text encoders ---------------------------------------------------------------------
+# A diffusion model's single-file checkpoint holds its text encoders under a prefix each, beside the UNet/VAE
+# (and T5) tensors, which no conversion reads. Each encoder is a CLIP text tower alone, in one of the two key
+# layouts above. Provenance: diffusers 0.42 `loaders/single_file_utils.py` (CHECKPOINT_KEY_NAMES,
+# LDM_CLIP_PREFIX_TO_REMOVE, create_diffusers_clip_model_from_ldm) and the pipelines' components; Stability's
+# generative-models `sgm/modules/encoders/modules.py` (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder2); ComfyUI's
+# `comfy/sd.py` (standalone text encoder files).
+
+
+@dataclass(frozen=True)
+class EmbeddedEncoder:
+    """One CLIP text encoder inside a single-file checkpoint, and the diffusers component that holds it."""
+
+    name: str  # what --encoder takes, as SD3 and ComfyUI name them: clip_l (OpenAI's ViT-L/14), clip_h, clip_g
+    prefix: str  # what the file puts before each of its keys (which are in `layout`)
+    layout: str  # "hf" or "openai"
+    component: str  # the diffusers pipeline's folder for it: "text_encoder", "text_encoder_2"
+    # diffusers' component holds the blocks the diffusion model reads: all but the last where it reads the
+    # penultimate block's output through the final LayerNorm (Stable Diffusion 2.x), without the projection
+    # and logit_scale that only the last block feeds.
+    drops_last_block: bool = False
+    # diffusers' component is a CLIPTextModelWithProjection where the file has no projection (SD3's CLIP-L):
+    # its pipeline's code reads an identity there.
+    identity_projection: bool = False
+
+
+@dataclass(frozen=True)
+class SingleFileLayout:
+    """A diffusion model family's single-file checkpoint: its text encoders, each told by its own prefix."""
+
+    family: str  # for people: "Stable Diffusion XL"
+    encoders: tuple[EmbeddedEncoder, ...]
+
+
+# The HF text tower's keys inside the older Stable Diffusion 1.x files lack CLIPModel's "text_model." (as
+# transformers before 4.x saved CLIPTextModel); with it, they are the HF layout's keys.
+SINGLE_FILE_LAYOUTS = (
+    SingleFileLayout("Stable Diffusion 1.x", (
+        EmbeddedEncoder("clip_l", "cond_stage_model.transformer.", "hf", "text_encoder"),)),
+    SingleFileLayout("Stable Diffusion 2.x", (
+        EmbeddedEncoder("clip_h", "cond_stage_model.model.", "openai", "text_encoder", drops_last_block=True),)),
+    SingleFileLayout("Stable Diffusion XL", (
+        EmbeddedEncoder("clip_l", "conditioner.embedders.0.transformer.", "hf", "text_encoder"),
+        EmbeddedEncoder("clip_g", "conditioner.embedders.1.model.", "openai", "text_encoder_2"))),
+    SingleFileLayout("Stable Diffusion XL refiner", (
+        EmbeddedEncoder("clip_g", "conditioner.embedders.0.model.", "openai", "text_encoder_2"),)),
+    SingleFileLayout("Stable Diffusion 3", (
+        EmbeddedEncoder("clip_l", "text_encoders.clip_l.transformer.", "hf", "text_encoder",
+                        identity_projection=True),
+        EmbeddedEncoder("clip_g", "text_encoders.clip_g.transformer.", "hf", "text_encoder_2"))),
+)
+# A text encoder in a file of its own (ComfyUI's models/text_encoders, SD3's text_encoders/clip_{l,g}, Flux's
+# clip_l): the HF layout's keys, no prefix; which encoder it is, its width tells (`roundtrip.single_file`).
+STANDALONE_ENCODER_PREFIX = ""
+ENCODER_NAMES = tuple(dict.fromkeys(encoder.name for layout in SINGLE_FILE_LAYOUTS for encoder in layout.encoders))

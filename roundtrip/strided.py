@@ -164,6 +164,14 @@ class Joined(_TensorShaped):
     def dtype(self) -> DType:
         return dtype_of(self.parts[0])
 
+    def chunk(self, parts: int, dim: int = 0) -> tuple:
+        """Its parts again (Chunk undoing Concatenate: an HF-layout source to an HF-layout target by way of
+        OpenAI's layout); only as they were joined."""
+        if dim != 0 or parts != len(self.parts):
+            raise ValueError(f"{len(self.parts)} tensors joined along axis 0 cannot be split into {parts} along "
+                             f"axis {dim}")
+        return self.parts
+
 
 def as_torch(tensor) -> torch.Tensor:
     """A torch tensor for a `Strided` view (same bytes), a `Joined` one (concatenated) or a torch tensor."""

@@ -336,3 +336,77 @@ tensor_specs = st.dictionaries(
     st.tuples(st.sampled_from(sorted(DTYPES)), st.lists(st.integers(0, 5), max_size=3).map(tuple)),
     min_size=1, max_size=8,
 )
+
+
+# ---- diffusion models' single files ------------------------------------------------------------------------
+
+# What else a single file holds, standing in for the UNet, VAE and T5 (names as the real files have them; never
+# read by a conversion of the text encoders, so a few tensors of each dtype the real ones use are enough).
+_STAND_INS = {
+    "model.diffusion_model.input_blocks.0.0.weight": ((8, 4, 3, 3), "float16"),
+    "model.diffusion_model.out.2.bias": ((4,), "float32"),
+    "first_stage_model.encoder.conv_in.weight": ((8, 3, 3, 3), "float32"),
+    "first_stage_model.decoder.conv_out.bias": ((3,), "bfloat16"),
+    "model_ema.decay": ((), "float32"),
+}
+_SD3_STAND_INS = {"text_encoders.t5xxl.transformer.shared.weight": ((16, 8), "float16")}
+
+
+def single_file_tensors(family: str, layers: int = 2, dtype: str = "float16", vocab_size: int = OPENAI_VOCAB_SIZE,
+                        seed: int = 0, older_keys: bool = False, position_ids: bool = False,
+                        width: int | None = None) -> dict:
+    """The tensors of a diffusion model's single-file checkpoint of `family` (as schema.SINGLE_FILE_LAYOUTS
+    names them, or "standalone clip_l|clip_h|clip_g"): each text encoder at its real width (or `width`) with
+    `layers` blocks and random weights in `dtype`, beside stand-ins for the rest. `older_keys`: HF-layout
+    encoders without text_model. (older Stable Diffusion 1.x files); `position_ids`: with the int64 positions
+    older files hold."""
+    import torch
+
+    from roundtrip.schema import HF_IGNORED_KEYS, LOGIT_SCALE, SINGLE_FILE_LAYOUTS, EmbeddedEncoder
+    from roundtrip.single_file import ENCODER_MODELS
+
+    if family.startswith("standalone "):
+        name = family.removeprefix("standalone ")
+        encoders = (EmbeddedEncoder(name, "", "hf", ENCODER_MODELS[name].component),)
+    else:
+        encoders = next(layout.encoders for layout in SINGLE_FILE_LAYOUTS if layout.family == family)
+    generator = torch.Generator().manual_seed(seed)
+    stand_ins = {} if encoders[0].prefix == "" else {**_STAND_INS, **(_SD3_STAND_INS if "3" in family else {})}
+    tensors = {key: torch.randn(shape, generator=generator).to(getattr(torch, kind))
+               for key, (shape, kind) in stand_ins.items()}
+    for index, encoder in enumerate(encoders):
+        real_width = width or ENCODER_MODELS[encoder.name].width
+        # SD 1.x's CLIP-L and SD3's have no projection; open_clip's towers and SD3's CLIP-G have one
+        projected = encoder.layout == "openai" or encoder.name == "clip_g"
+        tower = openai_config.from_clip_kwargs(embed_dim=real_width, image_resolution=16, vision_layers=1,
+                                               vision_width=64, vision_patch_size=16, context_length=77,
+                                               vocab_size=vocab_size, transformer_width=real_width,
+                                               transformer_heads=real_width // HEAD_WIDTH,
+                                               transformer_layers=layers).alone("text", projected)
+        weights = random_state_dict(tower, "openai", dtype, seed + index)
+        if encoder.layout == "openai":
+            weights[LOGIT_SCALE] = torch.tensor(4.6052, dtype=getattr(torch, dtype))
+        else:
+            weights = {key: tensor.contiguous() for key, tensor in
+                       mapping.convert(weights, "openai", "hf", ("text",)).items()}
+            if position_ids:
+                weights[HF_IGNORED_KEYS[0]] = torch.arange(77).unsqueeze(0)
+            if older_keys:
+                weights = mapping.without_prefix(weights, HF_TOWER_PREFIXES["text"])
+        tensors.update(mapping.with_prefix(weights, encoder.prefix))
+    return tensors
+
+
+def write_single_file(path: Path | str, family: str, *, ckpt: bool = False, **options) -> Path:
+    """Write `single_file_tensors(family, **options)` as a .safetensors file, or as a .ckpt
+    (`torch.save({"state_dict": ...})`, as the original training code saved them). Returns `path`."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = single_file_tensors(family, **options)
+    if ckpt:
+        torch.save({"state_dict": tensors, "global_step": torch.tensor(1000)}, path)
+    else:
+        save_file(tensors, path)
+    return path

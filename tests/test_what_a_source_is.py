@@ -208,7 +208,9 @@ NOT_A_MODEL_OF_THE_TARGET = {
     "a torchvision ResNet": ("to-openai", _torchvision_resnet, "not a CLIP checkpoint"),
     "an HF model.safetensors": ("to-openai", lambda tmp_path: _hf_folder(tmp_path) / "model.safetensors",
                                 "its keys are those of a Hugging Face CLIPModel"),
-    "a Stable Diffusion file": ("to-openai", _stable_diffusion_file, "not a CLIP checkpoint"),
+    # read as its text encoder, which holds one tensor of the 21 it needs
+    "a Stable Diffusion file with half an encoder": ("to-openai", _stable_diffusion_file,
+                                                     "missing 19 tensor(s) that a CLIP of this architecture needs"),
     "an HF folder of another model": ("to-hf", _resnet_hf_folder, "is not a CLIP config (model_type is 'resnet')"),
 }
 

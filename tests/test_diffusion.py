@@ -1,0 +1,74 @@
+"""Diffusion models' CLIP text encoders: single files (Stable Diffusion 1.x, 2.x, XL, XL refiner, 3) and standalone
+encoder files to diffusers components, with diffusers' own single-file code as the referee."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_refused, run_cli
+from safetensors.torch import load_file
+
+from roundtrip.pipeline import convert_to_diffusers, convert_to_hf
+from roundtrip.testing import single_file_tensors, write_single_file
+
+# case -> (family, fixture options, the components to-diffusers writes)
+CASES = {
+    "SD 1.x": ("Stable Diffusion 1.x", {"position_ids": True}, ("text_encoder",)),
+    "SD 1.x, older keys": ("Stable Diffusion 1.x", {"older_keys": True}, ("text_encoder",)),
+    # 24 blocks, as diffusers leaves out block 23 by its number; narrower than the real 1024, for speed
+    "SD 2.x": ("Stable Diffusion 2.x", {"layers": 24, "width": 128}, ("text_encoder",)),
+    "SDXL": ("Stable Diffusion XL", {}, ("text_encoder", "text_encoder_2")),
+    "SDXL refiner": ("Stable Diffusion XL refiner", {}, ("text_encoder_2",)),
+    "SD3": ("Stable Diffusion 3", {}, ("text_encoder", "text_encoder_2")),
+    "standalone clip_l": ("standalone clip_l", {}, ("text_encoder",)),
+    "standalone clip_g": ("standalone clip_g", {}, ("text_encoder_2",)),
+}
+
+
+def _diffusers_component(checkpoint: dict, folder: Path, component: str) -> dict[str, torch.Tensor]:
+    """What diffusers' own single-file code builds for `component` from `checkpoint` (with the config written
+    in `folder`, as from_single_file takes a pipeline's config), as a state dict."""
+    import transformers
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+
+    config = json.loads((folder / component / "config.json").read_text())
+    model_class = getattr(transformers, config["architectures"][0])
+    model = create_diffusers_clip_model_from_ldm(model_class, checkpoint, subfolder=component, config=str(folder),
+                                                 local_files_only=True)
+    return model.state_dict()
+
+
+def _unprefixed(tensors: dict) -> dict:
+    return {key.removeprefix("text_model."): tensor for key, tensor in tensors.items()
+            if not key.endswith("position_ids")}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_to_diffusers_writes_what_diffusers_own_single_file_code_builds(tmp_path, case):
+    family, options, components = CASES[case]
+    source = write_single_file(tmp_path / "model.safetensors", family, **options)
+    summaries = convert_to_diffusers(source, tmp_path / "out")
+    assert [summary.dest.name for summary in summaries] == list(components)
+    # diffusers reads no Stable Diffusion 1.x file of the older keys: its referee reads the same tensors named
+    # as in newer files
+    checkpoint = load_file(source) if "older_keys" not in options else single_file_tensors(
+        family, **{name: value for name, value in options.items() if name != "older_keys"})
+    for component in components:
+        written = _unprefixed(load_file(tmp_path / "out" / component / "model.safetensors"))
+        # diffusers has no route for a standalone file, which is already in transformers' key layout: its
+        # tensors are the component's
+        expected = _unprefixed(checkpoint if family.startswith("standalone") else
+                               _diffusers_component(checkpoint, tmp_path / "out", component))
+        assert written.keys() == expected.keys()
+        for key, tensor in written.items():
+            # diffusers loads into a float32 model: the written tensor, widened, must be its every value
+            assert torch.equal(tensor.float(), expected[key].float()), key
+        import transformers
+
+        model_class = getattr(transformers, json.loads((tmp_path / "out" / component / "config.json").read_text())
+                              ["architectures"][0])
+        _, info = model_class.from_pretrained(tmp_path / "out" / component, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
