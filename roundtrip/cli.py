@@ -224,6 +224,56 @@ def diffusers_command(ctx, source: Path, dest: str, dtype: str, overwrite: bool,
         _print_summary(summary)
 
 
+SINGLE_FILE_EXAMPLES = """
+  clipconv to-diffusers sd_xl_base_1.0.safetensors encoders
+  ... fine-tune encoders/text_encoder_2 with diffusers or transformers ...
+  clipconv to-single-file encoders sdxl-finetuned.safetensors --base sd_xl_base_1.0.safetensors
+  clipconv to-single-file encoders/text_encoder_2 out.safetensors --base sd_xl_base_1.0.safetensors"""
+
+
+@main.command("to-single-file", epilog=f"\b\nExamples:{SINGLE_FILE_EXAMPLES}",
+              short_help="Put diffusers text encoders back into a copy of a single-file checkpoint.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())
+@click.option("--base", type=click.Path(path_type=Path), required=True, metavar="FILE",
+              help="The single-file checkpoint to copy, whose text encoders SOURCE's replace.")
+@click.option("--overwrite", is_flag=True, help="Replace DEST if clipconv wrote it with this command (only once the "
+                                                "new one is complete).")
+@click.option("--no-verify", is_flag=True, help="Skip the check of every layer's output and the read-back of the "
+                                                "written bytes.")
+@click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
+@click.pass_context
+def single_file_command(ctx, source: Path, dest: str, base: Path, overwrite: bool, no_verify: bool, debug: bool):
+    """Put the text encoders of a folder of diffusers components SOURCE back into a copy of the single file BASE,
+    written as DEST (safetensors).
+
+    \b
+    SOURCE is a folder as to-diffusers writes it (text_encoder/,
+    text_encoder_2/, ...), a diffusers pipeline folder, or one component's
+    folder (named text_encoder or text_encoder_2). Each component replaces the
+    encoder of BASE that its pipeline keeps there, in BASE's layout, key names
+    and dtypes (q/k/v fused again, projections transposed back); an encoder
+    SOURCE has no folder for stays as BASE has it. What a component has no
+    place for is kept from BASE (Stable Diffusion 2.x's last block, projection
+    and logit_scale; XL's logit_scale). Every other tensor of BASE is copied
+    byte for byte, in BASE's order, with its metadata. A component that is not
+    BASE's encoder (another width, layer count or activation) is refused.
+
+    \b
+    Unless --no-verify is given, transformers runs each component and BASE's
+    model code (open_clip's or transformers') runs it as written, and every
+    layer's output and the pooled (and projected) embedding must agree within
+    1e-3; otherwise nothing is written.
+    """
+    from roundtrip.pipeline import convert_to_single_file
+
+    def run(report, progress):
+        return convert_to_single_file(source, dest, base, verify_logits=not no_verify, overwrite=overwrite,
+                                      report=report, progress=progress)
+
+    _print_summary(_run(ctx, run, debug))
+
+
 COMPARE_EXAMPLES = """
   clipconv compare ViT-B-32.pt ViT-B-32-hf
   clipconv compare laion-ViT-H-14/ my-port-hf --json > report.json

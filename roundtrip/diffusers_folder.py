@@ -7,15 +7,17 @@ CLIPTextModelWithProjection folder holding what that pipeline's component holds 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from roundtrip import formats, hf_config, hf_extras, mapping, writers
-from roundtrip.architecture import Shapes
+from roundtrip.architecture import Architecture, Shapes
 from roundtrip.destination import OutputKind
+from roundtrip.errors import InputError
 from roundtrip.facts import DIFFUSERS_TOKENIZERS, HF_CONFIG, MODEL_CARD, TOKENIZER_FILES, hf_folder_may_hold
 from roundtrip.formats import HF, Format, Job, Loaded, Written
-from roundtrip.schema import PROJECTIONS, SINGLE_FILE_LAYOUTS, EmbeddedEncoder
-from roundtrip.single_file import ENCODER_MODELS
+from roundtrip.schema import HF_TOWER_PREFIXES, PROJECTIONS, SINGLE_FILE_LAYOUTS, EmbeddedEncoder
+from roundtrip.single_file import ENCODER_MODELS, Found
 from roundtrip.strided import Strided
 
 COMPONENTS = tuple(dict.fromkeys(encoder.component for layout in SINGLE_FILE_LAYOUTS for encoder in layout.encoders))
@@ -110,3 +112,91 @@ def _write_component(encoder: EmbeddedEncoder, job: Job) -> Written:
     return Written(files, lambda agreement: [f"{component}/{HF_CONFIG}", f"{tokenizer}/ ({len(tokenizer_files)} "
                                                                             "files)"],
                    notes=[f"{tokenizer}/ pads with {pad!r}, as {model.title} is run"])
+
+
+# ---- back into a single file ---------------------------------------------------------------------------------
+
+
+def components_in(source: Path, found: Found, base: Path) -> list[tuple[EmbeddedEncoder, Path]]:
+    """The components of `source` (a folder of diffusers components, or one component's own folder), each with
+    the encoder of `base` (a file of `found`'s encoders) it replaces."""
+    by_component = {encoder.component: encoder for encoder in found.encoders}
+    if (source / HF_CONFIG).is_file():  # one component's folder, named as its pipeline names it
+        if source.name not in by_component:
+            raise InputError(source, f"is a model folder named {source.name}, and {base} ({found.described}) has no "
+                                     f"encoder diffusers keeps in a folder of that name "
+                                     f"({', '.join(by_component)})")
+        return [(by_component[source.name], source)]
+    present = [name for name in COMPONENTS if (source / name / HF_CONFIG).is_file()]
+    if not present:
+        raise InputError(source, f"holds no diffusers text encoder component ({', '.join(COMPONENTS)} with a "
+                                 f"{HF_CONFIG})")
+    lacking = [name for name in present if name not in by_component]
+    if lacking:
+        raise InputError(source, f"holds {lacking[0]}/, and {base} ({found.described}) has no encoder that goes "
+                                 "there")
+    return [(by_component[name], source / name) for name in present]
+
+
+@dataclass
+class PutBack:
+    """A component's weights as they go back into a single file: under the file's own key names."""
+
+    tensors: dict  # the file's keys (prefixed, as it names them) -> tensors
+    notes: list[str]
+
+
+def put_back(component: Loaded, base_encoder: Loaded, encoder: EmbeddedEncoder, base_keys: set[str]) -> PutBack:
+    """`component` (an HF folder of `encoder`) in `base_encoder`'s layout and names (`base_keys`: all of the
+    base file's keys), with what the component has no place for (Stable Diffusion 2.x's last block, projection
+    and logit_scale; XL's logit_scale) kept from the base; refused where the two are not the same encoder."""
+    path = component.source.path
+    expected, _ = component_of(base_encoder, encoder)
+    differences = _differences(component.architecture, expected.architecture)
+    if differences:
+        raise InputError(path, f"is not {encoder.name} of the base as diffusers keeps it: " + "; ".join(differences))
+    layout = encoder.layout
+    weights = mapping.convert(mapping.convert(component.tensors, "hf", "openai", ("text",)), "openai", layout,
+                              ("text",))
+    notes = []
+    if encoder.identity_projection:
+        (projection,) = mapping.keys_in(layout, [PROJECTIONS["text"][0]])
+        if projection not in base_encoder.tensors:
+            _require_identity(path, projection, weights.pop(projection))
+            notes.append(f"{encoder.name}: the identity {projection} left out, as the base has none")
+    kept = [key for key in base_encoder.tensors if key not in weights]
+    if kept:
+        notes.append(f"{encoder.name}: kept from the base, which the folder has no place for: "
+                     + _blocks_and_keys(kept, layout))
+    tensors = {_stored_key(encoder, key, base_keys): weights.get(key, tensor)
+               for key, tensor in base_encoder.tensors.items()}
+    return PutBack(tensors, notes)
+
+
+def _differences(found: Architecture, expected: Architecture) -> list[str]:
+    said, wanted = found.semantics(), expected.semantics()
+    return [f"{name} is {said[name]}, the base's is {wanted[name]}" for name in wanted if said[name] != wanted[name]]
+
+
+def _require_identity(path: Path, key: str, tensor) -> None:
+    import numpy
+
+    values = tensor.values() if isinstance(tensor, Strided) else tensor.numpy()
+    if values.ndim != 2 or values.shape[0] != values.shape[1] or not numpy.array_equal(values,
+                                                                                        numpy.eye(values.shape[0])):
+        raise InputError(path, f"its {key} is not the identity, and the base has no projection to hold it: "
+                               "putting it back would lose it")
+
+
+def _blocks_and_keys(keys: list[str], layout: str) -> str:
+    """Keys for people: a whole block as "block N"."""
+    return ", ".join(mapping.describe_blocks(keys, layout))
+
+
+def _stored_key(encoder: EmbeddedEncoder, key: str, base_keys: set[str]) -> str:
+    """The base file's name for `key` of `encoder`: with its prefix, and without HF's text_model. where the file
+    stores the encoder without it (older Stable Diffusion 1.x files)."""
+    stored = encoder.prefix + key
+    if stored not in base_keys and encoder.layout == "hf":
+        return encoder.prefix + key.removeprefix(HF_TOWER_PREFIXES["text"])
+    return stored

@@ -254,6 +254,25 @@ def with_prefix(state_dict: Mapping, prefix: str) -> dict:
     return {prefix + key: tensor for key, tensor in state_dict.items()}
 
 
+def keys_in(layout: str, openai_keys: Iterable[str]) -> list[str]:
+    """The keys that OpenAI-layout `openai_keys` (complete groups: a projection, a block's in_proj) have in
+    `layout`."""
+    if layout == "openai":
+        return list(openai_keys)
+    return [target for step in plan(openai_keys, TO_HF) for target in step.targets]
+
+
+def describe_blocks(keys: Iterable[str], layout: str) -> list[str]:
+    """`keys` (of `layout`) for people: the keys of residual blocks as "text block N", the others as they are."""
+    blocks = {c for c in READING[layout] if c.block}
+    named: dict[str, None] = {}
+    for key in keys:
+        fields = next(((c.tower, found) for c in blocks for pattern in c.sources
+                       if (found := pattern.parse(key)) is not None), None)
+        named[key if fields is None else f"{fields[0]} block {fields[1][BLOCK_FIELD]}"] = None
+    return list(named)
+
+
 def before_block(state_dict: Mapping, layout: str, tower: str, first_left_out: int) -> dict:
     """`state_dict` (a model in `layout`) without `tower`'s residual blocks `first_left_out` and later."""
     blocks = tuple(c for c in READING[layout] if c.block and c.tower == tower)

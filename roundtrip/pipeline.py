@@ -14,9 +14,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roundtrip import casting, destination, diffusers_folder, dtypes, formats, mapping, single_file, verify, writers
+from roundtrip import (
+    casting,
+    destination,
+    diffusers_folder,
+    dtypes,
+    formats,
+    mapping,
+    readers,
+    single_file,
+    verify,
+    writers,
+)
 from roundtrip.architecture import Architecture
-from roundtrip.errors import InputError, VerificationError, one_line
+from roundtrip.errors import InputError, OutputError, VerificationError, one_line
 from roundtrip.formats import FORMATS, Format, Job, SourceOptions
 from roundtrip.mapping import MappingError
 from roundtrip.provenance import METADATA_KEY, Provenance, Record
@@ -325,6 +336,78 @@ def convert_to_diffusers(source: Path | str, dest: Path | str, *, dtype: str = "
         for plan, summary in zip(plans, summaries, strict=True):
             summary.extra_files = plan.finish(summary.agreement)
     return summaries
+
+
+def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | str, *, verify_logits: bool = True,
+                           overwrite: bool = False, report: Report = _silent,
+                           progress: writers.Progress = lambda done, total: None) -> Summary:
+    """The text encoders of a folder of diffusers components (or of one component's folder) put back into a
+    copy of the single file `base`, written as safetensors at `dest`: every other tensor of `base` byte for
+    byte, in its order, with its metadata; the encoders in its layout, names and dtypes."""
+    source_path, base_path = Path(source), Path(base)
+    for path in (source_path, base_path):
+        if not (path.exists() or path.is_symlink()):
+            raise InputError(path, "does not exist")
+    if not source_path.is_dir():
+        raise InputError(source_path, "is a file; the source is a folder of diffusers components (or one "
+                                      "component's folder)")
+    if Path(dest).suffix != ".safetensors":
+        raise OutputError(dest, "is written as safetensors: give it a name ending in .safetensors")
+    found = single_file.found_in(base_path)
+    pairs = diffusers_folder.components_in(source_path, found, base_path)
+    placed = destination.check_destination(dest, [source_path, base_path], writers.SINGLE_FILE, overwrite,
+                                           [*(entry.output for entry in FORMATS.values()), writers.SINGLE_FILE])
+    report(f"Reading {base_path} ({found.described}) and {source_path}")
+    base = readers.read_tensor_file(base_path)
+    base_keys = set(base.tensors)
+    replaced, notes, checks = {}, [], []
+    for encoder, folder in pairs:
+        component = formats.load(formats.HF, folder, SourceOptions())
+        base_encoder = formats.load(single_file.encoder_format(found, encoder), base_path, SourceOptions())
+        put = diffusers_folder.put_back(component, base_encoder, encoder, base_keys)
+        replaced.update(put.tensors)
+        notes += [*put.notes, *component.source.notes]
+        checks.append((component, base_encoder.source.format, {key: tensor.dtype.name
+                                                               for key, tensor in base_encoder.tensors.items()}))
+    kept = [encoder.name for encoder in found.encoders if encoder not in [pair[0] for pair in pairs]]
+    notes += [f"{name} kept as the base has it (no folder for it in {source_path})" for name in kept]
+    if base.kind != "safetensors":
+        notes.append(f"the base is a {base.kind} file: its tensors are written as safetensors, in the default order")
+    output = {key: replaced.get(key, tensor) for key, tensor in base.tensors.items()}
+    cast = casting.Cast(recorded={key: tensor.dtype.name for key, tensor in base.tensors.items()})
+    metadata = {**(readers.safetensors_metadata(base_path) if base.kind == "safetensors" else {}),
+                METADATA_KEY: Provenance(formats.tool(), {}).to_json()}
+    order = readers.stored_order(base_path) if base.kind == "safetensors" else None
+    architecture = pairs and checks[0][0].architecture
+    summary = Summary(Path(dest), f"{found.family or 'standalone'} single file", len(output), cast.summary(output),
+                      [Path(dest).name], architecture, notes=notes)
+    with _background() as background, destination.staged(placed, is_folder=False) as staging:
+        intact = background.submit(base.check)
+        # one encoder after the other, in one thread: the two thread pool's other thread checks the base
+        verification = background.submit(lambda: [_check_put_back(component, target, dtypes, encoder) for
+                                                  (component, target, dtypes), (encoder, _) in zip(checks, pairs,
+                                                                                                   strict=True)]) \
+            if verify_logits else None
+        report(f"Writing {len(output)} tensors")
+        expected = writers.write_single_file(staging, output, metadata, cast, progress, read_back=verify_logits,
+                                             order=order)
+        writers.confirm_tensors(readers.read_tensor_file(staging).tensors, expected, dest)
+        for agreement in _checked(verification, source_path) if verify_logits else []:
+            verify.require_agreement(dest, agreement)
+            summary.agreement = agreement if summary.agreement is None or \
+                agreement.largest[1] > summary.agreement.largest[1] else summary.agreement
+        intact.result()
+    return summary
+
+
+def _check_put_back(component: formats.Loaded, target: Format, dtypes: dict, encoder) -> verify.Agreement:
+    """The component's model (transformers) and the base's encoder's model code, on the component's weights as
+    the base stores them (its dtypes)."""
+    architecture = component.architecture
+    stored = mapping.carried_back(dtypes, component.tensors, "hf", encoder.layout)
+    checked = casting.Cast(recorded=stored).in_memory(component.tensors)
+    sides = (formats.HF.side(component.source.config, architecture), target.side(None, architecture))
+    return verify.check(checked, "hf", *sides, architecture)
 
 
 def convert_to_hf(source: Path | str, dest: Path | str, **options) -> Summary:

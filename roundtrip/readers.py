@@ -346,6 +346,16 @@ def _provenance(file: Path, text: str | None) -> Provenance | None:
         raise InputError(file, f"has malformed clipconv metadata ({error})") from None
 
 
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's __metadata__."""
+    return safetensors_file.metadata(path)
+
+
+def stored_order(path: Path) -> list[str]:
+    """The names of a safetensors file's tensors in the order of their bytes."""
+    return safetensors_file.stored_order(path)
+
+
 def sha256_of(path: Path) -> str:
     """Hex SHA-256 of a file, read in chunks (checkpoints are GBs) into one reused buffer."""
     digest = hashlib.sha256()

@@ -17,7 +17,7 @@ import json
 import mmap
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,13 @@ def layout(path: Path) -> dict[str, Written]:
     with open(path, "rb") as handle:
         entries, _, _ = _read_header(handle)
     return {name: Written(dtype, tuple(shape)) for name, (dtype, shape, _, _) in entries.items()}
+
+
+def stored_order(path: Path) -> list[str]:
+    """The names of a file's tensors in the order of their bytes in it."""
+    with open(path, "rb") as handle:
+        entries, _, _ = _read_header(handle)
+    return sorted(entries, key=lambda name: entries[name][2:])
 
 
 def metadata(path: Path) -> dict[str, str]:
@@ -163,12 +170,14 @@ def write(
     cast: Cast = Cast(),
     advance: Callable[[int], None] = lambda _: None,
     read_back: bool = True,
+    order: Sequence[str] | None = None,
 ) -> dict[str, Written]:
     """Stream tensors into one safetensors file, casting while writing; return what must read back.
-    With `read_back`, every block of the file is read back from disk and compared as it is written."""
+    With `read_back`, every block of the file is read back from disk and compared as it is written. `order`:
+    the tensors' order in the file (that of a file being copied); by default larger elements first, as the
+    official library writes them, so that every tensor starts aligned."""
     dtypes = {name: cast.dtype(name, tensor) for name, tensor in tensors.items()}
-    # Larger elements first, as the official library does, so every tensor starts aligned.
-    order = sorted(tensors, key=lambda name: (-dtypes[name].itemsize, name))
+    order = sorted(tensors, key=lambda name: (-dtypes[name].itemsize, name)) if order is None else list(order)
     header: dict = {METADATA: dict(metadata)} if metadata else {}
     offset = 0
     for name in order:

@@ -64,6 +64,8 @@ OPEN_CLIP_FOLDER = OutputKind(is_folder=True, title="open_clip model folder", ma
                               written_here=lambda folder: folder.is_dir() and (folder / OPEN_CLIP_CONFIG).is_file()
                               and _weights_written_here(folder, lambda name: name == OPEN_CLIP_SAFETENSORS))
 OPENAI_FILE = OutputKind(is_folder=False, title="OpenAI CLIP state-dict file", written_here=_openai_file_written_here)
+SINGLE_FILE = OutputKind(is_folder=False, title="diffusion model single file",
+                         written_here=lambda path: path.is_file() and _safetensors_written_here(path))
 
 
 def write_hf_folder(
@@ -208,6 +210,15 @@ def write_openai_file(
     records = torch_zip.write_state_dict(path, state_dict, cast, advance, read_back,
                                          records={PROVENANCE_RECORD: metadata[METADATA_KEY].encode("utf-8")})
     return {key: Written(*record) for key, record in records.items()}
+
+
+def write_single_file(path: Path, tensors: Mapping, metadata: dict[str, str], cast: Cast,
+                      progress: Progress = lambda done, total: None, read_back: bool = True,
+                      order: list[str] | None = None) -> dict[str, Written]:
+    """A diffusion model's single file: `tensors` as safetensors, in `order` (the base file's) if given."""
+    total = sum(t.numel() * cast.dtype(key, t).itemsize for key, t in tensors.items())
+    return safetensors_file.write(path, tensors, metadata, cast, _byte_counter(total, progress, lambda: None),
+                                  read_back, order=order)
 
 
 def confirm_tensors(found: Mapping, expected: dict[str, Written], dest: Path) -> None:
