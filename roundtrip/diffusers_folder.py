@@ -36,11 +36,12 @@ DIFFUSERS_FOLDER = OutputKind(
         writers.HF_FOLDER.written_here(folder / name) for name in COMPONENTS))
 
 
-def component_of(loaded: Loaded, encoder: EmbeddedEncoder) -> tuple[Loaded, list[str]]:
-    """`loaded` (a single file's `encoder`) as diffusers' component of it holds it, and notes of what differs:
-    the text tower alone; without its last block, projection and logit_scale where the diffusion model reads
-    the block before (Stable Diffusion 2.x); with an identity projection where the pipeline's class has one and
-    the file none (Stable Diffusion 3's CLIP-L)."""
+def component_of(loaded: Loaded, encoder: EmbeddedEncoder) -> tuple[Loaded, list[str], Loaded | None]:
+    """`loaded` (a single file's `encoder`) as diffusers' component of it holds it, notes of what differs, and
+    the whole tower it was cut from, where it was: the text tower alone; without its last block, projection and
+    logit_scale where the diffusion model reads the block before (Stable Diffusion 2.x); with an identity
+    projection where the pipeline's class has one and the file none (Stable Diffusion 3's CLIP-L)."""
+    whole, _ = formats.tower_alone(loaded, "text")
     cut, _ = formats.tower_alone(loaded, "text", projected=not encoder.drops_last_block)
     left_out = [key for key in loaded.tensors if key not in cut.tensors]  # logit_scale; SD 2.x: the projection
     notes = []
@@ -58,7 +59,7 @@ def component_of(loaded: Loaded, encoder: EmbeddedEncoder) -> tuple[Loaded, list
         notes.append(f"{encoder.name}: the file has no text projection; diffusers' {encoder.component} is a "
                      f"CLIPTextModelWithProjection, written with the identity its pipeline's code implies "
                      f"({PROJECTIONS['text'][0]} = I, float32)")
-    return cut, notes
+    return cut, notes, whole if encoder.drops_last_block else None
 
 
 def _before_block(loaded: Loaded, first_left_out: int) -> Loaded:
@@ -151,7 +152,7 @@ def put_back(component: Loaded, base_encoder: Loaded, encoder: EmbeddedEncoder, 
     base file's keys), with what the component has no place for (Stable Diffusion 2.x's last block, projection
     and logit_scale; XL's logit_scale) kept from the base; refused where the two are not the same encoder."""
     path = component.source.path
-    expected, _ = component_of(base_encoder, encoder)
+    expected, _, _ = component_of(base_encoder, encoder)
     differences = _differences(component.architecture, expected.architecture)
     if differences:
         raise InputError(path, f"is not {encoder.name} of the base as diffusers keeps it: " + "; ".join(differences))

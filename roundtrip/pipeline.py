@@ -9,6 +9,7 @@ then moves the result into place.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -132,13 +133,15 @@ class _Plan:
     sides: tuple[verify.Side, verify.Side]
     summary: Summary
     verify_logits: bool
+    first_blocks: Callable[[], verify.Agreement] | None = None  # where the source was cut after its first blocks
     finish: Callable[[verify.Agreement | None], list[str]] = lambda agreement: []  # the writer's, once written
 
 
 def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[str], dtype: str, verify_logits: bool,
-          max_shard_bytes: int) -> _Plan:
+          max_shard_bytes: int, whole: formats.Loaded | None = None) -> _Plan:
     """How `loaded` becomes `target` at `dest`: its config, weights, dtypes, provenance and the logit check's
-    sides; what the target cannot represent is refused here."""
+    sides; what the target cannot represent is refused here. `whole`: the model `loaded` was cut from, after
+    its first blocks, whose blocks the check compares too."""
     read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
                                                    loaded.architecture, loaded.shapes)
     source_format = read.format
@@ -172,7 +175,18 @@ def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[
         return Job(staging, dest, read, output, cast, architecture, config, metadata, max_shard_bytes, progress,
                    read.release, verify_logits, background)
 
-    return _Plan(target, job, checked, checked_layout, sides, summary, verify_logits)
+    first_blocks = None if whole is None else functools.partial(
+        verify.first_blocks_agreement, whole.tensors, tensors, source_format.layout,
+        (source_format.side(read.config, whole.architecture), sides[0]), whole.architecture, architecture)
+    return _Plan(target, job, checked, checked_layout, sides, summary, verify_logits, first_blocks)
+
+
+def _verified(plan: _Plan) -> verify.Agreement:
+    """The logit check of `plan`, and of the blocks of the model it was cut from, where it was cut."""
+    found = verify.check(plan.checked, plan.checked_layout, *plan.sides, plan.summary.architecture)
+    if plan.first_blocks is None:
+        return found
+    return verify.Agreement({**plan.first_blocks().differences, **found.differences})
 
 
 def _carry_out(plan: _Plan, staging: Path, background: ThreadPoolExecutor, report: Report,
@@ -184,8 +198,7 @@ def _carry_out(plan: _Plan, staging: Path, background: ThreadPoolExecutor, repor
         # Compute-bound, so in a thread of its own while this one writes (I/O-bound).
         report(f"Verifying the outputs of {sides[0].reference.name} against {sides[1].reference.name}, "
                "alongside writing")
-        verification = background.submit(verify.check, plan.checked, plan.checked_layout, *sides,
-                                         summary.architecture)
+        verification = background.submit(_verified, plan)
     job = plan.job(staging, background, progress)
     report(f"Writing {len(job.weights)} tensors")
     written = plan.target.write(job)
@@ -325,10 +338,10 @@ def convert_to_diffusers(source: Path | str, dest: Path | str, *, dtype: str = "
     plans, summaries = [], []
     with _background() as background, destination.staged(placed, is_folder=True) as staging:
         intact = background.submit(components[0][1].source.check)
-        for encoder, component, notes in components:
+        for encoder, component, notes, whole in components:
             # planned one at a time: one encoder's weights in memory at once (cast for the logit check)
             plan = _plan(component, diffusers_folder.component_format(encoder), Path(dest) / encoder.component,
-                         notes, dtype, verify_logits, writers.DEFAULT_MAX_SHARD_BYTES)
+                         notes, dtype, verify_logits, writers.DEFAULT_MAX_SHARD_BYTES, whole)
             plans.append(plan)
             (staging / encoder.component).mkdir()
             summaries.append(_carry_out(plan, staging / encoder.component, background, report, progress))

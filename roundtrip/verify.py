@@ -173,6 +173,21 @@ def check(weights: Mapping, layout: str, source: Side, target: Side, architectur
     return agreement(first_outputs, beside_outputs)
 
 
+def first_blocks_agreement(whole: Mapping, cut: Mapping, layout: str, sides: tuple[Side, Side],
+                           whole_architecture: Architecture, cut_architecture: Architecture) -> Agreement:
+    """How far apart a model cut after its first blocks (`cut`, of `cut_architecture`: Stable Diffusion 2.x's
+    text encoder as diffusers keeps it) and the whole model it was cut from (`whole`) are, each run by its side
+    of `sides` (one format's code, built for each), on what the cut one keeps of the whole: the input to the
+    first block and each block's output (named "... of the whole model"). With `check` of the cut model against
+    the target, the target's blocks are then the whole model's, whatever the cut did."""
+    images, tokens = probe_images(cut_architecture), probe_tokens(cut_architecture)
+    of_whole = reference_outputs(sides[0], whole, layout, whole_architecture, images, tokens)
+    of_cut = reference_outputs(sides[1], cut, layout, cut_architecture, images, tokens)
+    kept = [name for name in of_cut if name.rpartition(".")[0].endswith(".layers") or name.endswith(".embeddings")]
+    return Agreement({f"{name} of the whole model": (of_cut[name] - of_whole[name]).abs().max().item()
+                      for name in kept})
+
+
 def _once_imported(imports: Future, function, *arguments):
     imports.result()
     return function(*arguments)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from roundtrip.errors import VerificationError
 from roundtrip.pipeline import convert_to_diffusers, convert_to_single_file
 from roundtrip.safetensors_file import metadata, stored_order
 from roundtrip.testing import single_file_tensors, write_single_file
@@ -99,3 +100,73 @@ def test_a_single_file_comes_back_bit_exact_through_diffusers_components(tmp_pat
     if not ckpt:
         assert stored_order(tmp_path / "back.safetensors") == stored_order(base)
         assert metadata(tmp_path / "back.safetensors").items() >= metadata(base).items()
+
+
+# ---- what verification must catch ------------------------------------------------------------------------------
+
+
+def _plant_untransposed_projection(monkeypatch) -> None:
+    """The bug of kohya's sdxl_model_util (and of diffusers before #6933): OpenAI-layout text_projection
+    copied into HF's text_projection.weight as it is. Square for ViT-bigG, so it loads without an error."""
+    import dataclasses
+
+    from roundtrip import mapping
+    from roundtrip.ops import Identity
+
+    planted = tuple(dataclasses.replace(c, op=Identity()) if c.projection and c.tower == "text" else c
+                    for c in mapping.TO_HF)
+    monkeypatch.setattr(mapping, "TO_HF", planted)
+    monkeypatch.setitem(mapping.READING, "openai", planted)
+
+
+def test_an_untransposed_sdxl_projection_fails_verification(tmp_path, monkeypatch):
+    source = write_single_file(tmp_path / "sdxl.safetensors", "Stable Diffusion XL")
+    _plant_untransposed_projection(monkeypatch)
+    with pytest.raises(VerificationError, match="text.projected differs"):
+        convert_to_diffusers(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _plant_wrong_block_left_out(monkeypatch) -> None:
+    """A cut of Stable Diffusion 2.x's encoder that keeps the wrong blocks: the first left out, the rest moved up
+    one (so that no key is missing)."""
+    from roundtrip import mapping
+
+    kept = mapping.before_block
+
+    def shifted(state_dict, layout, tower, first_left_out):
+        renamed = {key.replace(f"resblocks.{index + 1}.", f"resblocks.{index}."): tensor
+                   for index in range(first_left_out) for key, tensor in state_dict.items()
+                   if f"resblocks.{index + 1}." in key}
+        return {**kept(state_dict, layout, tower, first_left_out), **renamed}
+
+    monkeypatch.setattr(mapping, "before_block", shifted)
+
+
+def test_a_wrong_cut_of_sd2s_encoder_fails_verification(tmp_path, monkeypatch):
+    """The cut model and the target agree (both are built from the cut): only the whole model's blocks tell."""
+    source = write_single_file(tmp_path / "sd2.safetensors", "Stable Diffusion 2.x", layers=3)
+    _plant_wrong_block_left_out(monkeypatch)
+    with pytest.raises(VerificationError, match="text.layers.0 of the whole model differs"):
+        convert_to_diffusers(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_duplicated_block_fails_verification(tmp_path, monkeypatch):
+    """Block 0's weights written as block 1's too, on the way to HF's layout."""
+    from roundtrip import mapping
+
+    convert = mapping.convert
+
+    def duplicating(state_dict, source, target, towers=("text", "vision")):
+        converted = convert(state_dict, source, target, towers)
+        if target != "hf":
+            return converted
+        return {key: converted.get(key.replace("layers.1.", "layers.0."), tensor) for key, tensor in
+                converted.items()}
+
+    source = write_single_file(tmp_path / "sdxl.safetensors", "Stable Diffusion XL")
+    monkeypatch.setattr(mapping, "convert", duplicating)
+    with pytest.raises(VerificationError, match="text.layers.1 differs"):
+        convert_to_diffusers(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
