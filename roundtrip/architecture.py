@@ -146,6 +146,12 @@ class Shapes:
         image_resolution = None if positions is None else _grid(positions) * dims["patch_size"]
         projections = tuple(tower for tower in towers if PROJECTIONS[tower][0] in state_dict)
         widths = {tower: _dim(state_dict, *PROJECTIONS[tower]) for tower in projections}
+        for tower in projections:  # x @ P: P's rows are the tower's width
+            key, axis = PROJECTIONS[tower]
+            rows, width = _dim(state_dict, key, 1 - axis), dims[f"{tower}_width"]
+            if rows != width:
+                raise ArchitectureError(f"{key} has shape {tuple(state_dict[key].shape)} (OpenAI's layout): its "
+                                        f"{rows} rows should be the {tower} tower's width, {width}")
         if len(set(widths.values())) > 1:
             raise ArchitectureError("the projections disagree on the embedding width: " + ", ".join(
                 f"{PROJECTIONS[tower][0]} gives {width}" for tower, width in widths.items()))

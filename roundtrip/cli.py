@@ -228,15 +228,17 @@ SINGLE_FILE_EXAMPLES = """
   clipconv to-diffusers sd_xl_base_1.0.safetensors encoders
   ... fine-tune encoders/text_encoder_2 with diffusers or transformers ...
   clipconv to-single-file encoders sdxl-finetuned.safetensors --base sd_xl_base_1.0.safetensors
-  clipconv to-single-file encoders/text_encoder_2 out.safetensors --base sd_xl_base_1.0.safetensors"""
+  clipconv to-single-file encoders/text_encoder_2 out.safetensors --base sd_xl_base_1.0.safetensors
+  clipconv to-single-file sd3-encoders/text_encoder clip_l.safetensors"""
 
 
 @main.command("to-single-file", epilog=f"\b\nExamples:{SINGLE_FILE_EXAMPLES}",
               short_help="Put diffusers text encoders back into a copy of a single-file checkpoint.")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path())
-@click.option("--base", type=click.Path(path_type=Path), required=True, metavar="FILE",
-              help="The single-file checkpoint to copy, whose text encoders SOURCE's replace.")
+@click.option("--base", type=click.Path(path_type=Path), metavar="FILE",
+              help="The single-file checkpoint to copy, whose text encoders SOURCE's replace; without it, "
+                   "SOURCE's one encoder is written as a standalone encoder file (ComfyUI's layout).")
 @click.option("--overwrite", is_flag=True, help="Replace DEST if clipconv wrote it with this command (only once the "
                                                 "new one is complete).")
 @click.option("--no-verify", is_flag=True, help="Skip the check of every layer's output and the read-back of the "
@@ -245,7 +247,7 @@ SINGLE_FILE_EXAMPLES = """
 @click.pass_context
 def single_file_command(ctx, source: Path, dest: str, base: Path, overwrite: bool, no_verify: bool, debug: bool):
     """Put the text encoders of a folder of diffusers components SOURCE back into a copy of the single file BASE,
-    written as DEST (safetensors).
+    written as DEST (safetensors), or write SOURCE's one encoder as a standalone encoder file.
 
     \b
     SOURCE is a folder as to-diffusers writes it (text_encoder/,
@@ -264,6 +266,11 @@ def single_file_command(ctx, source: Path, dest: str, base: Path, overwrite: boo
     model code (open_clip's or transformers') runs it as written, and every
     layer's output and the pooled (and projected) embedding must agree within
     1e-3; otherwise nothing is written.
+
+    \b
+    Without --base, SOURCE's one text encoder is written as a file of its own
+    in ComfyUI's layout (transformers' keys, no prefix), as ComfyUI's
+    models/text_encoders and SD3's text_encoders/clip_l.safetensors hold one.
     """
     from roundtrip.pipeline import convert_to_single_file
 

@@ -139,6 +139,18 @@ def components_in(source: Path, found: Found, base: Path) -> list[tuple[Embedded
     return [(by_component[name], source / name) for name in present]
 
 
+def only_component(source: Path) -> Path:
+    """The one component's folder in `source` (or `source` itself, a component's folder)."""
+    if (source / HF_CONFIG).is_file():
+        return source
+    present = [name for name in COMPONENTS if (source / name / HF_CONFIG).is_file()]
+    if len(present) != 1:
+        held = f"holds {' and '.join(present)}" if present else "holds no diffusers text encoder component"
+        raise InputError(source, f"{held}: a file without --base holds one encoder (give --base FILE, or one "
+                                 "component's folder)")
+    return source / present[0]
+
+
 @dataclass
 class PutBack:
     """A component's weights as they go back into a single file: under the file's own key names."""

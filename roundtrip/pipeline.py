@@ -351,14 +351,15 @@ def convert_to_diffusers(source: Path | str, dest: Path | str, *, dtype: str = "
     return summaries
 
 
-def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | str, *, verify_logits: bool = True,
-                           overwrite: bool = False, report: Report = _silent,
+def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | str | None = None, *,
+                           verify_logits: bool = True, overwrite: bool = False, report: Report = _silent,
                            progress: writers.Progress = lambda done, total: None) -> Summary:
     """The text encoders of a folder of diffusers components (or of one component's folder) put back into a
     copy of the single file `base`, written as safetensors at `dest`: every other tensor of `base` byte for
-    byte, in its order, with its metadata; the encoders in its layout, names and dtypes."""
-    source_path, base_path = Path(source), Path(base)
-    for path in (source_path, base_path):
+    byte, in its order, with its metadata; the encoders in its layout, names and dtypes. Without `base`, the
+    one encoder of `source` as a standalone encoder file (ComfyUI's layout: transformers' keys, no prefix)."""
+    source_path = Path(source)
+    for path in (source_path, *([] if base is None else [Path(base)])):
         if not (path.exists() or path.is_symlink()):
             raise InputError(path, "does not exist")
     if not source_path.is_dir():
@@ -366,6 +367,9 @@ def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | st
                                       "component's folder)")
     if Path(dest).suffix != ".safetensors":
         raise OutputError(dest, "is written as safetensors: give it a name ending in .safetensors")
+    if base is None:
+        return _standalone_encoder_file(source_path, dest, overwrite, report, progress, verify_logits)
+    base_path = Path(base)
     found = single_file.found_in(base_path)
     pairs = diffusers_folder.components_in(source_path, found, base_path)
     placed = destination.check_destination(dest, [source_path, base_path], writers.SINGLE_FILE, overwrite,
@@ -409,6 +413,32 @@ def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | st
             verify.require_agreement(dest, agreement)
             summary.agreement = agreement if summary.agreement is None or \
                 agreement.largest[1] > summary.agreement.largest[1] else summary.agreement
+        intact.result()
+    return summary
+
+
+def _standalone_encoder_file(source: Path, dest: Path | str, overwrite: bool, report: Report,
+                             progress: writers.Progress, read_back: bool) -> Summary:
+    """The one component of `source` as a standalone encoder file: its tensors as they are (same layout and
+    model code as the folder: the bytes, read back, are the check)."""
+    folder = diffusers_folder.only_component(source)
+    placed = destination.check_destination(dest, [source], writers.SINGLE_FILE, overwrite,
+                                           [*(entry.output for entry in FORMATS.values()), writers.SINGLE_FILE])
+    report(f"Reading {folder}")
+    component = formats.load(formats.HF, folder, SourceOptions())
+    output = dict(component.tensors)
+    notes = [*component.source.notes, "written as a standalone text encoder file (no --base): transformers' keys, "
+                                      "no prefix, as ComfyUI's text encoder files hold them"]
+    cast = casting.Cast()
+    metadata = {METADATA_KEY: Provenance(formats.tool(), {}).adding(component.source.record(), formats.tool(),
+                                                                    dropping="single_file").to_json()}
+    summary = Summary(Path(dest), "standalone text encoder file", len(output), cast.summary(output),
+                      [Path(dest).name], component.architecture, notes=notes)
+    with _background() as background, destination.staged(placed, is_folder=False) as staging:
+        intact = background.submit(component.source.check)
+        report(f"Writing {len(output)} tensors")
+        expected = writers.write_single_file(staging, output, metadata, cast, progress, read_back=read_back)
+        writers.confirm_tensors(readers.read_tensor_file(staging).tensors, expected, dest)
         intact.result()
     return summary
 

@@ -47,6 +47,7 @@ ENCODER_MODELS = {
     "clip_g": EncoderModel("open_clip's ViT-bigG-14 text encoder", 1280, "gelu", False, "text_encoder_2"),
 }
 STANDALONE = "a standalone text encoder file"
+LAYOUT_NAMES = {"hf": "transformers'", "openai": "open_clip's"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def find_encoders(tensors: dict, path: Path) -> Found | None:
     """The text encoders `tensors` (a whole file's) hold, by their keys; None if they are not a diffusion
     model's single file or a standalone encoder."""
     for layout in SINGLE_FILE_LAYOUTS:
-        present = [encoder for encoder in layout.encoders if _holds(tensors, encoder)]
+        present = [encoder for encoder in layout.encoders if _holds(tensors, encoder, layout.family, path)]
         if present:
             return Found(layout.family, tuple(present))
     if mapping.towers_of(tensors, "hf") == ("text",) and not mapping.towers_of(tensors, "openai"):
@@ -75,11 +76,18 @@ def find_encoders(tensors: dict, path: Path) -> Found | None:
     return None
 
 
-def _holds(tensors: dict, encoder: EmbeddedEncoder) -> bool:
+def _holds(tensors: dict, encoder: EmbeddedEncoder, family: str, path: Path) -> bool:
     """Whether `tensors` hold some of `encoder`'s text tower under its prefix (with HF's text_model. or, in
-    older files, without)."""
+    older files, without); keys under its prefix that are not are refused, naming one."""
     under = _encoder_tensors(tensors, encoder)
-    return bool(under) and mapping.towers_of(under, encoder.layout) == ("text",)
+    if not under:
+        return False
+    if mapping.towers_of(under, encoder.layout) != ("text",):
+        example = next(iter(under))
+        raise InputError(path, f"holds keys under {encoder.prefix}, where {family} files keep {encoder.name} in "
+                               f"{LAYOUT_NAMES[encoder.layout]} key layout, that are not its text encoder's (one is "
+                               f"{encoder.prefix}{example})")
+    return True
 
 
 def _encoder_tensors(tensors: dict, encoder: EmbeddedEncoder) -> dict:

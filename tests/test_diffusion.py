@@ -170,3 +170,15 @@ def test_a_duplicated_block_fails_verification(tmp_path, monkeypatch):
     with pytest.raises(VerificationError, match="text.layers.1 differs"):
         convert_to_diffusers(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["clip_l", "clip_g"])
+def test_a_standalone_encoder_file_comes_back_bit_exact_through_its_diffusers_component(tmp_path, name):
+    source = write_single_file(tmp_path / f"{name}.safetensors", f"standalone {name}", dtype="bfloat16")
+    (summary,) = convert_to_diffusers(source, tmp_path / "components")
+    convert_to_single_file(tmp_path / "components", tmp_path / "back.safetensors")
+    original, back = load_file(source), load_file(tmp_path / "back.safetensors")
+    assert list(back) == list(original)
+    assert all(back[key].dtype == tensor.dtype and torch.equal(_bits(back[key]), _bits(tensor))
+               for key, tensor in original.items())
+    assert stored_order(tmp_path / "back.safetensors") == stored_order(source)

@@ -758,3 +758,74 @@ def test_a_tower_whose_config_and_weights_disagree_is_refused_naming_config_json
     assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--no-verify"), "config.json",
                    message)
     assert not (tmp_path / "out.pt").exists()
+
+
+# ---- diffusion models' single files ----------------------------------------------------------------------------
+
+
+def _single_file(family: str, edit=lambda tensors: tensors, **options):
+    def build(tmp_path: Path) -> Path:
+        from safetensors.torch import save_file
+
+        from roundtrip.testing import single_file_tensors
+
+        save_file(edit(single_file_tensors(family, layers=1, vocab_size=64, **options)), tmp_path / "model.safetensors")
+        return tmp_path / "model.safetensors"
+    return build
+
+
+def _half_of_sd1_encoder(tensors: dict) -> dict:
+    encoder = sorted(key for key in tensors if key.startswith("cond_stage_model."))
+    return {key: tensor for key, tensor in tensors.items() if key not in encoder[: len(encoder) // 2]}
+
+
+def _xl_second_encoder_in_hf_layout(tensors: dict) -> dict:
+    from roundtrip import mapping
+
+    prefix = "conditioner.embedders.1.model."
+    open_clip_keys = {key for key in tensors if key.startswith(prefix) and not key.endswith("logit_scale")}
+    converted = mapping.convert(mapping.without_prefix({key: tensors[key] for key in open_clip_keys}, prefix),
+                                "openai", "hf", ("text",))
+    return {**{key: tensor for key, tensor in tensors.items() if key not in open_clip_keys},
+            **mapping.with_prefix({key: tensor.contiguous() for key, tensor in converted.items()}, prefix)}
+
+
+def _xl_projection_of_the_wrong_shape(tensors: dict) -> dict:
+    return {**tensors, "conditioner.embedders.1.model.text_projection": torch.zeros(1024, 1280, dtype=torch.float16)}
+
+
+# case: (command and options, how the source is made, what the one line says)
+SINGLE_FILES = {
+    "half an encoder": (["to-diffusers"], _single_file("Stable Diffusion 1.x", _half_of_sd1_encoder),
+                        "missing"),
+    "an encoder in the other key layout": (["to-diffusers"], _single_file("Stable Diffusion XL",
+                                                                          _xl_second_encoder_in_hf_layout),
+                                           "holds keys under conditioner.embedders.1.model., where Stable Diffusion "
+                                           "XL files keep clip_g in open_clip's key layout"),
+    "a projection of the wrong shape": (["to-diffusers"], _single_file("Stable Diffusion XL",
+                                                                       _xl_projection_of_the_wrong_shape),
+                                        "its 1024 rows should be the text tower's width, 1280"),
+    "an encoder the file lacks": (["to-hf", "--encoder", "clip_g"], _single_file("Stable Diffusion 1.x"),
+                                  "has no text encoder clip_g: it is a Stable Diffusion 1.x checkpoint"),
+    "two encoders, none named": (["to-openai"], _single_file("Stable Diffusion XL"),
+                                 "text encoders clip_l, clip_g): name one with --encoder"),
+    "a standalone encoder of no released width": (["to-diffusers"], _single_file("standalone clip_l", width=512),
+                                                  "is a text encoder 512 wide, which no released diffusion model's"),
+    "no diffusion model": (["to-diffusers"], lambda tmp_path: _write_openai_demo(tmp_path),
+                           "holds no diffusion model's CLIP text encoder"),
+}
+
+
+def _write_openai_demo(tmp_path: Path) -> Path:
+    torch.save(random_openai_state_dict(DEMO), tmp_path / "demo.pt")
+    return tmp_path / "demo.pt"
+
+
+@pytest.mark.parametrize("case", SINGLE_FILES)
+def test_hostile_single_files_are_refused_in_one_line_leaving_nothing(tmp_path, case):
+    command, build, message = SINGLE_FILES[case]
+    source = build(tmp_path)
+    out = tmp_path / ("out.pt" if command[0] == "to-openai" else "out")
+    assert_refused(run_cli(command[0], source, out, *command[1:], "--no-verify"), str(source), message)
+    assert not out.exists()
+    assert_nothing_left(tmp_path, [source.name])
