@@ -286,11 +286,15 @@ COMPARE_EXAMPLES = """
   clipconv compare laion-ViT-H-14/ my-port-hf --json > report.json
   clipconv compare epoch_32.pt epoch_33.pt --open-clip-model-a ViT-B-16 --open-clip-model-b ViT-B-16 \\
       --no-logits --weights-tolerance 1e-2
-  clipconv compare sd-repo/image_encoder laion-ViT-H-14/ --tower vision"""
+  clipconv compare sd-repo/image_encoder laion-ViT-H-14/ --tower vision
+  clipconv compare sd_xl_base_1.0.safetensors sdxl/text_encoder_2 --encoder-a clip_g"""
 
 
 def _side_options(function):
     for side in ("b", "a"):
+        function = click.option(f"--encoder-{side}", type=click.Choice(ENCODER_NAMES),
+                                help=f"The text encoder of {side.upper()} (a diffusion model's single file) to "
+                                     "compare.")(function)
         function = click.option(f"--openai-architecture-{side}", is_flag=True,
                                 help=f"{side.upper()} (a checkpoint file) is OpenAI's architecture (QuickGELU, heads "
                                      "of 64).")(function)
@@ -335,7 +339,8 @@ def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: 
 
     def run(report, progress):
         options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"],
-                                       sides[f"openai_architecture_{side}"]) for side in ("a", "b")}
+                                       sides[f"openai_architecture_{side}"], sides[f"encoder_{side}"])
+                   for side in ("a", "b")}
         return compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=not no_logits,
                        options_a=options["a"], options_b=options["b"], tower=tower)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from roundtrip import formats, mapping, single_file, verify
 from roundtrip.errors import ClipconvError
 from roundtrip.formats import Loaded, SourceOptions
+from roundtrip.schema import TOWERS
 from roundtrip.strided import Joined
 
 TOLERANCE = verify.TOLERANCE  # of every output, as conversion checks them
@@ -27,7 +28,9 @@ class TensorComparison:
     """One tensor of either side, by its name in A's layout."""
 
     name: str
-    status: str  # "identical", "equal within tolerance", "different", "shape differs", "only in A", "only in B"
+    # "identical", "equal within tolerance", "different", "transposed" (a square matrix whose values are the other's
+    # transpose), "shape differs", "only in A", "only in B"
+    status: str
     a_dtype: str | None
     b_dtype: str | None
     a_shape: list[int] | None
@@ -67,7 +70,9 @@ class Report:
     def causes(self) -> list[str]:
         causes = [f"architecture: {difference}" for difference in self.architecture_differences]
         for status, what in (("only in A", "missing in B"), ("only in B", "missing in A"),
-                             ("shape differs", "shapes differ"), ("different", "values differ")):
+                             ("shape differs", "shapes differ"), ("different", "values differ"),
+                             ("transposed", "transposed (each the other's transpose: a projection copied "
+                                            "across layouts without its transpose)")):
             names = [t.name for t in self.tensors if t.status == status]
             if names:
                 causes.append(f"{len(names)} tensor(s) {what}: {mapping.describe_keys(names, limit=4)}")
@@ -96,7 +101,8 @@ class Report:
         else:
             lines.append("architecture  the same")
         counts = {status: sum(t.status == status for t in self.tensors) for status in
-                  ("identical", "equal within tolerance", "different", "shape differs", "only in A", "only in B")}
+                  ("identical", "equal within tolerance", "different", "transposed", "shape differs", "only in A",
+                   "only in B")}
         retyped = sum(t.dtype_differs for t in self.tensors)
         lines.append(f"tensors       {len(self.tensors)}: " + ", ".join(f"{n} {status}" for status, n in
                                                                       counts.items() if n)
@@ -179,6 +185,8 @@ def _load(path: Path, options: SourceOptions, side: str, tower: str | None) -> t
         detected = single_file.detect(path, options) or formats.detect(path, options)
         loaded = formats.load(detected.format, path, detected.options)
         described = loaded.source.described(loaded.architecture)  # what it is, before a tower is taken out
+        if tower is None and detected.format.towers != TOWERS:
+            tower = detected.format.towers[0]  # a format of one tower (a text encoder): as if chosen
         cut, notes = (loaded, []) if tower is None else formats.tower_alone(loaded, tower)
     except ClipconvError as error:
         raise error.on_side(side) from None
@@ -215,6 +223,8 @@ def _compare_one(name: str, a, b, weights_tolerance: float) -> TensorComparison:
     if _same_bits(first, second):
         return result("identical", 0.0)
     difference = _max_abs_difference(first, second)
+    if difference > weights_tolerance and first.ndim == 2 and _same_bits(first, second.T):
+        return result("transposed", difference)  # the trap of square projections (SDXL's ViT-bigG)
     return result("equal within tolerance" if difference <= weights_tolerance else "different", difference)
 
 

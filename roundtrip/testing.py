@@ -253,13 +253,14 @@ def assert_equivalent(a: Path | str, b: Path | str, *, tolerance: float = TOLERA
                       logits: bool = True, open_clip_model_a: str | None = None,
                       open_clip_config_a: Path | str | None = None, openai_architecture_a: bool = False,
                       open_clip_model_b: str | None = None, open_clip_config_b: Path | str | None = None,
-                      openai_architecture_b: bool = False, tower: str | None = None) -> Report:
+                      openai_architecture_b: bool = False, tower: str | None = None, encoder_a: str | None = None,
+                      encoder_b: str | None = None) -> Report:
     """`clipconv compare A B` as an assertion: returns the report when A and B are the same model (weights
     equal after mapping, or within `weights_tolerance`; every output within `tolerance`), of `tower` alone if
-    given; raises AssertionError carrying the report otherwise (or the one-line reason a side could not be
-    read)."""
-    options_a = SourceOptions.of(open_clip_model_a, open_clip_config_a, openai_architecture_a)
-    options_b = SourceOptions.of(open_clip_model_b, open_clip_config_b, openai_architecture_b)
+    given (`encoder_a`, `encoder_b`: a text encoder of a diffusion model's single file); raises AssertionError
+    carrying the report otherwise (or the one-line reason a side could not be read)."""
+    options_a = SourceOptions.of(open_clip_model_a, open_clip_config_a, openai_architecture_a, encoder_a)
+    options_b = SourceOptions.of(open_clip_model_b, open_clip_config_b, openai_architecture_b, encoder_b)
     try:
         report = compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=logits,
                          options_a=options_a, options_b=options_b, tower=tower)

@@ -112,7 +112,8 @@ DAMAGE = {
     "one flipped weight element": (_edit_weights(_flip_one_element),
                                    ["values differ: visual.transformer.resblocks.1.mlp.c_fc.weight"]),
     "q and k swapped": (_edit_weights(_swap_q_and_k), ["values differ: transformer.resblocks.0.attn.in_proj_weight"]),
-    "an untransposed square projection": (_edit_weights(_untransposed_projection), ["values differ: text_projection"]),
+    "an untransposed square projection": (_edit_weights(_untransposed_projection),
+                                          ["transposed (each the other's transpose", "text_projection"]),
     "a missing tensor": (_edit_weights(_missing_tensor), ["missing 1 tensor", "text_model.final_layer_norm.bias"]),
 }
 
