@@ -21,7 +21,8 @@ PUBLIC_MODULES = sorted(info.name for info in pkgutil.iter_modules(roundtrip.__p
 
 def test_every_exported_name_is_a_function_and_no_module_shares_it():
     assert set(roundtrip.__all__) - {"__version__"} <= {"to_hf", "to_openai", "convert", "convert_to_hf",
-                                                         "convert_to_openai", "convert_to_open_clip"}
+                                                         "convert_to_openai", "convert_to_open_clip",
+                                                         "convert_to_diffusers", "convert_to_single_file"}
     for name in set(roundtrip.__all__) - {"__version__"}:
         assert name not in PUBLIC_MODULES, f"roundtrip.{name} is both a function and a module"
 

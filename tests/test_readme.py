@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from roundtrip.examples import DEMO, random_openai_model, save_torchscript_archive
+from roundtrip.testing import write_single_file
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```(?P<language>\w+)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -32,6 +33,8 @@ def test_every_shell_and_python_block_of_the_readme_runs_in_order(tmp_path):
     # What the quick start assumes the user has: a TorchScript archive as OpenAI releases them (here a small
     # random CLIP under the README's file name, so that the test takes seconds, not a minute).
     save_torchscript_archive(random_openai_model(DEMO), tmp_path / "ViT-B-32.pt")
+    # and an SDXL single file (real widths, one block per encoder, a small vocabulary)
+    write_single_file(tmp_path / "sd_xl_base_1.0.safetensors", "Stable Diffusion XL", layers=1, vocab_size=1000)
     bin_folder = Path(sys.executable).parent  # where `make install` puts clipconv
     environment = {**os.environ, "PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     ran = 0
