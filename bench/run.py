@@ -1,6 +1,6 @@
 """`make bench`: wall time and peak memory of clipconv against the module-copying baseline.
 
-Usage: .venv/bin/python bench/run.py [--models B32,L14,H14] [--rounds 3] [--no-biggest] [--no-settings]
+Usage: .venv/bin/python bench/run.py [--models B32,L14,H14] [--rounds 3] [--no-biggest] [--no-settings] [--no-sdxl]
 
 For each model, a checkpoint with random weights is created on first use and cached in
 ${XDG_CACHE_HOME:-~/.cache}/clipconv-bench/: OpenAI's ViT-B/32 and ViT-L/14 as state dicts in OpenAI's
@@ -11,7 +11,9 @@ the open_clip way, and what bounds a conversion from below (`cp` of the weights 
 bytes as to-hf writes, with O_DIRECT and fsync as clipconv does; importing the frameworks of the logit check).
 Last, open_clip's ViT-bigG-14 (10.2 GB of float32, written by bench/make_biggest.py) is converted without
 verification, both ways, and compared with its HF folder without logits, once each, and each process setting
-of roundtrip/process.py is applied alone on ViT-L/14 (what each one buys).
+of roundtrip/process.py is applied alone on ViT-L/14 (what each one buys). Then an SDXL-size single file
+(bench/make_sdxl.py) goes to diffusers components and back, beside its floors and diffusers' own route
+(bench/diffusers_route.py).
 Prints medians and ratios to the baseline as markdown tables. Not part of `make test`: nothing here asserts.
 
 Peak RSS is the child's own `ru_maxrss` from `os.wait4` on its pid. Linux carries
@@ -126,11 +128,12 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def benchmark(commands: dict[str, Command], rounds: int, workdir: Path) -> dict[str, list[Measurement]]:
+def benchmark(commands: dict[str, Command], rounds: int, workdir: Path,
+              dest_name: str = "dest") -> dict[str, list[Measurement]]:
     """Every command once per round, each round starting one variant later, DEST removed after each run."""
     results: dict[str, list[Measurement]] = {name: [] for name in commands}
     names = list(commands)
-    dest, log = workdir / "dest", workdir / "log.txt"
+    dest, log = workdir / dest_name, workdir / "log.txt"
     for round_number in range(rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
@@ -175,6 +178,59 @@ def biggest() -> list[str]:
     return rows
 
 
+def sdxl_variants(base: Path, components: Path) -> dict[str, Command]:
+    """What runs on the SDXL-size single file: both diffusion commands with and without the check, their floors
+    (writing to-diffusers' weights' bytes durably; copying the base durably) and diffusers' own route."""
+    weights = sum((components / name / HF_SAFETENSORS).stat().st_size for name in ("text_encoder", "text_encoder_2"))
+    blocks = -(-weights // BLOCK_BYTES)
+    return {
+        "clipconv to-diffusers": lambda dest: [CLIPCONV, "to-diffusers", base, dest],
+        "clipconv to-diffusers --no-verify": lambda dest: [CLIPCONV, "to-diffusers", base, dest, "--no-verify"],
+        "clipconv to-single-file --base": lambda dest: [CLIPCONV, "to-single-file", components, dest, "--base", base],
+        "clipconv to-single-file --base --no-verify": lambda dest: [CLIPCONV, "to-single-file", components, dest,
+                                                                    "--base", base, "--no-verify"],
+        SDXL_WRITE_FLOOR: lambda dest: ["dd", "if=/dev/zero", f"of={dest}", f"bs={BLOCK_BYTES}", f"count={blocks}",
+                                        "oflag=direct", "conv=fsync", "status=none"],
+        SDXL_COPY_FLOOR: lambda dest: ["dd", f"if={base}", f"of={dest}", f"bs={BLOCK_BYTES}", "oflag=direct",
+                                       "conv=fsync", "status=none"],
+        SDXL_DIFFUSERS: lambda dest: [sys.executable, BENCH / "diffusers_route.py", base, components, dest],
+    }
+
+
+SDXL_FILE = "sd_xl_base-random.safetensors"
+SDXL_WRITE_FLOOR = "dd (write to-diffusers' weights' size, O_DIRECT + fsync)"
+SDXL_COPY_FLOOR = "dd (copy the base file, O_DIRECT + fsync)"
+SDXL_DIFFUSERS = "diffusers' route (load the file, its converters, save_pretrained)"
+# variant -> what it is measured against (the ratios item 6 of the diffusion issue sets)
+SDXL_AGAINST = {
+    "clipconv to-diffusers": SDXL_DIFFUSERS, "clipconv to-diffusers --no-verify": SDXL_WRITE_FLOOR,
+    "clipconv to-single-file --base": SDXL_COPY_FLOOR, "clipconv to-single-file --base --no-verify": SDXL_COPY_FLOOR,
+}
+
+
+def sdxl(rounds: int) -> list[str]:
+    """Rows for the SDXL-size single file (6.9 GB, bench/make_sdxl.py): medians, and each clipconv variant's
+    time against its floor and against diffusers' route."""
+    base = cache_dir() / SDXL_FILE
+    if not base.exists():
+        print(f"Creating {base} (first use, 6.9 GB) ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, BENCH / "make_sdxl.py", base], check=True)
+    print(f"SDXL: {base} ({base.stat().st_size / 1e9:.2f} GB)", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="work-", dir=cache_dir()) as workdir:
+        components = Path(workdir) / "components"  # to-single-file's input, made once and not timed
+        subprocess.run([CLIPCONV, "to-diffusers", base, components, "--no-verify"], check=True, capture_output=True)
+        results = benchmark(sdxl_variants(base, components), rounds, Path(workdir), "dest.safetensors")
+    seconds = {name: statistics.median(m.seconds for m in runs) for name, runs in results.items()}
+    rows = []
+    for name, runs in results.items():
+        against = SDXL_AGAINST.get(name)
+        ratio = f"{seconds[name] / seconds[against]:.2f}x of {against.split(' (')[0]}" if against else ""
+        faster = f"{seconds[SDXL_DIFFUSERS] / seconds[name]:.1f}x" if name.startswith("clipconv") else ""
+        rows.append(f"| {name} | {seconds[name]:.1f} | {statistics.median(m.cpu_seconds for m in runs):.1f} | "
+                    f"{statistics.median(m.peak_rss_mb for m in runs) / 1024:.2f} | {ratio} | {faster} |")
+    return rows
+
+
 def at_most_if_floor(text: str, mb: float, floor: float) -> str:
     """A peak at the floor is only an upper bound: the child may have used less."""
     return f"<= {text}" if mb <= floor else text
@@ -206,12 +262,13 @@ def machine() -> str:
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS),
-                        help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
+                        help=f"comma-separated, from {', '.join(MODELS)} (default: all; '' for none)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternating (default: 3)")
     parser.add_argument("--no-biggest", action="store_true", help=f"leave out open_clip's {BIGGEST} (10.2 GB)")
     parser.add_argument("--no-settings", action="store_true", help="leave out the process settings' comparison")
+    parser.add_argument("--no-sdxl", action="store_true", help="leave out the SDXL-size single file (6.9 GB)")
     arguments = parser.parse_args(argv)
-    arguments.models = arguments.models.split(",")
+    arguments.models = [model for model in arguments.models.split(",") if model]  # "": none of them
     unknown = [model for model in arguments.models if model not in MODELS]
     if unknown or arguments.rounds < 1:
         parser.error(f"unknown model(s) {unknown}" if unknown else "--rounds must be at least 1")
@@ -253,8 +310,10 @@ def main(argv: list[str]) -> None:
     results = {model: benchmark_model(model, arguments.rounds) for model in arguments.models}
     biggest_rows = [] if arguments.no_biggest else biggest()
     setting_rows = [] if arguments.no_settings else process_settings(arguments.rounds)
+    sdxl_rows = [] if arguments.no_sdxl else sdxl(arguments.rounds)
     floor = rss_floor_mb()
-    options = (" --no-biggest" if arguments.no_biggest else "") + (" --no-settings" if arguments.no_settings else "")
+    options = (" --no-biggest" if arguments.no_biggest else "") + (" --no-settings" if arguments.no_settings else "") \
+        + (" --no-sdxl" if arguments.no_sdxl else "")
     print(f"\nCommand: bench/run.py --models {','.join(arguments.models)} --rounds {arguments.rounds}{options}")
     print(f"Machine: {machine()}")
     print(f"Medians of {arguments.rounds} alternating runs; speed-up = baseline time / variant time (from the"
@@ -275,6 +334,13 @@ def main(argv: list[str]) -> None:
         print("| variant | median wall s | median CPU s | time saved vs no settings |")
         print("|---|---|---|---|")
         print("\n".join(setting_rows))
+    if sdxl_rows:
+        print(f"\nStable Diffusion XL base's size (6.9 GB single file, float16; real encoder shapes, stand-in UNet and "
+              f"VAE), medians of {arguments.rounds} alternating runs:\n")
+        print("| variant | median wall s | median CPU s | median peak RSS GB | time against | faster than "
+              "diffusers' route |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(sdxl_rows))
 
 
 if __name__ == "__main__":

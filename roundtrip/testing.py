@@ -353,14 +353,15 @@ _STAND_INS = {
 _SD3_STAND_INS = {"text_encoders.t5xxl.transformer.shared.weight": ((16, 8), "float16")}
 
 
-def single_file_tensors(family: str, layers: int = 2, dtype: str = "float16", vocab_size: int = OPENAI_VOCAB_SIZE,
+def single_file_tensors(family: str, layers: int | dict[str, int] = 2, dtype: str = "float16",
+                        vocab_size: int = OPENAI_VOCAB_SIZE,
                         seed: int = 0, older_keys: bool = False, position_ids: bool = False,
                         width: int | None = None) -> dict:
     """The tensors of a diffusion model's single-file checkpoint of `family` (as schema.SINGLE_FILE_LAYOUTS
     names them, or "standalone clip_l|clip_h|clip_g"): each text encoder at its real width (or `width`) with
-    `layers` blocks and random weights in `dtype`, beside stand-ins for the rest. `older_keys`: HF-layout
-    encoders without text_model. (older Stable Diffusion 1.x files); `position_ids`: with the int64 positions
-    older files hold."""
+    `layers` blocks (or `layers[name]`) and random weights in `dtype`, beside stand-ins for the rest.
+    `older_keys`: HF-layout encoders without text_model. (older Stable Diffusion 1.x files); `position_ids`: with
+    the int64 positions older files hold."""
     import torch
 
     from roundtrip.schema import HF_IGNORED_KEYS, LOGIT_SCALE, SINGLE_FILE_LAYOUTS, EmbeddedEncoder
@@ -383,7 +384,8 @@ def single_file_tensors(family: str, layers: int = 2, dtype: str = "float16", vo
                                                vision_width=64, vision_patch_size=16, context_length=77,
                                                vocab_size=vocab_size, transformer_width=real_width,
                                                transformer_heads=real_width // HEAD_WIDTH,
-                                               transformer_layers=layers).alone("text", projected)
+                                               transformer_layers=layers if isinstance(layers, int) else
+                                               layers[encoder.name]).alone("text", projected)
         weights = random_state_dict(tower, "openai", dtype, seed + index)
         if encoder.layout == "openai":
             weights[LOGIT_SCALE] = torch.tensor(4.6052, dtype=getattr(torch, dtype))

@@ -64,3 +64,24 @@ def test_floor_commands_write_as_many_bytes_as_to_hf_and_import_the_checks_frame
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert {"torch", "transformers.models.clip.modeling_clip"} <= set(json.loads(done.stdout))
+
+
+def test_the_sdxl_bench_file_and_diffusers_route_give_what_to_diffusers_gives(tmp_path):
+    """bench/make_sdxl.py --tiny writes an SDXL single file; bench/diffusers_route.py, diffusers' own route, writes
+    the components' tensors that clipconv writes."""
+    from safetensors.torch import load_file
+
+    done = subprocess.run([sys.executable, BENCH / "make_sdxl.py", tmp_path / "sdxl.safetensors", "--tiny"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert run_cli("to-diffusers", tmp_path / "sdxl.safetensors", tmp_path / "ours", "--no-verify").exit_code == 0
+    done = subprocess.run([sys.executable, BENCH / "diffusers_route.py", tmp_path / "sdxl.safetensors",
+                           tmp_path / "ours", tmp_path / "theirs"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for component in ("text_encoder", "text_encoder_2"):
+        ours = {key.removeprefix("text_model."): tensor for key, tensor in
+                load_file(tmp_path / "ours" / component / "model.safetensors").items()}
+        theirs = {key.removeprefix("text_model."): tensor for key, tensor in
+                  load_file(tmp_path / "theirs" / component / "model.safetensors").items()}
+        assert ours.keys() == theirs.keys()
+        assert all(ours[key].dtype == theirs[key].dtype and ours[key].equal(theirs[key]) for key in ours)
