@@ -47,6 +47,9 @@ def component_of(loaded: Loaded, encoder: EmbeddedEncoder) -> tuple[Loaded, list
     notes = []
     if encoder.drops_last_block:
         last = cut.architecture.text.layers - 1
+        if last < 1:
+            raise InputError(loaded.source.path, f"{encoder.name} has one block, and diffusers keeps all but the "
+                                                 "last: nothing would be left")
         cut = _before_block(cut, last)
         notes.append(f"{encoder.name}: diffusers' {encoder.component} holds blocks 0 to {last - 1}, which the "
                      f"diffusion model reads (it takes the penultimate block's output through the final "

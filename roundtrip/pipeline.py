@@ -429,9 +429,13 @@ def _standalone_encoder_file(source: Path, dest: Path | str, overwrite: bool, re
     output = dict(component.tensors)
     notes = [*component.source.notes, "written as a standalone text encoder file (no --base): transformers' keys, "
                                       "no prefix, as ComfyUI's text encoder files hold them"]
-    cast = casting.Cast()
+    # in the dtypes of the standalone file it came from, where clipconv recorded one
+    provenance = component.source.provenance
+    restored = provenance.records.get(single_file.RECORD) if provenance else None
+    cast = casting.Cast(recorded={key: name for key, name in restored.dtypes.items() if key in output}
+                        if restored else {})
     metadata = {METADATA_KEY: Provenance(formats.tool(), {}).adding(component.source.record(), formats.tool(),
-                                                                    dropping="single_file").to_json()}
+                                                                    dropping=single_file.RECORD).to_json()}
     summary = Summary(Path(dest), "standalone text encoder file", len(output), cast.summary(output),
                       [Path(dest).name], component.architecture, notes=notes)
     with _background() as background, destination.staged(placed, is_folder=False) as staging:

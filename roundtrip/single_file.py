@@ -47,6 +47,7 @@ ENCODER_MODELS = {
     "clip_g": EncoderModel("open_clip's ViT-bigG-14 text encoder", 1280, "gelu", False, "text_encoder_2"),
 }
 STANDALONE = "a standalone text encoder file"
+RECORD = "single_file"  # what provenance records name a single file's encoder as a source
 LAYOUT_NAMES = {"hf": "transformers'", "openai": "open_clip's"}
 
 
@@ -163,7 +164,7 @@ def encoder_format(found: Found, encoder: EmbeddedEncoder) -> Format:
     model = ENCODER_MODELS[encoder.name]
     where = STANDALONE if found.family is None else f"{found.family} checkpoint"
     return Format(
-        name="single_file", title=f"{model.title} ({encoder.name}) of a {where}", layout=encoder.layout,
+        name=RECORD, title=f"{model.title} ({encoder.name}) of a {where}", layout=encoder.layout,
         reference=references.OPEN_CLIP if encoder.layout == "openai" else references.HF,
         read=functools.partial(_read, encoder, found), architecture=functools.partial(_architecture, model),
         towers=("text",), key_prefix=encoder.prefix, reference_config=_reference_config(encoder.layout),

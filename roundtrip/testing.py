@@ -413,3 +413,33 @@ def write_single_file(path: Path | str, family: str, *, ckpt: bool = False, **op
     else:
         save_file(tensors, path)
     return path
+
+
+@dataclass(frozen=True)
+class SingleFile:
+    """A diffusion model's single file as drawn: what `single_file_tensors` and `write_single_file` make of it."""
+
+    family: str
+    options: dict
+    ckpt: bool  # a torch.save .ckpt ({"state_dict": ...}) rather than safetensors
+
+    def write(self, folder: Path) -> Path:
+        return write_single_file(Path(folder) / ("model.ckpt" if self.ckpt else "model.safetensors"), self.family,
+                                 ckpt=self.ckpt, **self.options)
+
+
+@st.composite
+def single_files(draw) -> SingleFile:
+    """Random single files of every family of schema.SINGLE_FILE_LAYOUTS and standalone encoder files: real
+    widths, one to three blocks (two or more where diffusers leaves the last out), a small vocabulary, any
+    float dtype, the older key style and stray position_ids where Stable Diffusion 1.x files have them."""
+    from roundtrip.schema import SINGLE_FILE_LAYOUTS
+
+    family = draw(st.sampled_from([layout.family for layout in SINGLE_FILE_LAYOUTS] +
+                                  ["standalone clip_l", "standalone clip_g"]))
+    options = {"layers": draw(st.integers(2 if family == "Stable Diffusion 2.x" else 1, 3)),
+               "dtype": draw(st.sampled_from(["float16", "bfloat16", "float32"])),
+               "vocab_size": draw(st.sampled_from([64, 1000])), "seed": draw(seeds)}
+    if family == "Stable Diffusion 1.x":
+        options.update(older_keys=draw(st.booleans()), position_ids=draw(st.booleans()))
+    return SingleFile(family, options, ckpt=not family.startswith("standalone") and draw(st.booleans()))

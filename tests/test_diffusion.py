@@ -4,16 +4,19 @@ encoder files to diffusers components, with diffusers' own single-file code as t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from roundtrip.errors import VerificationError
 from roundtrip.pipeline import convert_to_diffusers, convert_to_single_file
 from roundtrip.safetensors_file import metadata, stored_order
-from roundtrip.testing import single_file_tensors, write_single_file
+from roundtrip.testing import single_file_tensors, single_files, write_single_file
 
 # case -> (family, fixture options, the components to-diffusers writes)
 CASES = {
@@ -201,3 +204,22 @@ def test_compare_names_a_projection_copied_without_its_transpose(tmp_path):
         assert_equivalent(source, tmp_path / "ours" / "text_encoder_2", encoder_a="clip_g")
     assert "1 tensor(s) transposed (each the other's transpose" in str(refused.value)
     assert "text_projection" in str(refused.value)
+
+
+@settings(max_examples=int(os.environ.get("CLIPCONV_DIFFUSION_EXAMPLES", 6)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=single_files(), dtype=st.sampled_from(["keep", "float32"]))
+def test_any_single_file_comes_back_bit_exact_through_diffusers_components(tmp_path_factory, case, dtype):
+    """Any family, dtype, depth and key style, from safetensors or .ckpt, widened to float32 in between or not:
+    to-diffusers then to-single-file (with the file as --base; a standalone file without) gives back every tensor
+    of the file, bit for bit and in its dtype, each step verified."""
+    folder = tmp_path_factory.mktemp("case")
+    source = case.write(folder)
+    convert_to_diffusers(source, folder / "components", dtype=dtype)
+    standalone = case.family.startswith("standalone")
+    convert_to_single_file(folder / "components", folder / "back.safetensors", base=None if standalone else source)
+    original = torch.load(source, weights_only=True)["state_dict"] if case.ckpt else load_file(source)
+    back = load_file(folder / "back.safetensors")
+    assert back.keys() == original.keys()
+    assert all(back[key].dtype == tensor.dtype and torch.equal(_bits(back[key]), _bits(tensor))
+               for key, tensor in original.items())
