@@ -318,9 +318,10 @@ def main(argv: list[str]) -> None:
     print(f"Machine: {machine()}")
     print(f"Medians of {arguments.rounds} alternating runs; speed-up = baseline time / variant time (from the"
           f" unrounded medians); CPU = user + system; RSS share = variant peak RSS / baseline peak RSS.\n")
-    print("| checkpoint | variant | median wall s | median CPU s | median peak RSS MB | speed-up vs baseline "
-          "| RSS share of baseline |")
-    print("|---|---|---|---|---|---|---|")
+    if results:
+        print("| checkpoint | variant | median wall s | median CPU s | median peak RSS MB | speed-up vs baseline "
+              "| RSS share of baseline |")
+        print("|---|---|---|---|---|---|---|")
     for model, model_results in results.items():
         print("\n".join(table(model, model_results, floor)))
     if biggest_rows:

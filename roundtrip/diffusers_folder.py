@@ -95,25 +95,26 @@ def component_format(encoder: EmbeddedEncoder) -> Format:
 
 
 def _write_component(encoder: EmbeddedEncoder, job: Job) -> Written:
-    """`job` into its staging folder (the component's), its tokenizer into the tokenizer's folder beside it."""
+    """`job` into its staging folder (the component's), its tokenizer into the tokenizer's folder beside it (made
+    in a side thread while the weights are written)."""
+    model = ENCODER_MODELS[encoder.name]
+    problem = job.source.tokenizer_note or hf_extras.tokenizer_mismatch(job.architecture)
+    pad = hf_extras.END_OF_TEXT if model.pads_with_end_of_text else hf_extras.OPEN_CLIP_PAD_TOKEN
+    tokenizer_files = None if problem else job.background.submit(hf_extras.tokenizer_files,
+                                                                 job.architecture.context_length, pad_token=pad)
     written = writers.write_hf_folder(job.staging, job.config, job.weights, job.metadata, job.cast,
                                       job.max_shard_bytes, job.progress, after_each=job.after_each,
                                       read_back=job.read_back)
     writers.confirm_safetensors(job.staging, written, job.dest)
-    model = ENCODER_MODELS[encoder.name]
-    problem = job.source.tokenizer_note or hf_extras.tokenizer_mismatch(job.architecture)
-    tokenizer = DIFFUSERS_TOKENIZERS[encoder.component]
-    component = job.staging.name
+    tokenizer, component = DIFFUSERS_TOKENIZERS[encoder.component], job.staging.name
     files = [f"{component}/{name}" for name in written]
-    if problem:
+    if tokenizer_files is None:
         return Written(files, lambda agreement: [f"{component}/{HF_CONFIG}"],
                        notes=[f"no {tokenizer}/ written: {problem}"])
-    pad = hf_extras.END_OF_TEXT if model.pads_with_end_of_text else hf_extras.OPEN_CLIP_PAD_TOKEN
     folder = job.staging.parent / tokenizer
     folder.mkdir()
-    tokenizer_files = hf_extras.tokenizer_files(job.architecture.context_length, pad_token=pad)
-    writers.write_text_files(folder, tokenizer_files)
-    return Written(files, lambda agreement: [f"{component}/{HF_CONFIG}", f"{tokenizer}/ ({len(tokenizer_files)} "
+    written_tokenizer = writers.write_text_files(folder, tokenizer_files.result())
+    return Written(files, lambda agreement: [f"{component}/{HF_CONFIG}", f"{tokenizer}/ ({len(written_tokenizer)} "
                                                                             "files)"],
                    notes=[f"{tokenizer}/ pads with {pad!r}, as {model.title} is run"])
 

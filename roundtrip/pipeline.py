@@ -406,8 +406,10 @@ def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | st
                                                                                                    strict=True)]) \
             if verify_logits else None
         report(f"Writing {len(output)} tensors")
-        expected = writers.write_single_file(staging, output, metadata, cast, progress, read_back=verify_logits,
-                                             order=order)
+        inputs = [base, *(component.source for component, _, _ in checks)]
+        expected = writers.write_single_file(staging, output, metadata, cast, progress,
+                                             after_each=lambda: [read.release() for read in inputs],
+                                             read_back=verify_logits, order=order)
         writers.confirm_tensors(readers.read_tensor_file(staging).tensors, expected, dest)
         for agreement in _checked(verification, source_path) if verify_logits else []:
             verify.require_agreement(dest, agreement)
@@ -441,7 +443,8 @@ def _standalone_encoder_file(source: Path, dest: Path | str, overwrite: bool, re
     with _background() as background, destination.staged(placed, is_folder=False) as staging:
         intact = background.submit(component.source.check)
         report(f"Writing {len(output)} tensors")
-        expected = writers.write_single_file(staging, output, metadata, cast, progress, read_back=read_back)
+        expected = writers.write_single_file(staging, output, metadata, cast, progress,
+                                             after_each=component.source.release, read_back=read_back)
         writers.confirm_tensors(readers.read_tensor_file(staging).tensors, expected, dest)
         intact.result()
     return summary

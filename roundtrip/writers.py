@@ -213,11 +213,12 @@ def write_openai_file(
 
 
 def write_single_file(path: Path, tensors: Mapping, metadata: dict[str, str], cast: Cast,
-                      progress: Progress = lambda done, total: None, read_back: bool = True,
-                      order: list[str] | None = None) -> dict[str, Written]:
-    """A diffusion model's single file: `tensors` as safetensors, in `order` (the base file's) if given."""
+                      progress: Progress = lambda done, total: None, after_each: Callable[[], None] = lambda: None,
+                      read_back: bool = True, order: list[str] | None = None) -> dict[str, Written]:
+    """A diffusion model's single file: `tensors` as safetensors, in `order` (the base file's) if given, calling
+    `after_each` after each tensor (to hand the inputs' mapped pages back)."""
     total = sum(t.numel() * cast.dtype(key, t).itemsize for key, t in tensors.items())
-    return safetensors_file.write(path, tensors, metadata, cast, _byte_counter(total, progress, lambda: None),
+    return safetensors_file.write(path, tensors, metadata, cast, _byte_counter(total, progress, after_each),
                                   read_back, order=order)
 
 
