@@ -32,7 +32,7 @@ from roundtrip.errors import InputError, OutputError, VerificationError, one_lin
 from roundtrip.formats import FORMATS, Format, Job, SourceOptions
 from roundtrip.mapping import MappingError
 from roundtrip.provenance import METADATA_KEY, Provenance, Record
-from roundtrip.schema import ASIDE_KEYS, HF_TOWER_PREFIXES, OPENAI_ARCHIVE_ATTRIBUTES, TOWERS
+from roundtrip.schema import ASIDE_KEYS, HF_TOWER_PREFIXES, OPENAI_ARCHIVE_ATTRIBUTES, STANDALONE_ASIDE_KEYS, TOWERS
 from roundtrip.strided import Strided
 
 Report = Callable[[str], None]
@@ -235,14 +235,16 @@ def _in_order(weights: dict, restored: Record | None) -> dict:
 
 
 def _put_back(source: Path, restored: Record | None, towers: tuple[str, ...], layout: str,
-              weights: dict) -> dict[str, Strided]:
+              weights: dict, allowed: tuple[str, ...] | None = None) -> dict[str, Strided]:
     """The tensors the recorded source held that no conversion carries (Record.aside), for an output of the
-    towers that source had; `source` (whose metadata holds the record) is what a bad one is refused against."""
+    towers that source had, of the keys `allowed` (by default, those of schema.ASIDE_KEYS[layout]); `source`
+    (whose metadata holds the record) is what a bad one is refused against."""
     if restored is None or mapping.towers_of(restored.dtypes, layout) != towers:
         return {}
+    allowed = ASIDE_KEYS[layout] if allowed is None else allowed
     put_back = {key: Strided.of_buffer(bytearray.fromhex(spec["hex"]), dtypes.from_name(spec["dtype"]),
                                        spec["shape"])
-                for key, spec in restored.aside.items() if key in ASIDE_KEYS[layout] and key not in weights}
+                for key, spec in restored.aside.items() if key in allowed and key not in weights}
     for key, tensor in put_back.items():
         formats.check_aside(source, key, tensor)
     return put_back
@@ -434,6 +436,8 @@ def _standalone_encoder_file(source: Path, dest: Path | str, overwrite: bool, re
     # in the dtypes of the standalone file it came from, where clipconv recorded one
     provenance = component.source.provenance
     restored = provenance.records.get(single_file.RECORD) if provenance else None
+    output = _in_order({**output, **_put_back(source, restored, component.towers, "hf", output,
+                                              STANDALONE_ASIDE_KEYS)}, restored)
     cast = casting.Cast(recorded={key: name for key, name in restored.dtypes.items() if key in output}
                         if restored else {})
     metadata = {METADATA_KEY: Provenance(formats.tool(), {}).adding(component.source.record(), formats.tool(),

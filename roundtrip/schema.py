@@ -241,4 +241,7 @@ SINGLE_FILE_LAYOUTS = (
 # A text encoder in a file of its own (ComfyUI's models/text_encoders, SD3's text_encoders/clip_{l,g}, Flux's
 # clip_l): the HF layout's keys, no prefix; which encoder it is, its width tells (`roundtrip.single_file`).
 STANDALONE_ENCODER_PREFIX = ""
+# What a standalone encoder file may hold beside its weights, which no diffusers component keeps and a
+# conversion back to a standalone file puts back: position_ids, and the logit_scale ComfyUI's CLIPSave writes.
+STANDALONE_ASIDE_KEYS = (*HF_IGNORED_KEYS, LOGIT_SCALE)
 ENCODER_NAMES = tuple(dict.fromkeys(encoder.name for layout in SINGLE_FILE_LAYOUTS for encoder in layout.encoders))

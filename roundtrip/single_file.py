@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from roundtrip import hf_config, mapping, open_clip_config, readers, references
+from roundtrip import formats, hf_config, mapping, open_clip_config, readers, references
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes
 from roundtrip.errors import InputError
 from roundtrip.formats import Detected, Format, Source, SourceOptions
@@ -185,11 +185,15 @@ def _read(encoder: EmbeddedEncoder, found: Found, path: Path, options: SourceOpt
     ignored = [key for key in HF_IGNORED_KEYS if key in under] if encoder.layout == "hf" else []
     tensors = mapping.with_prefix({key: tensor for key, tensor in under.items() if key not in ignored},
                                   encoder.prefix)
-    notes = [f"read {encoder.name} of {found.described}; {len(checkpoint.tensors) - len(under)} other tensor(s) "
-             "of the file not read"]
-    notes += [f"{encoder.prefix}{key} ignored: transformers makes the positions itself" for key in ignored]
+    others = len(checkpoint.tensors) - len(under)
+    notes = [f"read {encoder.name} of {found.described}" + (f"; {others} other tensor(s) of the file not read"
+                                                             if others else "")]
+    aside = {encoder.prefix + key: under[key] for key in ignored}
+    for key, tensor in aside.items():
+        formats.check_aside(path, key, tensor)
+        notes.append(f"{key} set aside: transformers makes the positions itself (the file keeps them)")
     return Source(path, encoder_format(found, encoder), checkpoint.kind, tensors, None, path,
-                  checkpoint.provenance, path, checkpoint.release, checkpoint.check, notes=notes)
+                  checkpoint.provenance, path, checkpoint.release, checkpoint.check, notes=notes, aside=aside)
 
 
 def _architecture(model: EncoderModel, source: Source, shapes: Shapes) -> Architecture:

@@ -356,12 +356,13 @@ _SD3_STAND_INS = {"text_encoders.t5xxl.transformer.shared.weight": ((16, 8), "fl
 def single_file_tensors(family: str, layers: int | dict[str, int] = 2, dtype: str = "float16",
                         vocab_size: int = OPENAI_VOCAB_SIZE,
                         seed: int = 0, older_keys: bool = False, position_ids: bool = False,
-                        width: int | None = None) -> dict:
+                        width: int | None = None, logit_scale: bool = False) -> dict:
     """The tensors of a diffusion model's single-file checkpoint of `family` (as schema.SINGLE_FILE_LAYOUTS
     names them, or "standalone clip_l|clip_h|clip_g"): each text encoder at its real width (or `width`) with
     `layers` blocks (or `layers[name]`) and random weights in `dtype`, beside stand-ins for the rest.
     `older_keys`: HF-layout encoders without text_model. (older Stable Diffusion 1.x files); `position_ids`: with
-    the int64 positions older files hold."""
+    the int64 positions older files hold; `logit_scale`: an HF-layout encoder with one (as ComfyUI's CLIPSave
+    writes standalone files)."""
     import torch
 
     from roundtrip.schema import HF_IGNORED_KEYS, LOGIT_SCALE, SINGLE_FILE_LAYOUTS, EmbeddedEncoder
@@ -394,6 +395,8 @@ def single_file_tensors(family: str, layers: int | dict[str, int] = 2, dtype: st
                        mapping.convert(weights, "openai", "hf", ("text",)).items()}
             if position_ids:
                 weights[HF_IGNORED_KEYS[0]] = torch.arange(77).unsqueeze(0)
+            if logit_scale:
+                weights[LOGIT_SCALE] = torch.tensor(4.6055, dtype=getattr(torch, dtype))
             if older_keys:
                 weights = mapping.without_prefix(weights, HF_TOWER_PREFIXES["text"])
         tensors.update(mapping.with_prefix(weights, encoder.prefix))
@@ -432,7 +435,8 @@ class SingleFile:
 def single_files(draw) -> SingleFile:
     """Random single files of every family of schema.SINGLE_FILE_LAYOUTS and standalone encoder files: real
     widths, one to three blocks (two or more where diffusers leaves the last out), a small vocabulary, any
-    float dtype, the older key style and stray position_ids where Stable Diffusion 1.x files have them."""
+    float dtype, the older key style and stray position_ids where Stable Diffusion 1.x files have them,
+    position_ids and logit_scale where standalone files have them."""
     from roundtrip.schema import SINGLE_FILE_LAYOUTS
 
     family = draw(st.sampled_from([layout.family for layout in SINGLE_FILE_LAYOUTS] +
@@ -442,4 +446,6 @@ def single_files(draw) -> SingleFile:
                "vocab_size": draw(st.sampled_from([64, 1000])), "seed": draw(seeds)}
     if family == "Stable Diffusion 1.x":
         options.update(older_keys=draw(st.booleans()), position_ids=draw(st.booleans()))
+    if family.startswith("standalone"):  # as ComfyUI's CLIPSave writes them, or SD3's own
+        options.update(position_ids=draw(st.booleans()), logit_scale=draw(st.booleans()))
     return SingleFile(family, options, ckpt=not family.startswith("standalone") and draw(st.booleans()))

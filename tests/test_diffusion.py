@@ -177,7 +177,10 @@ def test_a_duplicated_block_fails_verification(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["clip_l", "clip_g"])
 def test_a_standalone_encoder_file_comes_back_bit_exact_through_its_diffusers_component(tmp_path, name):
-    source = write_single_file(tmp_path / f"{name}.safetensors", f"standalone {name}", dtype="bfloat16")
+    """As ComfyUI's CLIPSave writes one: with logit_scale and position_ids, which no component holds (they are
+    recorded, and put back)."""
+    source = write_single_file(tmp_path / f"{name}.safetensors", f"standalone {name}", dtype="bfloat16",
+                               logit_scale=True, position_ids=True)
     (summary,) = convert_to_diffusers(source, tmp_path / "components")
     convert_to_single_file(tmp_path / "components", tmp_path / "back.safetensors")
     original, back = load_file(source), load_file(tmp_path / "back.safetensors")
