@@ -284,6 +284,38 @@ def model_card(facts: CardFacts) -> dict[str, str]:
     return {MODEL_CARD: "\n".join(lines)}
 
 
+@dataclass(frozen=True)
+class ComponentFacts:
+    """One diffusers component as the card of a folder of them reports it."""
+
+    folder: str  # text_encoder, text_encoder_2
+    model_class: str
+    written_dtypes: dict[str, int]
+    architecture: Architecture
+    agreement: Agreement | None
+    notes: list[str]
+
+
+def components_card(source_name: str, source_bytes: int, source_format: str, tool: str,
+                    components: list[ComponentFacts]) -> dict[str, str]:
+    """README.md of a folder of diffusers text encoder components: where each came from, what it holds, what
+    was left out or added, and what the check measured."""
+    lines = ["---", "library_name: diffusers", "tags:", "- clip", "- clipconv", "---", "",
+             f"# The CLIP text encoders of {source_name} as diffusers components", "",
+             f"Written by {tool} (`clipconv to-diffusers`) from `{source_name}` ({source_format}, "
+             f"{source_bytes:,} bytes).", ""]
+    for component in components:
+        verification = ("skipped (`--no-verify`)" if component.agreement is None else
+                        f"max \\|Δ\\| = {component.agreement.largest[1]:.2e} over {component.agreement.scope()} "
+                        f"(tolerance {TOLERANCE:g})")
+        lines += [f"## `{component.folder}/`: {component.model_class}", "",
+                  f"- architecture: {component.architecture.describe()}",
+                  f"- written dtypes: {_dtype_counts(component.written_dtypes)}",
+                  f"- verification: {verification}",
+                  *(f"- note: {note}" for note in component.notes), ""]
+    return {MODEL_CARD: "\n".join(lines)}
+
+
 def _dtype_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name}: {count} tensors" for name, count in counts.items())
 

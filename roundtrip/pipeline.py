@@ -21,6 +21,8 @@ from roundtrip import (
     diffusers_folder,
     dtypes,
     formats,
+    hf_config,
+    hf_extras,
     mapping,
     readers,
     single_file,
@@ -350,7 +352,18 @@ def convert_to_diffusers(source: Path | str, dest: Path | str, *, dtype: str = "
         intact.result()
         for plan, summary in zip(plans, summaries, strict=True):
             summary.extra_files = plan.finish(summary.agreement)
+        # (no SHA-256 of the whole file, as to-hf's card has: hashing a 7 GB file would cost more than the
+        # conversion, which reads only the encoders' bytes)
+        card = hf_extras.components_card(source_path.name, source_path.stat().st_size, found.described,
+                                         formats.tool(), [_component_facts(summary) for summary in summaries])
+        writers.write_text_files(staging, card)
+        summaries[-1].extra_files.extend(card)
     return summaries
+
+
+def _component_facts(summary: Summary) -> hf_extras.ComponentFacts:
+    return hf_extras.ComponentFacts(summary.dest.name, hf_config.model_class(summary.architecture), summary.dtypes,
+                                    summary.architecture, summary.agreement, summary.notes)
 
 
 def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | str | None = None, *,

@@ -60,6 +60,8 @@ def test_to_diffusers_writes_what_diffusers_own_single_file_code_builds(tmp_path
     source = write_single_file(tmp_path / "model.safetensors", family, **options)
     summaries = convert_to_diffusers(source, tmp_path / "out")
     assert [summary.dest.name for summary in summaries] == list(components)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert all(note in card for summary in summaries for note in summary.notes)  # what was left out or added
     # diffusers reads no Stable Diffusion 1.x file of the older keys: its referee reads the same tensors named
     # as in newer files
     checkpoint = load_file(source) if "older_keys" not in options else single_file_tensors(
