@@ -188,10 +188,11 @@ def _read(encoder: EmbeddedEncoder, found: Found, path: Path, options: SourceOpt
     others = len(checkpoint.tensors) - len(under)
     notes = [f"read {encoder.name} of {found.described}" + (f"; {others} other tensor(s) of the file not read"
                                                              if others else "")]
+    for key in ignored:
+        formats.check_aside(path, key, under[key])
+        notes.append(f"{encoder.prefix}{key} set aside: transformers makes the positions itself (the file keeps "
+                     "them)")
     aside = {encoder.prefix + key: under[key] for key in ignored}
-    for key, tensor in aside.items():
-        formats.check_aside(path, key, tensor)
-        notes.append(f"{key} set aside: transformers makes the positions itself (the file keeps them)")
     return Source(path, encoder_format(found, encoder), checkpoint.kind, tensors, None, path,
                   checkpoint.provenance, path, checkpoint.release, checkpoint.check, notes=notes, aside=aside)
 

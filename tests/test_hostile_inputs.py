@@ -790,6 +790,11 @@ def _xl_second_encoder_in_hf_layout(tensors: dict) -> dict:
             **mapping.with_prefix({key: tensor.contiguous() for key, tensor in converted.items()}, prefix)}
 
 
+def _reversed_position_ids(tensors: dict) -> dict:
+    key = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+    return {**tensors, key: tensors[key].flip(-1)}
+
+
 def _xl_projection_of_the_wrong_shape(tensors: dict) -> dict:
     return {**tensors, "conditioner.embedders.1.model.text_projection": torch.zeros(1024, 1280, dtype=torch.float16)}
 
@@ -811,6 +816,9 @@ SINGLE_FILES = {
                                  "text encoders clip_l, clip_g): name one with --encoder"),
     "a standalone encoder of no released width": (["to-diffusers"], _single_file("standalone clip_l", width=512),
                                                   "is a text encoder 512 wide, which no released diffusion model's"),
+    "position_ids out of order": (["to-diffusers"], _single_file("Stable Diffusion 1.x", _reversed_position_ids,
+                                                                 position_ids=True),
+                                  "text_model.embeddings.position_ids is not the positions 0 to n-1 in order"),
     "no diffusion model": (["to-diffusers"], lambda tmp_path: _write_openai_demo(tmp_path),
                            "holds no diffusion model's CLIP text encoder"),
 }
