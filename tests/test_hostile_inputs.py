@@ -568,6 +568,11 @@ OPEN_CLIP_SOURCES = {
                                             "vision_cfg.layers is 1.0, expected a positive integer"),
     "text heads that are not a number": (_folder(_open_clip_config(**{"text_cfg.heads": "8"})),
                                          "text_cfg.heads is '8', expected a positive integer"),
+    # open_clip_config._number's survivor 6 (`... or bool and < 1`) accepted both of these
+    "no text heads": (_folder(_open_clip_config(**{"text_cfg.heads": 0})),
+                      "text_cfg.heads is 0, expected a positive integer"),
+    "text heads given as true": (_folder(_open_clip_config(**{"text_cfg.heads": True})),
+                                 "text_cfg.heads is True, expected a positive integer"),
     "an image size that is not a number": (_folder(_open_clip_config(**{"vision_cfg.image_size": "224"})),
                                            "vision_cfg.image_size is '224', expected a positive integer"),
     "images that are not square": (_folder(_open_clip_config(**{"vision_cfg.image_size": [224, 256]})),
