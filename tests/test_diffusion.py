@@ -18,6 +18,8 @@ from roundtrip.pipeline import convert_to_diffusers, convert_to_single_file
 from roundtrip.safetensors_file import metadata, stored_order
 from roundtrip.testing import single_file_tensors, single_files, write_single_file
 
+from conftest import assert_refused, run_cli
+
 # case -> (family, fixture options, the components to-diffusers writes)
 CASES = {
     "SD 1.x": ("Stable Diffusion 1.x", {"position_ids": True}, ("text_encoder",)),
@@ -228,3 +230,20 @@ def test_any_single_file_comes_back_bit_exact_through_diffusers_components(tmp_p
     assert back.keys() == original.keys()
     assert all(back[key].dtype == tensor.dtype and torch.equal(_bits(back[key]), _bits(tensor))
                for key, tensor in original.items())
+
+
+@pytest.mark.parametrize("command, dest", [("to-hf", "out"), ("to-openai", "out.pt"), ("to-open-clip", "out")])
+@pytest.mark.parametrize("encoder", ["clip_l", "clip_g"])
+def test_any_command_takes_one_encoder_out_of_a_single_file(tmp_path, command, dest, encoder):
+    """--encoder: that encoder as a tower alone in the command's format, the same model as in the file (OpenAI's
+    code has no GELU: ViT-bigG's encoder is refused by to-openai, saying why)."""
+    from roundtrip.testing import assert_equivalent
+
+    source = write_single_file(tmp_path / "sdxl.safetensors", "Stable Diffusion XL", layers=1, vocab_size=1000)
+    result = run_cli(command, source, tmp_path / dest, "--encoder", encoder)
+    if (command, encoder) == ("to-openai", "clip_g"):
+        assert_refused(result, "OpenAI's CLIP code cannot represent this model: text activation is gelu")
+        return
+    assert result.exit_code == 0, result.output
+    assert f"read {encoder} of a Stable Diffusion XL checkpoint" in result.output
+    assert_equivalent(source, tmp_path / dest, encoder_a=encoder)
