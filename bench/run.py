@@ -225,7 +225,8 @@ def sdxl(rounds: int) -> list[str]:
     for name, runs in results.items():
         against = SDXL_AGAINST.get(name)
         ratio = f"{seconds[name] / seconds[against]:.2f}x of {against.split(' (')[0]}" if against else ""
-        faster = f"{seconds[SDXL_DIFFUSERS] / seconds[name]:.1f}x" if name.startswith("clipconv") else ""
+        # diffusers' route goes one way: from the single file to components
+        faster = f"{seconds[SDXL_DIFFUSERS] / seconds[name]:.1f}x" if name.startswith("clipconv to-diffusers") else ""
         rows.append(f"| {name} | {seconds[name]:.1f} | {statistics.median(m.cpu_seconds for m in runs):.1f} | "
                     f"{statistics.median(m.peak_rss_mb for m in runs) / 1024:.2f} | {ratio} | {faster} |")
     return rows
