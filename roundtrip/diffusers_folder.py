@@ -41,7 +41,6 @@ def component_of(loaded: Loaded, encoder: EmbeddedEncoder) -> tuple[Loaded, list
     the whole tower it was cut from, where it was: the text tower alone; without its last block, projection and
     logit_scale where the diffusion model reads the block before (Stable Diffusion 2.x); with an identity
     projection where the pipeline's class has one and the file none (Stable Diffusion 3's CLIP-L)."""
-    whole, _ = formats.tower_alone(loaded, "text")
     cut, _ = formats.tower_alone(loaded, "text", projected=not encoder.drops_last_block)
     left_out = [key for key in loaded.tensors if key not in cut.tensors]  # logit_scale; SD 2.x: the projection
     notes = []
@@ -62,7 +61,7 @@ def component_of(loaded: Loaded, encoder: EmbeddedEncoder) -> tuple[Loaded, list
         notes.append(f"{encoder.name}: the file has no text projection; diffusers' {encoder.component} is a "
                      f"CLIPTextModelWithProjection, written with the identity its pipeline's code implies "
                      f"({PROJECTIONS['text'][0]} = I, float32)")
-    return cut, notes, whole if encoder.drops_last_block else None
+    return cut, notes, formats.tower_alone(loaded, "text")[0] if encoder.drops_last_block else None
 
 
 def _before_block(loaded: Loaded, first_left_out: int) -> Loaded:
