@@ -247,3 +247,38 @@ def test_any_command_takes_one_encoder_out_of_a_single_file(tmp_path, command, d
     assert result.exit_code == 0, result.output
     assert f"read {encoder} of a Stable Diffusion XL checkpoint" in result.output
     assert_equivalent(source, tmp_path / dest, encoder_a=encoder)
+
+
+def test_a_component_saved_again_by_transformers_goes_back_bit_exact(tmp_path):
+    """transformers >= 5.6 saves CLIPTextModel without text_model. (transformers#46285, diffusers#13843: single-file
+    export broke on it): a component fine-tuned and saved by transformers still goes back into the base."""
+    import transformers
+
+    base = write_single_file(tmp_path / "sd15.safetensors", "Stable Diffusion 1.x", position_ids=True)
+    convert_to_diffusers(base, tmp_path / "components")
+    component = tmp_path / "components" / "text_encoder"
+    model = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(component)).half()
+    model.load_state_dict({key.removeprefix("text_model."): tensor
+                           for key, tensor in load_file(component / "model.safetensors").items()})
+    model.save_pretrained(component)  # built, not loaded: saved as transformers >= 5.6 saves it
+    assert not any(key.startswith("text_model.") for key in load_file(component / "model.safetensors"))
+    convert_to_single_file(tmp_path / "components", tmp_path / "back.safetensors", base)
+    original, back = load_file(base), load_file(tmp_path / "back.safetensors")
+    assert back.keys() == original.keys()
+    assert all(torch.equal(_bits(back[key]), _bits(tensor)) for key, tensor in original.items())
+
+
+def test_position_ids_stored_as_floats_are_read_as_the_positions(tmp_path):
+    """Merged checkpoints hold position_ids as floats (AUTOMATIC1111#6728): set aside as positions, the file's own
+    tensor kept by the way back."""
+    tensors = single_file_tensors("Stable Diffusion 1.x", position_ids=True)
+    key = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+    tensors[key] = tensors[key].float()
+    from safetensors.torch import save_file
+
+    save_file(tensors, tmp_path / "merged.safetensors")
+    (summary,) = convert_to_diffusers(tmp_path / "merged.safetensors", tmp_path / "components")
+    assert any(f"{key} set aside" in note for note in summary.notes)
+    convert_to_single_file(tmp_path / "components", tmp_path / "back.safetensors", tmp_path / "merged.safetensors")
+    back = load_file(tmp_path / "back.safetensors")
+    assert back[key].dtype == torch.float32 and torch.equal(back[key], tensors[key])
