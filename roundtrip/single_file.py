@@ -188,6 +188,10 @@ def _read(encoder: EmbeddedEncoder, found: Found, path: Path, options: SourceOpt
     others = len(checkpoint.tensors) - len(under)
     notes = [f"read {encoder.name} of {found.described}" + (f"; {others} other tensor(s) of the file not read"
                                                              if others else "")]
+    if found.family is None:  # what a standalone file's keys cannot say, its width is taken to say
+        model = ENCODER_MODELS[encoder.name]
+        notes.append(f"told to be {model.title} by its width, {model.width}, as ComfyUI tells standalone encoders "
+                     f"apart: {model.activation}, heads of {HEAD_WIDTH}")
     for key in ignored:
         formats.check_aside(path, key, under[key])
         notes.append(f"{encoder.prefix}{key} set aside: transformers makes the positions itself (the file keeps "
