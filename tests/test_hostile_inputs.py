@@ -568,6 +568,10 @@ OPEN_CLIP_SOURCES = {
                                             "vision_cfg.layers is 1.0, expected a positive integer"),
     "text heads that are not a number": (_folder(_open_clip_config(**{"text_cfg.heads": "8"})),
                                          "text_cfg.heads is '8', expected a positive integer"),
+    # open_clip_config.claimed_architecture's survivors 110, 112-114: no case reached this refusal
+    "text heads that do not split its width": (_folder(_open_clip_config(**{"text_cfg.heads": 7})),
+                                               "the open_clip config cannot be built: text width 512 does not split "
+                                               "into 7 heads"),
     # open_clip_config._number's survivor 6 (`... or bool and < 1`) accepted both of these
     "no text heads": (_folder(_open_clip_config(**{"text_cfg.heads": 0})),
                       "text_cfg.heads is 0, expected a positive integer"),
