@@ -631,6 +631,17 @@ OPEN_CLIP_SOURCES = {
                                               _text_alone, "--tower", "text"), "has no model_cfg (nor vision_cfg"),
     "a text tower to to-hf without --tower": (_tower_file(_open_clip_config(), _text_alone),
                                               "it has no vision tower (--tower text writes the text tower alone)"),
+    # survivors of open_clip_config.unsupported (21, 23-25; 31; 34, 35; 47, 48): settings no case reached
+    "a model_cfg of neither tower": (_folder(raw=json.dumps({"model_cfg": {"embed_dim": 512}})),
+                                     "it has neither vision_cfg nor text_cfg"),
+    "a text tower alone with a setting CLIPModel lacks": (
+        _tower_file(_without(_open_clip_config(**{"text_cfg.no_causal_mask": True}), "vision_cfg"), _text_alone,
+                    "--tower", "text"), "text_cfg.no_causal_mask is True"),
+    "a vision_cfg that is no object, and a text setting CLIPModel lacks": (
+        _folder(_open_clip_config(**{"vision_cfg": "ViT", "text_cfg.no_causal_mask": True})),
+        "vision_cfg is not a JSON object; text_cfg.no_causal_mask is True"),
+    "a ResNet's vision layers": (_folder(_open_clip_config(**{"vision_cfg.layers": [3, 4, 6, 3]})),
+                                 "vision_cfg.layers is a list: a ResNet vision tower, which CLIPModel does not have"),
 }
 
 
