@@ -333,23 +333,44 @@ def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: 
     values bit for bit in the wider dtype, else the largest |difference|); and what each side's own model code
     computes on the same tokens and images: every layer's output, the embeddings and the logits. A dtype that
     differs while every value is equal is reported, not failed. --tower compares one tower of each.
+
+    \b
+    A diffusion model's single file A against a folder B of its diffusers
+    components (as to-diffusers writes them, or a pipeline's folder): each
+    text encoder against its component, as diffusers keeps it, one report per
+    encoder (--encoder-a compares one, against a component's folder as B).
     """
-    from roundtrip.compare import compare
+    from roundtrip.compare import compare, compare_encoders
     from roundtrip.formats import SourceOptions
 
+    options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"],
+                                   sides[f"openai_architecture_{side}"], sides[f"encoder_{side}"])
+               for side in ("a", "b")}
+    per_encoder = (a.is_file() and b.is_dir() and not (b / "config.json").exists() and tower is None
+                   and options["a"] == SourceOptions() and options["b"] == SourceOptions()
+                   and any((b / name).is_dir() for name in ("text_encoder", "text_encoder_2")))
+
     def run(report, progress):
-        options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"],
-                                       sides[f"openai_architecture_{side}"], sides[f"encoder_{side}"])
-                   for side in ("a", "b")}
-        return compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=not no_logits,
-                       options_a=options["a"], options_b=options["b"], tower=tower)
+        if per_encoder:
+            return compare_encoders(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance,
+                                    logits=not no_logits)
+        return {None: compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=not no_logits,
+                              options_a=options["a"], options_b=options["b"], tower=tower)}
 
     def error_as_json(message: str) -> None:  # CI reads stdout: one JSON object whatever happens
         click.echo(json.dumps({"verdict": "error", "same": False, "error": message}))
 
-    result = _run(ctx, run, debug, error_as_json if as_json else None)
-    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.text())
-    if not result.same:
+    results = _run(ctx, run, debug, error_as_json if as_json else None)
+    if not per_encoder:
+        (result,) = results.values()
+        click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.text())
+    elif as_json:
+        same = all(result.same for result in results.values())
+        click.echo(json.dumps({"verdict": "same" if same else "different", "same": same,
+                               "encoders": {name: result.to_json() for name, result in results.items()}}, indent=2))
+    else:
+        click.echo("\n\n".join(f"encoder       {name}\n{result.text()}" for name, result in results.items()))
+    if not all(result.same for result in results.values()):
         ctx.exit(1)
 
 

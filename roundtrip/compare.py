@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roundtrip import formats, mapping, single_file, verify
+from roundtrip import diffusers_folder, formats, mapping, single_file, verify
 from roundtrip.errors import ClipconvError
 from roundtrip.formats import Loaded, SourceOptions
 from roundtrip.schema import TOWERS
@@ -160,6 +160,38 @@ def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weigh
     ("text" or "vision") alone, if given."""
     (first, side_a), (second, side_b) = (_load(Path(path), options, side, tower)
                                          for path, options, side in ((a, options_a, "a"), (b, options_b, "b")))
+    return _report(first, side_a, second, side_b, tolerance, weights_tolerance, logits)
+
+
+def compare_encoders(single_file_path: Path | str, folder: Path | str, *, tolerance: float = TOLERANCE,
+                     weights_tolerance: float = 0.0, logits: bool = True) -> dict[str, Report]:
+    """Each CLIP text encoder of a diffusion model's single file against its diffusers component in `folder` (as
+    `to-diffusers` writes them, or a pipeline's folder), the encoder taken as diffusers keeps it (Stable Diffusion
+    2.x's without its last block, SD3's CLIP-L with the identity projection): one report per encoder found in
+    both, by the encoder's name."""
+    path, folder = Path(single_file_path), Path(folder)
+    try:
+        found = single_file.found_in(path)
+        pairs = diffusers_folder.components_in(folder, found, path)
+    except ClipconvError as error:
+        raise error.on_side("a") from None
+    reports = {}
+    for encoder, component in pairs:
+        try:
+            loaded = formats.load(single_file.encoder_format(found, encoder), path, SourceOptions())
+            kept, notes, _ = diffusers_folder.component_of(loaded, encoder)
+        except ClipconvError as error:
+            raise error.on_side("a") from None
+        side_a = SideReport(str(path), loaded.source.described(loaded.architecture), kept.architecture.semantics(),
+                            [*kept.source.notes, *notes])
+        second, side_b = _load(component, SourceOptions(), "b", None)
+        reports[encoder.name] = _report(kept, side_a, second, side_b, tolerance, weights_tolerance, logits)
+    return reports
+
+
+def _report(first: Loaded, side_a: SideReport, second: Loaded, side_b: SideReport, tolerance: float,
+            weights_tolerance: float, logits: bool) -> Report:
+    """Two sides read and understood, compared."""
     sides = [first, second]
     report = Report(side_a, side_b, [], tolerance, weights_tolerance)
     report.architecture_differences = _architecture_differences(sides[0], sides[1])
