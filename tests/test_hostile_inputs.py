@@ -640,6 +640,12 @@ OPEN_CLIP_SOURCES = {
     "a vision_cfg that is no object, and a text setting CLIPModel lacks": (
         _folder(_open_clip_config(**{"vision_cfg": "ViT", "text_cfg.no_causal_mask": True})),
         "vision_cfg is not a JSON object; text_cfg.no_causal_mask is True"),
+    "a vision LayerNorm setting other than eps": (
+        _folder(_open_clip_config(**{"vision_cfg.norm_kwargs": {"eps": 1e-5, "elementwise_affine": False}})),
+        "vision_cfg.norm_kwargs sets elementwise_affine, of which CLIPModel's LayerNorm takes only eps"),
+    "a text LayerNorm setting other than eps": (
+        _folder(_open_clip_config(**{"text_cfg.norm_kwargs": {"bias": False}})),
+        "text_cfg.norm_kwargs sets bias, of which CLIPModel's LayerNorm takes only eps"),
     "a ResNet's vision layers": (_folder(_open_clip_config(**{"vision_cfg.layers": [3, 4, 6, 3]})),
                                  "vision_cfg.layers is a list: a ResNet vision tower, which CLIPModel does not have"),
 }
