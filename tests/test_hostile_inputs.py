@@ -646,6 +646,9 @@ OPEN_CLIP_SOURCES = {
     "a text LayerNorm setting other than eps": (
         _folder(_open_clip_config(**{"text_cfg.norm_kwargs": {"bias": False}})),
         "text_cfg.norm_kwargs sets bias, of which CLIPModel's LayerNorm takes only eps"),
+    # open_clip_config._against's survivor 9 (`is not` for `is`) accepted this
+    "a setting of 0 where open_clip means false": (_folder(_open_clip_config(**{"text_cfg.no_causal_mask": 0})),
+                                                   "text_cfg.no_causal_mask is 0"),
     "a ResNet's vision layers": (_folder(_open_clip_config(**{"vision_cfg.layers": [3, 4, 6, 3]})),
                                  "vision_cfg.layers is a list: a ResNet vision tower, which CLIPModel does not have"),
 }
@@ -863,3 +866,13 @@ def test_hostile_single_files_are_refused_in_one_line_leaving_nothing(tmp_path, 
     assert_refused(run_cli(command[0], source, out, *command[1:], "--no-verify"), str(source), message)
     assert not out.exists()
     assert_nothing_left(tmp_path, [source.name])
+
+
+def test_open_clip_settings_spelt_out_with_the_values_clipmodel_holds_are_read(tmp_path, b32_weights):
+    """Settings CLIPModel has one value of, spelt out with that value, are no refusal (survivors of
+    open_clip_config._against 8, 10 refused every one)."""
+    config = _open_clip_config(**{"text_cfg.no_causal_mask": False, "text_cfg.proj_bias": False,
+                                  "vision_cfg.attentional_pool": False, "nonscalar_logit_scale": False})
+    (source,) = _folder(config)(tmp_path, b32_weights)
+    result = run_cli("to-hf", source, tmp_path / "out", "--no-verify")
+    assert result.exit_code == 0, result.output
