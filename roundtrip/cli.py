@@ -340,15 +340,15 @@ def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: 
     text encoder against its component, as diffusers keeps it, one report per
     encoder (--encoder-a compares one, against a component's folder as B).
     """
+    from roundtrip import diffusers_folder
     from roundtrip.compare import compare, compare_encoders
     from roundtrip.formats import SourceOptions
 
     options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"],
                                    sides[f"openai_architecture_{side}"], sides[f"encoder_{side}"])
                for side in ("a", "b")}
-    per_encoder = (a.is_file() and b.is_dir() and not (b / "config.json").exists() and tower is None
-                   and options["a"] == SourceOptions() and options["b"] == SourceOptions()
-                   and any((b / name).is_dir() for name in ("text_encoder", "text_encoder_2")))
+    per_encoder = (a.is_file() and diffusers_folder.is_components_folder(b) and tower is None
+                   and options["a"] == SourceOptions() and options["b"] == SourceOptions())
 
     def run(report, progress):
         if per_encoder:

@@ -131,7 +131,7 @@ def components_in(source: Path, found: Found, base: Path) -> list[tuple[Embedded
                                      f"encoder diffusers keeps in a folder of that name "
                                      f"({', '.join(by_component)})")
         return [(by_component[source.name], source)]
-    present = [name for name in COMPONENTS if (source / name / HF_CONFIG).is_file()]
+    present = _components_present(source)
     if not present:
         raise InputError(source, f"holds no diffusers text encoder component ({', '.join(COMPONENTS)} with a "
                                  f"{HF_CONFIG})")
@@ -142,11 +142,21 @@ def components_in(source: Path, found: Found, base: Path) -> list[tuple[Embedded
     return [(by_component[name], source / name) for name in present]
 
 
+def is_components_folder(folder: Path) -> bool:
+    """Whether `folder` is a folder of diffusers text encoder components (as to-diffusers writes them, or a
+    pipeline's folder), not a model folder itself."""
+    return folder.is_dir() and not (folder / HF_CONFIG).exists() and bool(_components_present(folder))
+
+
+def _components_present(folder: Path) -> list[str]:
+    return [name for name in COMPONENTS if (folder / name / HF_CONFIG).is_file()]
+
+
 def only_component(source: Path) -> Path:
     """The one component's folder in `source` (or `source` itself, a component's folder)."""
     if (source / HF_CONFIG).is_file():
         return source
-    present = [name for name in COMPONENTS if (source / name / HF_CONFIG).is_file()]
+    present = _components_present(source)
     if len(present) != 1:
         held = f"holds {' and '.join(present)}" if present else "holds no diffusers text encoder component"
         raise InputError(source, f"{held}: a file without --base holds one encoder (give --base FILE, or one "

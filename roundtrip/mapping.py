@@ -264,7 +264,7 @@ def keys_in(layout: str, openai_keys: Iterable[str]) -> list[str]:
 
 def describe_blocks(keys: Iterable[str], layout: str) -> list[str]:
     """`keys` (of `layout`) for people: the keys of residual blocks as "text block N", the others as they are."""
-    blocks = {c for c in READING[layout] if c.block}
+    blocks = tuple(c for c in READING[layout] if c.block)
     named: dict[str, None] = {}
     for key in keys:
         fields = next(((c.tower, found) for c in blocks for pattern in c.sources

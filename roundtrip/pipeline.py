@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from roundtrip import (
     casting,
@@ -38,6 +39,9 @@ from roundtrip.schema import ASIDE_KEYS, HF_TOWER_PREFIXES, OPENAI_ARCHIVE_ATTRI
 from roundtrip.strided import Strided
 
 Report = Callable[[str], None]
+Result = TypeVar("Result")
+# What every conversion may find at DEST, for a refusal to name (what other commands write)
+OUTPUT_KINDS = (*(entry.output for entry in FORMATS.values()), diffusers_folder.DIFFUSERS_FOLDER, writers.SINGLE_FILE)
 
 
 
@@ -100,7 +104,7 @@ def convert(
     detected = single_file.detect(source_path, options) or formats.detect(source_path, options, target)
     source_format, options, notes = detected.format, detected.options, detected.notes
     placed = destination.check_destination(dest, [source_path, *options.files()], target.output, overwrite,
-                                           [entry.output for entry in FORMATS.values()])
+                                           OUTPUT_KINDS)
     report(f"Reading {source_path}")
     loaded = formats.load(source_format, source_path, options, target.towers)
     if source_format is target and (tower is None or loaded.towers == (tower,)):
@@ -312,7 +316,7 @@ def _background() -> Iterator[ThreadPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-def _checked(verification: Future, source: Path) -> verify.Agreement:
+def _checked(verification: Future[Result], source: Path) -> Result:
     """The check's result; any failure to build or run a reference model is one line naming the source."""
     try:
         return verification.result()
@@ -333,8 +337,7 @@ def convert_to_diffusers(source: Path | str, dest: Path | str, *, dtype: str = "
         raise InputError(source_path, "does not exist")
     found = single_file.found_in(source_path)
     placed = destination.check_destination(dest, [source_path], diffusers_folder.DIFFUSERS_FOLDER, overwrite,
-                                           [*(entry.output for entry in FORMATS.values()),
-                                            diffusers_folder.DIFFUSERS_FOLDER])
+                                           OUTPUT_KINDS)
     report(f"Reading {source_path} ({found.described})")
     components = [(encoder, *diffusers_folder.component_of(
         formats.load(single_file.encoder_format(found, encoder), source_path, SourceOptions()), encoder))
@@ -388,7 +391,7 @@ def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | st
     found = single_file.found_in(base_path)
     pairs = diffusers_folder.components_in(source_path, found, base_path)
     placed = destination.check_destination(dest, [source_path, base_path], writers.SINGLE_FILE, overwrite,
-                                           [*(entry.output for entry in FORMATS.values()), writers.SINGLE_FILE])
+                                           OUTPUT_KINDS)
     report(f"Reading {base_path} ({found.described}) and {source_path}")
     base = readers.read_tensor_file(base_path)
     base_keys = set(base.tensors)
@@ -410,16 +413,15 @@ def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | st
     metadata = {**(readers.safetensors_metadata(base_path) if base.kind == "safetensors" else {}),
                 METADATA_KEY: Provenance(formats.tool(), {}).to_json()}
     order = readers.stored_order(base_path) if base.kind == "safetensors" else None
-    architecture = pairs and checks[0][0].architecture
+    architecture = checks[0][0].architecture  # (the first encoder's: the notes name the others')
     summary = Summary(Path(dest), f"{found.family or 'standalone'} single file", len(output), cast.summary(output),
                       [Path(dest).name], architecture, notes=notes)
     with _background() as background, destination.staged(placed, is_folder=False) as staging:
         intact = background.submit(base.check)
         # one encoder after the other, in one thread: the two thread pool's other thread checks the base
-        verification = background.submit(lambda: [_check_put_back(component, target, dtypes, encoder) for
-                                                  (component, target, dtypes), (encoder, _) in zip(checks, pairs,
-                                                                                                   strict=True)]) \
-            if verify_logits else None
+        verification = background.submit(lambda: [_check_put_back(component, target, stored_dtypes, encoder) for
+                                                  (component, target, stored_dtypes), (encoder, _)
+                                                  in zip(checks, pairs, strict=True)]) if verify_logits else None
         report(f"Writing {len(output)} tensors")
         inputs = [base, *(component.source for component, _, _ in checks)]
         expected = writers.write_single_file(staging, output, metadata, cast, progress,
@@ -439,8 +441,7 @@ def _standalone_encoder_file(source: Path, dest: Path | str, overwrite: bool, re
     """The one component of `source` as a standalone encoder file: its tensors as they are (same layout and
     model code as the folder: the bytes, read back, are the check)."""
     folder = diffusers_folder.only_component(source)
-    placed = destination.check_destination(dest, [source], writers.SINGLE_FILE, overwrite,
-                                           [*(entry.output for entry in FORMATS.values()), writers.SINGLE_FILE])
+    placed = destination.check_destination(dest, [source], writers.SINGLE_FILE, overwrite, OUTPUT_KINDS)
     report(f"Reading {folder}")
     component = formats.load(formats.HF, folder, SourceOptions())
     output = dict(component.tensors)
@@ -467,11 +468,11 @@ def _standalone_encoder_file(source: Path, dest: Path | str, overwrite: bool, re
     return summary
 
 
-def _check_put_back(component: formats.Loaded, target: Format, dtypes: dict, encoder) -> verify.Agreement:
+def _check_put_back(component: formats.Loaded, target: Format, stored_dtypes: dict, encoder) -> verify.Agreement:
     """The component's model (transformers) and the base's encoder's model code, on the component's weights as
-    the base stores them (its dtypes)."""
+    the base stores them (`stored_dtypes`: the base encoder's, by its keys)."""
     architecture = component.architecture
-    stored = mapping.carried_back(dtypes, component.tensors, "hf", encoder.layout)
+    stored = mapping.carried_back(stored_dtypes, component.tensors, "hf", encoder.layout)
     checked = casting.Cast(recorded=stored).in_memory(component.tensors)
     sides = (formats.HF.side(component.source.config, architecture), target.side(None, architecture))
     return verify.check(checked, "hf", *sides, architecture)

@@ -374,7 +374,8 @@ def single_file_tensors(family: str, layers: int | dict[str, int] = 2, dtype: st
     else:
         encoders = next(layout.encoders for layout in SINGLE_FILE_LAYOUTS if layout.family == family)
     generator = torch.Generator().manual_seed(seed)
-    stand_ins = {} if encoders[0].prefix == "" else {**_STAND_INS, **(_SD3_STAND_INS if "3" in family else {})}
+    stand_ins = {} if encoders[0].prefix == "" else {
+        **_STAND_INS, **(_SD3_STAND_INS if family == "Stable Diffusion 3" else {})}
     tensors = {key: torch.randn(shape, generator=generator).to(getattr(torch, kind))
                for key, (shape, kind) in stand_ins.items()}
     for index, encoder in enumerate(encoders):
