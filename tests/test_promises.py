@@ -3,6 +3,7 @@ docstring names the bug it kills: each was planted by hand and seen to fail the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from roundtrip import verify
+from roundtrip import references, verify
 from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
 from roundtrip.testing import assert_equivalent
 
@@ -31,6 +32,21 @@ def test_a_model_whose_logits_are_nan_is_not_verified(tmp_path):
     torch.save(state_dict, tmp_path / "nan.pt")
     assert_refused(run_cli("to-hf", tmp_path / "nan.pt", tmp_path / "hf"), "logits differ", "by nan")
     assert [path.name for path in tmp_path.iterdir()] == ["nan.pt"]
+
+
+@pytest.mark.parametrize("towers, projected, scope", [
+    (("text", "vision"), True, "every layer's output, the pooled output, the projected embedding and the logits"),
+    (("text",), True, "every layer's output, the pooled output and the projected embedding"),
+    (("text",), False, "every layer's output and the pooled output"),
+])
+def test_the_verification_line_names_exactly_the_outputs_compared(towers, projected, scope):
+    """Kills `Agreement.scope` naming the projected embedding of a tower without one, or leaving out (or
+    garbling) the logits of a whole model: what the conversion says it checked is what was compared."""
+    tower = dataclasses.replace(DEMO.text, projected=projected)
+    vision = {} if "vision" in towers else {"vision": None, "image_resolution": None, "patch_size": None}
+    architecture = dataclasses.replace(DEMO, text=tower, embed_dim=DEMO.embed_dim if projected else None, **vision)
+    names = references.output_names(architecture)
+    assert verify.Agreement(dict.fromkeys(names, 0.0)).scope() == scope
 
 
 @pytest.mark.parametrize("shift, verified", [(2e-3, False), (9e-4, True)])
