@@ -25,7 +25,8 @@ COMMANDS = {
   clipconv to-hf ViT-B-32.pt clip-vit-base-patch32
   clipconv to-hf laion-ViT-H-14/ ViT-H-14-hf
   clipconv to-hf epoch_32.pt out --open-clip-model ViT-B-16-quickgelu
-  clipconv to-hf ViT-L-14.pt big --max-shard-size 500MB --no-verify"""),
+  clipconv to-hf ViT-L-14.pt big --max-shard-size 500MB --no-verify
+  clipconv to-hf my-hf-finetune my-hf-finetune-fp16 --dtype float16"""),
     "openai": ("to-openai", "Convert SOURCE into an OpenAI CLIP state-dict file DEST.", """
     DEST is one .pt file that clip.load(DEST, jit=False) and
     clip.model.build_model accept (a DEST ending in .safetensors gets the same
@@ -34,12 +35,14 @@ COMMANDS = {
     with every difference listed.""", """
   clipconv to-openai clip-vit-base-patch32 ViT-B-32.pt
   clipconv to-openai my-hf-finetune finetuned.pt --dtype float16
+  clipconv to-openai ViT-B-32.pt plain.pt   # TorchScript archive -> state dict
   python -c 'import clip; clip.load("finetuned.pt", device="cpu", jit=False)'"""),
     "open_clip": ("to-open-clip", "Convert SOURCE into an open_clip model folder DEST.", """
     DEST gets open_clip_config.json and open_clip_model.safetensors, which
     open_clip.create_model_and_transforms("local-dir:DEST") loads.""", """
   clipconv to-open-clip clip-vit-base-patch32 ViT-B-32-open-clip
   clipconv to-open-clip ViT-B-32.pt ViT-B-32-open-clip
+  clipconv to-open-clip epoch_3.pt run-3 --open-clip-config model_cfg.json
   python -c 'import open_clip; open_clip.create_model_and_transforms("local-dir:ViT-B-32-open-clip")'"""),
 }
 SOURCES = """
@@ -53,6 +56,9 @@ SOURCES = """
     An open_clip model's activation and heads are not in its tensors: they are
     never guessed. A file that looks like a training run's ({"state_dict": ...},
     "module." prefixes) is read as OpenAI's only with --openai-architecture.
+    A source already in DEST's format is written in that format's own form,
+    with its dtypes, key order and config unless asked otherwise; where that
+    would store exactly what SOURCE stores, nothing is written.
 
     DEST must not exist, or with --overwrite be this command's own earlier
     output; it is never SOURCE, inside it, or a folder holding it. Unless
@@ -436,6 +442,10 @@ def _fail(ctx: click.Context, message: str, on_error=None, code: int = 1) -> Non
 
 
 def _print_summary(summary) -> None:
+    if summary.unchanged_source is not None:
+        click.echo(f"Nothing to change: {summary.unchanged_source} already is what {summary.dest} would hold "
+                   f"({summary.target}: the same files, tensors, dtypes and config); nothing written")
+        return
     dtypes = ", ".join(f"{name}: {count}" for name, count in summary.dtypes.items())
     click.echo(f"Wrote {summary.dest} ({summary.target})")
     click.echo(f"  tensors       {summary.tensors} ({dtypes}) in {_files(summary.files)}")

@@ -98,12 +98,20 @@ class Source:
     not_released: list[str] = field(default_factory=list)  # signs that OpenAI never shipped it (a training run's)
     aside: dict[str, Strided] = field(default_factory=dict)  # tensors it holds that no conversion carries
     unprefixed: str = ""  # the tower prefix its keys were stored without (a flat one-tower HF folder)
+    # Beside `kind`, how its weights are stored: a folder's weight files, a file's packing (a training run's)
+    stored_as: tuple[str, ...] = ()
 
     def described(self, architecture: Architecture | None = None) -> str:
         """What it is (named after `architecture`, where its format's names depend on the towers) and how it is
         stored, for people: "OpenAI CLIP checkpoint, TorchScript archive"."""
         title = self.format.title if architecture is None else self.format.title_of(architecture)
         return f"{title}, {KINDS[self.kind]}"
+
+    def stored_alike(self, other: Source) -> bool:
+        """Whether `other` stores what this source stores, as it stores it: the same files (or packing), keys
+        in the same order, dtypes, attributes, tensors set aside and config (whatever their names)."""
+        return (self.stored_as, dataclasses.replace(self.record(), name="")) == \
+            (other.stored_as, dataclasses.replace(other.record(), name=""))
 
     def record(self) -> Record:
         """This source as the way back to its format needs it."""
@@ -191,7 +199,8 @@ def _read_openai(path: Path, options: SourceOptions) -> Source:
     attributes = {key: _describe_attribute(path, key, tensors.pop(key)) for key in OPENAI_ARCHIVE_ATTRIBUTES
                   if key in tensors}
     source = Source(path, OPENAI, checkpoint.kind, tensors, None, path, checkpoint.provenance, path,
-                    checkpoint.release, checkpoint.check, attributes, key_order=list(checkpoint.tensors))
+                    checkpoint.release, checkpoint.check, attributes, key_order=list(checkpoint.tensors),
+                    stored_as=tuple(checkpoint.packing))
     if checkpoint.kind == "torchscript" or options.openai_architecture:
         return source
     source.not_released = [*checkpoint.packing, *([f"named {path.name}, as open_clip names its weights"]
@@ -260,7 +269,7 @@ def _read_hf(path: Path, options: SourceOptions) -> Source:
     return Source(path, HF, "folder", tensors, folder.config, path / HF_CONFIG, folder.provenance,
                   weights[0] if len(weights) == 1 else path / HF_SAFETENSORS_INDEX, folder.release, folder.check,
                   preprocessing=_hf_preprocessing(path), notes=notes, aside=aside, unprefixed=unprefixed,
-                  key_order=[*tensors, *aside])
+                  key_order=[*tensors, *aside], stored_as=tuple(file.name for file in weights))
 
 
 def _with_tower_prefix(tensors: dict, held: tuple[str, ...]) -> tuple[dict, str, list[str]]:
@@ -399,14 +408,14 @@ def _read_open_clip(path: Path, options: SourceOptions) -> Source:
         folder = readers.read_open_clip_folder(path)
         config, checkpoint, hashed, config_path = folder.config, folder.weights, folder.weights_path, \
             path / OPEN_CLIP_CONFIG
-        kind = "folder"
+        kind, stored_as = "folder", (folder.weights_path.name, *checkpoint.packing)
     else:
         checkpoint, hashed = readers.read_tensor_file(path), path
         if checkpoint.kind == "torchscript":
             raise InputError(path, "is an OpenAI TorchScript archive, whose architecture OpenAI's code fixes: "
                                    "convert it without --open-clip-model or --open-clip-config")
         config, config_path = _named_config(options)
-        kind = checkpoint.kind
+        kind, stored_as = checkpoint.kind, tuple(checkpoint.packing)
     try:
         model_cfg, preprocess_cfg = open_clip_config.split_config(config)
         preprocessing = open_clip_config.preprocessing(preprocess_cfg)
@@ -418,7 +427,7 @@ def _read_open_clip(path: Path, options: SourceOptions) -> Source:
                                       "cannot hold it): " + "; ".join(problems))
     whole = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     source = Source(path, OPEN_CLIP, kind, checkpoint.tensors, whole, config_path, checkpoint.provenance, hashed,
-                    checkpoint.release, checkpoint.check, preprocessing=preprocessing)
+                    checkpoint.release, checkpoint.check, preprocessing=preprocessing, stored_as=stored_as)
     source.tokenizer_note = _open_clip_tokenizer(model_cfg)
     if preprocessing.resize_mode not in hf_extras.RESIZE_MODES or \
             preprocessing.interpolation not in hf_extras.PIL_RESAMPLING:

@@ -57,6 +57,13 @@ class Summary:
     max_logit_difference: float | None = None  # of the logits alone; None when verification was skipped
     extra_files: list[str] = field(default_factory=list)  # tokenizer, image processor, model card
     notes: list[str] = field(default_factory=list)  # what the user should know: files left out, mismatches
+    # Where a conversion within one format would write its source again (the same files, keys, dtypes and
+    # config): that source; nothing was written.
+    unchanged_source: Path | None = None
+
+
+class _Unchanged(Exception):
+    """Raised inside the staged output to discard it: it stores what its source stores, as the source does."""
 
 
 def _silent(_: str) -> None:
@@ -90,6 +97,10 @@ def convert(
     `open_clip_config` or `openai_architecture=True`, unless an open_clip_config.json lies beside it. `tower`
     ("text" or "vision"): that tower alone, from a source of both towers or of that one; `without_projection`:
     without its projection (as Stable Diffusion 1's text encoder, a CLIPTextModel, has none).
+
+    A source already in format `to` is written in that format's own form, with its own dtypes, key order and
+    config unless `dtype` says otherwise; where that would store exactly what it stores, nothing is written and
+    the summary's `unchanged_source` names it.
     """
     if tower not in (None, *TOWERS):
         raise ValueError(f"tower={tower!r} is not a tower ({', '.join(map(repr, TOWERS))})")
@@ -107,24 +118,37 @@ def convert(
                                            OUTPUT_KINDS)
     report(f"Reading {source_path}")
     loaded = formats.load(source_format, source_path, options, target.towers)
-    if source_format is target and (tower is None or loaded.towers == (tower,)):
-        # said only of a model that reads as one (a tower taken out of a model of both is a conversion)
-        raise InputError(source_path, f"is already in the target's format ({target.title}): nothing to convert")
-    if tower is None and source_format.towers != TOWERS:
-        tower = source_format.towers[0]  # a format of one tower (a text encoder): that tower, as if chosen
+    if tower is None and (source_format.towers != TOWERS or source_format is target and loaded.towers != TOWERS):
+        # a format of one tower (a text encoder), or a tower alone in the target's format: that tower, as if chosen
+        tower = loaded.towers[0]
     if tower is not None:
         loaded, left_out = formats.tower_alone(loaded, tower, projected=not without_projection)
         notes = [*notes, *left_out]
     notes = [*notes, *_one_tower_notes(loaded.source.path, loaded.towers, target, chosen=tower is not None)]
     plan = _plan(loaded, target, dest, notes, dtype, verify_logits, max_shard_bytes)
-    # The staged output is moved into place or removed first, then the side jobs are waited for.
-    with _background() as background, destination.staged(placed, is_folder=target.output.is_folder) as staging:
-        # The source's own checksums, beside the writing: a damaged file is refused before anything is kept.
-        intact = background.submit(loaded.source.check)
-        summary = _carry_out(plan, staging, background, report, progress)
-        intact.result()
-        summary.extra_files = plan.finish(summary.agreement)
+    try:
+        # The staged output is moved into place or removed first, then the side jobs are waited for.
+        with _background() as background, destination.staged(placed, is_folder=target.output.is_folder) as staging:
+            # The source's own checksums, beside the writing: a damaged file is refused before anything is kept.
+            intact = background.submit(loaded.source.check)
+            summary = _carry_out(plan, staging, background, report, progress)
+            intact.result()
+            if source_format is target and _stores_its_source(staging, loaded.source):
+                raise _Unchanged
+            summary.extra_files = plan.finish(summary.agreement)
+    except _Unchanged:
+        summary.unchanged_source = source_path
     return summary
+
+
+def _stores_its_source(staging: Path, source: formats.Source) -> bool:
+    """Whether the output staged at `staging` (of the source's own format) stores what `source` stores, as it
+    does: a conversion within one format that changes nothing."""
+    written = source.format.read(staging, SourceOptions())
+    try:
+        return written.stored_alike(source)
+    finally:
+        written.release()
 
 
 @dataclass
@@ -154,7 +178,10 @@ def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[
     problems = target.incompatibilities(architecture)
     if problems:
         raise InputError(read.path, f"{target.code} cannot represent this model: " + "; ".join(problems))
-    restored = read.provenance.records.get(target.name) if read.provenance else None
+    # What to restore of the target's format: the source itself, where it is in that format already (its
+    # dtypes, key order, config, attributes); else what an earlier conversion recorded of it.
+    same_format = source_format is target
+    restored = read.record() if same_format else read.provenance.records.get(target.name) if read.provenance else None
     config, config_notes = target.make_config(architecture, read, restored, shapes)
     openai_weights = mapping.convert(tensors, source_format.layout, "openai", towers)
     weights = mapping.convert(openai_weights, "openai", target.layout, towers)
@@ -162,8 +189,9 @@ def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[
     beside = {**(_restored_attributes(restored, architecture) if target.keeps_attributes else {}),
               **_put_back(read.path, restored, towers, target.layout, weights)}
     cast = _cast(dtype, restored, target)
-    provenance = (read.provenance or Provenance(formats.tool(), {})).adding(read.record(), formats.tool(),
-                                                                              dropping=target.name)
+    earlier = read.provenance or Provenance(formats.tool(), {})
+    provenance = earlier.without(target.name, formats.tool()) if same_format else \
+        earlier.adding(read.record(), formats.tool(), dropping=target.name)
     summary = Summary(Path(dest), target.title_of(architecture), len(weights) + len(beside),
                       cast.summary({**weights, **beside}), [], architecture,
                       notes=[*notes, *read.notes, *config_notes])

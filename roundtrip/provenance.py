@@ -53,6 +53,10 @@ class Provenance:
         kept = {name: old for name, old in self.records.items() if name not in (record.format, dropping)}
         return Provenance(tool, {**kept, record.format: record})
 
+    def without(self, dropping: str, tool: str) -> Provenance:
+        """These records but the one of format `dropping` (the output's own format, where the source had it)."""
+        return Provenance(tool, {name: old for name, old in self.records.items() if name != dropping})
+
     @classmethod
     def from_json(cls, text: str) -> Provenance:
         """Parse and check metadata read from a file (which may come from anyone)."""

@@ -162,7 +162,7 @@ def test_text_pooled_at_token_2_is_refused_by_name_before_anything_is_written(tm
     assert sorted(path.name for path in tmp_path.iterdir()) == ["worldwide"]
 
 
-# ---- "already in the target's format" is said only of a complete, readable model of it ------------------------
+# ---- "nothing to change" is said only of a complete, readable model of the target's format --------------------
 
 
 def _hf_folder(tmp_path: Path) -> Path:
@@ -221,12 +221,13 @@ def test_a_source_that_is_no_model_of_the_target_is_not_called_one(tmp_path, cas
     source = build(tmp_path)
     result = run_cli(command, source, tmp_path / "out.pt" if command == "to-openai" else tmp_path / "out")
     assert_refused(result, says)
-    assert "already in the target's format" not in result.stderr
+    assert "Nothing to change" not in result.output
     assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out").exists()
 
 
 def test_a_complete_model_of_the_target_is_called_one(tmp_path):
-    assert_refused(run_cli("to-hf", _hf_folder(tmp_path), tmp_path / "out"), "already in the target's format")
+    result = run_cli("to-hf", _hf_folder(tmp_path), tmp_path / "out")
+    assert result.exit_code == 0 and result.stdout.startswith("Nothing to change:"), result.output
 
 
 # ---- options that cannot apply to a source are refused, not ignored ------------------------------------------
@@ -545,7 +546,8 @@ def test_a_tower_the_source_lacks_is_refused_by_name(tmp_path):
     save_one_tower(tmp_path / "hf", "CLIPTextModelWithProjection")
     assert_refused(run_cli("to-openai", tmp_path / "hf", tmp_path / "out.pt", "--tower", "vision"),
                    "has no vision tower (it holds the text tower alone)")
-    assert_refused(run_cli("to-hf", tmp_path / "hf", tmp_path / "out"), "is already in the target's format")
+    result = run_cli("to-hf", tmp_path / "hf", tmp_path / "out")
+    assert result.exit_code == 0 and result.stdout.startswith("Nothing to change:"), result.output
 
 
 def test_a_tower_taken_alone_keeps_its_own_settings_and_cannot_be_one_it_lacks():
