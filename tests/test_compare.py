@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from roundtrip import open_clip_config
 from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
-from roundtrip.testing import assert_equivalent
+from roundtrip.pipeline import convert_to_diffusers
+from roundtrip.testing import assert_equivalent, write_single_file
 
 from conftest import run_cli
 
@@ -262,3 +263,25 @@ def test_a_zero_of_the_other_sign_is_an_equal_value_but_not_the_same_bits(tmp_pa
     tensor = next(t for t in json.loads(result.stdout)["tensors"] if t["name"] == "ln_final.bias")
     assert result.exit_code == 0 and tensor["status"] == "equal within tolerance", tensor
     assert tensor["max_abs_difference"] == 0.0
+
+
+def test_compare_of_a_single_file_and_its_components_reports_each_encoder(tmp_path):
+    """compare SINGLE_FILE FOLDER: one report per encoder, each as diffusers keeps it (SD 2.x's cut too); a
+    kohya-converted text_encoder_2 (its projection not transposed) is named, the other encoder is the same."""
+    from safetensors.torch import save_file
+
+    sd2 = write_single_file(tmp_path / "sd2.safetensors", "Stable Diffusion 2.x", layers=2, vocab_size=1000)
+    convert_to_diffusers(sd2, tmp_path / "sd2-components", verify_logits=False)
+    same = run_cli("compare", sd2, tmp_path / "sd2-components")
+    assert same.exit_code == 0 and "encoder       clip_h" in same.output and "verdict       same model" in same.output
+    sdxl = write_single_file(tmp_path / "sdxl.safetensors", "Stable Diffusion XL", layers=1, vocab_size=1000)
+    convert_to_diffusers(sdxl, tmp_path / "kohya", verify_logits=False)
+    weights_file = tmp_path / "kohya" / "text_encoder_2" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights["text_projection.weight"] = weights["text_projection.weight"].t().contiguous()
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    result = run_cli("compare", sdxl, tmp_path / "kohya", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "different" and report["encoders"]["clip_l"]["same"]
+    assert any("transposed (each the other's transpose" in cause for cause in report["encoders"]["clip_g"]["causes"])

@@ -13,8 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from roundtrip import references, verify
+from roundtrip.errors import VerificationError
 from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
-from roundtrip.testing import assert_equivalent
+from roundtrip.pipeline import convert_to_diffusers
+from roundtrip.testing import assert_equivalent, write_single_file
 
 from conftest import assert_refused, hf_clip_config, random_hf_model, read_json, run_cli, shallow
 
@@ -319,3 +321,40 @@ def test_open_clip_refuses_one_activation_per_tower(tmp_path, port):
     assert_refused(run_cli("to-open-clip", tmp_path / "hf", tmp_path / "oc", "--no-verify"),
                    "activations are quick_gelu (vision) and gelu (text)")
     assert not (tmp_path / "oc").exists()
+
+
+# ---- a cut model is checked against the whole model it was cut from -----------------------------------------
+
+
+def _plant_wrong_block_left_out(monkeypatch) -> None:
+    """A cut of Stable Diffusion 2.x's encoder that keeps the wrong blocks: the first left out, the rest moved up
+    one (so that no key is missing)."""
+    from roundtrip import mapping
+
+    kept = mapping.before_block
+
+    def shifted(state_dict, layout, tower, first_left_out):
+        renamed = {key.replace(f"resblocks.{index + 1}.", f"resblocks.{index}."): tensor
+                   for index in range(first_left_out) for key, tensor in state_dict.items()
+                   if f"resblocks.{index + 1}." in key}
+        return {**kept(state_dict, layout, tower, first_left_out), **renamed}
+
+    monkeypatch.setattr(mapping, "before_block", shifted)
+
+
+def test_sd2s_encoder_cut_as_diffusers_keeps_it_is_checked_block_by_block_against_the_whole(tmp_path):
+    source = write_single_file(tmp_path / "sd2.safetensors", "Stable Diffusion 2.x", layers=3)
+    (summary,) = convert_to_diffusers(source, tmp_path / "out")
+    compared = summary.agreement.differences
+    assert [name for name in compared if name.endswith(" of the whole model")] == [
+        "text.embeddings of the whole model", "text.layers.0 of the whole model", "text.layers.1 of the whole model"]
+    assert max(compared.values()) <= 1e-3
+
+
+def test_a_wrong_cut_of_sd2s_encoder_fails_verification(tmp_path, monkeypatch):
+    """The cut model and the target agree (both are built from the cut): only the whole model's blocks tell."""
+    source = write_single_file(tmp_path / "sd2.safetensors", "Stable Diffusion 2.x", layers=3)
+    _plant_wrong_block_left_out(monkeypatch)
+    with pytest.raises(VerificationError, match="text.layers.0 of the whole model differs"):
+        convert_to_diffusers(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
