@@ -20,8 +20,9 @@ from roundtrip.architecture import (
 )
 from roundtrip.schema import TOWERS
 
-# transformers pools the text tower at argmax(input_ids), exactly like OpenAI, only when eos_token_id is this
-# legacy value (see README, "Text pooling"); with another value, at its first occurrence.
+# transformers' CLIPModel pools the text tower at argmax(input_ids), exactly like OpenAI, only when eos_token_id is
+# this legacy value (see README, "Text pooling"); with another value, at its first occurrence. MetaClip2Model
+# (MetaCLIP 2 worldwide, whose end-of-text id is 2) has no legacy branch: it always pools at the first eos id.
 ARGMAX_POOLING_EOS_ID = 2
 
 HF_DEFAULTS = {"projection_dim": 512}
@@ -82,7 +83,10 @@ def _tower(fields: Mapping, projected: bool) -> Tower:
 
 
 # model_type -> the towers a config of that type describes (a tower alone: its own config, at the top level)
-MODEL_TYPES = {"clip": TOWERS, "clip_text_model": ("text",), "clip_vision_model": ("vision",)}
+MODEL_TYPES = {"clip": TOWERS, "clip_text_model": ("text",), "clip_vision_model": ("vision",),
+               "metaclip_2": TOWERS, "metaclip_2_text_model": ("text",), "metaclip_2_vision_model": ("vision",)}
+# The model types whose text tower pools at its first eos_token_id whatever the id (no legacy argmax branch)
+FIRST_EOS_POOLING_TYPES = ("metaclip_2", "metaclip_2_text_model")
 
 
 def towers(config: object) -> tuple[str, ...]:
@@ -111,40 +115,68 @@ def architecture(config: Mapping, shapes: Shapes) -> Architecture:
         vocab_size=text["vocab_size"] if "text" in held else None,
         vision=_tower(vision, projected["vision"]) if "vision" in held else None,
         text=_tower(text, projected["text"]) if "text" in held else None,
-        text_pool_token=_pool_token(text) if "text" in held else None,
+        text_pool_token=_pool_token(text, config.get("model_type") in FIRST_EOS_POOLING_TYPES)
+        if "text" in held else None,
     )
     problems = disagreements(claimed, shapes) + head_problems(claimed)
     if "vision" in held and vision["num_channels"] != IMAGE_CHANNELS:
         problems.append(f"vision_config.num_channels is {vision['num_channels']}, CLIP's images have 3")
     named = [name for name in config.get("architectures") or [] if name in _CLASS_NAMES]
-    if named and model_class(claimed) not in named:
+    if named and not set(named) & _holders(claimed):
         problems.append(f"it names {named[0]}, the weights are a {model_class(claimed)}'s")
     if problems:
         raise ArchitectureError("config.json does not fit the tensors: " + "; ".join(problems))
     return claimed
 
 
-def _pool_token(text: Mapping) -> int | None:
+def _pool_token(text: Mapping, first_eos_always: bool) -> int | None:
     eos = text["eos_token_id"]
     # With eos = the largest id, "first eos" pooling equals OpenAI's argmax on tokenized text.
-    return None if eos in (ARGMAX_POOLING_EOS_ID, text["vocab_size"] - 1) else eos
+    legacy = () if first_eos_always else (ARGMAX_POOLING_EOS_ID,)
+    return None if eos in (*legacy, text["vocab_size"] - 1) else eos
 
 
-# The transformers class that holds each kind of model: both towers, or one tower with or without its projection.
+# The transformers class that holds each kind of model: both towers, or one tower with or without its projection;
+# for CLIPModel's family, and for MetaClip2Model's (text pooled at the first token 2, which CLIPModel cannot say).
 MODEL_CLASSES = {
-    ("text", "vision"): "CLIPModel",
-    ("text",): {True: "CLIPTextModelWithProjection", False: "CLIPTextModel"},
-    ("vision",): {True: "CLIPVisionModelWithProjection", False: "CLIPVisionModel"},
+    "clip": {
+        ("text", "vision"): "CLIPModel",
+        ("text",): {True: "CLIPTextModelWithProjection", False: "CLIPTextModel"},
+        ("vision",): {True: "CLIPVisionModelWithProjection", False: "CLIPVisionModel"},
+    },
+    "metaclip_2": {
+        ("text", "vision"): "MetaClip2Model",
+        ("text",): {True: "MetaClip2TextModelWithProjection", False: "MetaClip2TextModel"},
+        ("vision",): {True: "MetaClip2VisionModelWithProjection", False: "MetaClip2VisionModel"},
+    },
 }
 
 
-_CLASS_NAMES = {name for held in MODEL_CLASSES.values()
+_CLASS_NAMES = {name for family in MODEL_CLASSES.values() for held in family.values()
                 for name in ([held] if isinstance(held, str) else held.values())}
+
+
+def family(architecture: Architecture) -> str:
+    """Which family of transformers classes holds `architecture`: MetaClip2's where the text tower pools at the
+    first token 2, which a CLIPConfig cannot say (eos_token_id 2 means argmax there); else CLIP's."""
+    return "metaclip_2" if architecture.text_pool_token == ARGMAX_POOLING_EOS_ID else "clip"
 
 
 def model_class(architecture: Architecture) -> str:
     """The name of the transformers class that holds a model of `architecture`."""
-    held = MODEL_CLASSES[architecture.towers]
+    return _class_in(MODEL_CLASSES[family(architecture)], architecture)
+
+
+def _holders(architecture: Architecture) -> set[str]:
+    """The classes that hold a model of `architecture`: its family's; where its text pools as CLIPModel's can,
+    every family's (a MetaClip2Model whose eos id is the largest computes what a CLIPModel does)."""
+    if family(architecture) != "clip":
+        return {model_class(architecture)}
+    return {_class_in(classes, architecture) for classes in MODEL_CLASSES.values()}
+
+
+def _class_in(classes: Mapping, architecture: Architecture) -> str:
+    held = classes[architecture.towers]
     return held if isinstance(held, str) else held[getattr(architecture, architecture.towers[0]).projected]
 
 
@@ -157,19 +189,23 @@ def config(architecture: Architecture) -> dict:
                 "layer_norm_eps": part.layer_norm_eps,
                 **({"projection_dim": architecture.embed_dim} if part.projected else {})}
 
+    model_type = family(architecture)
     towers = {}
     if architecture.text is not None:
         pool_token = architecture.text_pool_token
         towers["text_config"] = {
-            "model_type": "clip_text_model",
+            "model_type": f"{model_type}_text_model",
             "vocab_size": architecture.vocab_size,
             "max_position_embeddings": architecture.context_length,
             "eos_token_id": ARGMAX_POOLING_EOS_ID if pool_token is None else pool_token,
+            # MetaClip2TextConfig's defaults are CLIP's tokenizer's ids; the model reads neither, and only the
+            # tokenizer (MetaCLIP 2's is XLM-V's, not shipped here) knows them
+            **({"bos_token_id": None, "pad_token_id": None} if model_type == "metaclip_2" else {}),
             **tower(architecture.text),
         }
     if architecture.vision is not None:
         towers["vision_config"] = {
-            "model_type": "clip_vision_model",
+            "model_type": f"{model_type}_vision_model",
             "num_channels": IMAGE_CHANNELS,
             "image_size": architecture.image_resolution,
             "patch_size": architecture.patch_size,
@@ -177,15 +213,10 @@ def config(architecture: Architecture) -> dict:
         }
     if len(towers) == 1:
         return {"architectures": [model_class(architecture)], **next(iter(towers.values()))}
-    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": architecture.embed_dim, **towers}
+    return {"architectures": [model_class(architecture)], "model_type": model_type,
+            "projection_dim": architecture.embed_dim, **towers}
 
 
 def incompatibilities(architecture: Architecture) -> list[str]:
-    """What transformers' CLIPModel cannot hold: heads that do not split their tower's width, and text pooling at
-    the first token 2, which its config cannot say (eos_token_id 2 means argmax pooling)."""
-    problems = head_problems(architecture)
-    if architecture.text_pool_token == ARGMAX_POOLING_EOS_ID:
-        problems.append(f"text pooling is at the first token {ARGMAX_POOLING_EOS_ID} (open_clip's pool_type 'eos' with "
-                        f"eos_id {ARGMAX_POOLING_EOS_ID}, as in the MetaCLIP 2 worldwide models), and CLIPModel reads "
-                        f"eos_token_id {ARGMAX_POOLING_EOS_ID} as pooling at the largest token id")
-    return problems
+    """What transformers' classes cannot hold: heads that do not split their tower's width."""
+    return head_problems(architecture)

@@ -323,3 +323,48 @@ def test_a_hub_folder_with_both_formats_is_read_as_open_clip_for_to_hf(tmp_path,
     result = run_cli("to-hf", tmp_path / "repo", tmp_path / "hf-again", "--no-verify")
     assert result.exit_code == 0, result.output
     assert "read as the open_clip model" in result.stdout
+
+
+# ---- MetaCLIP 2 worldwide: text pooled at the first token 2, into MetaClip2Model ------------------------------
+
+
+def _worldwide_tokens(vocab_size: int, context: int) -> torch.Tensor:
+    """Token ids as XLM-V's tokenizer gives them (0 start, 1 padding, 2 end), the end at several places, and a
+    second 2 after the first in one row: MetaClip2Model and open_clip pool at the first."""
+    tokens = torch.randint(3, vocab_size, (3, context), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = 0
+    for row, end in enumerate((5, 20, context - 1)):
+        tokens[row, end] = 2
+        tokens[row, end + 1:] = 1
+    tokens[0, 9] = 2
+    return tokens
+
+
+@pytest.mark.parametrize("name", ["ViT-H-14-worldwide", "ViT-bigG-14-worldwide"])
+def test_metaclip_2_worldwide_goes_to_metaclip2model_with_open_clips_logits_and_back_bit_exact(tmp_path, name):
+    from transformers import MetaClip2Model
+
+    model_cfg = shallow(name, layers=1)
+    model_cfg["text_cfg"]["vocab_size"] = 1000  # 901,629 in the release: its embedding alone would be GBs
+    model = random_open_clip_model(model_cfg, seed=8)
+    save_open_clip_folder(model.state_dict(), model_cfg, tmp_path / "worldwide")
+    result = run_cli("to-hf", tmp_path / "worldwide", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    assert "Hugging Face MetaClip2Model folder" in result.stdout
+    assert "no tokenizer written: the open_clip config names the tokenizer facebook/xlm-v-base" in result.stdout
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["model_type"], config["architectures"], config["text_config"]["eos_token_id"]) == (
+        "metaclip_2", ["MetaClip2Model"], 2)
+    converted = MetaClip2Model.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    size = model_cfg["vision_cfg"]["image_size"]
+    images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    tokens = _worldwide_tokens(1000, model_cfg["text_cfg"]["context_length"])
+    with torch.no_grad():
+        expected = model.eval().get_logits(images, tokens)[0]
+        found = converted(input_ids=tokens, pixel_values=images).logits_per_image
+    assert (found - expected).abs().max() <= TOLERANCE
+    back = run_cli("to-open-clip", tmp_path / "hf", tmp_path / "back")
+    assert back.exit_code == 0, back.output
+    assert_identical(load_file(tmp_path / "back" / "open_clip_model.safetensors"), model.state_dict())
+    assert json.loads((tmp_path / "back" / "open_clip_config.json").read_text())["model_cfg"] == model_cfg
+    assert run_cli("compare", tmp_path / "worldwide", tmp_path / "back").exit_code == 0

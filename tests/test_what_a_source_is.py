@@ -152,13 +152,13 @@ def test_compare_refuses_a_training_checkpoint_naming_its_sides_options_and_says
     assert assumed.exit_code == 1 and "activation" in " ".join(report["causes"])  # what was assumed, caught
 
 
-def test_text_pooled_at_token_2_is_refused_by_name_before_anything_is_written(tmp_path):
-    model_cfg = shallow("ViT-B-32", layers=1)
+def test_text_pooled_at_token_2_is_refused_by_openais_format_by_name_before_anything_is_written(tmp_path):
+    model_cfg = shallow("ViT-B-32-quickgelu", layers=1)
     model_cfg["text_cfg"].update(pool_type="eos", eos_id=2)  # as the MetaCLIP 2 worldwide models
     save_open_clip_folder(random_open_clip_model(model_cfg).state_dict(), model_cfg, tmp_path / "worldwide")
     for options in ((), ("--no-verify",)):
-        assert_refused(run_cli("to-hf", tmp_path / "worldwide", tmp_path / "hf", *options),
-                       "text pooling is at the first token 2", "MetaCLIP 2", "eos_token_id 2")
+        assert_refused(run_cli("to-openai", tmp_path / "worldwide", tmp_path / "out.pt", *options),
+                       "text pooling is at the first token 2, OpenAI's code pools at the largest token id")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["worldwide"]
 
 
