@@ -367,8 +367,7 @@ def _restored_or_made(restored: Record | None, read: Callable, architecture: Arc
 
 
 def _write_hf(job: Job) -> Written:
-    processing = job.background.submit(hf_extras.processing_files, job.architecture, job.source.preprocessing,
-                                       job.source.tokenizer_note)
+    processing = job.background.submit(_processing_files, job)
     source_hash = job.background.submit(readers.sha256_of, job.source.hashed)
     written = writers.write_hf_folder(job.staging, job.config, job.weights, job.metadata, job.cast,
                                       job.max_shard_bytes, job.progress, after_each=job.after_each,
@@ -378,6 +377,14 @@ def _write_hf(job: Job) -> Written:
     writers.write_text_files(job.staging, files)
     return Written([*written, *([HF_SAFETENSORS_INDEX] if len(written) > 1 else [])],
                    lambda agreement: [*files, *_write_card(job, source_hash, agreement, notes)], notes)
+
+
+def _processing_files(job: Job) -> tuple[dict[str, str], list[str]]:
+    """The tokenizer and image processor files made for the model; an HF folder's own, of each kind it has."""
+    made, notes = hf_extras.processing_files(job.architecture, job.source.preprocessing, job.source.tokenizer_note)
+    if job.source.format is not HF:
+        return made, notes
+    return hf_extras.with_own_files(made, notes, readers.read_text_files(job.source.path, hf_extras.OWN_FILES))
 
 
 def _write_card(job: Job, source_hash: Future, agreement: verify.Agreement | None, notes: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from roundtrip.facts import (
     PREPROCESSOR_CONFIG,
     SPECIAL_TOKENS_MAP,
     TOKENIZER_CONFIG,
+    TOKENIZER_FILES,
     TOKENIZER_JSON,
     TOLERANCE,
     VOCAB_FILE,
@@ -202,6 +203,23 @@ def processing_files(architecture: Architecture, preprocessing: Preprocessing = 
     if problem:
         return files, [f"no tokenizer written: {problem}"]
     return {**tokenizer_files(architecture.context_length), **files}, []
+
+
+# The kinds of file beside an HF model's weights that a conversion within the HF format keeps as the folder has
+# them: each kind whole (a folder's own tokenizer, never half of it with half of OpenAI's).
+OWN_FILE_KINDS = (TOKENIZER_FILES, frozenset({PREPROCESSOR_CONFIG}))
+OWN_FILES = frozenset().union(*OWN_FILE_KINDS)
+
+
+def with_own_files(made: dict[str, str], notes: list[str], own: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The files `processing_files` made, each kind replaced by a folder's `own` files of that kind where it has
+    any; its notes (all on the tokenizer) go with a tokenizer replaced."""
+    files = dict(made)
+    for kind in OWN_FILE_KINDS:
+        theirs = {name: text for name, text in own.items() if name in kind}
+        if theirs:
+            files = {**{name: text for name, text in files.items() if name not in kind}, **theirs}
+    return files, [] if TOKENIZER_FILES & own.keys() else notes
 
 
 def tokenizer_difference(found: BPETable) -> str | None:

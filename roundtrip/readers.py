@@ -16,7 +16,7 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,6 +364,20 @@ def sha256_of(path: Path) -> str:
         while count := handle.readinto(chunk):
             digest.update(chunk[:count])
     return digest.hexdigest()
+
+
+def read_text_files(folder: Path, names: Iterable[str]) -> dict[str, str]:
+    """Those of the files `names` that `folder` holds, as UTF-8 text exactly as stored (line ends too)."""
+    found = {}
+    for name in sorted(names):
+        path = folder / name
+        if path.is_file():
+            try:
+                with open(path, encoding="utf-8", newline="") as handle:
+                    found[name] = handle.read()
+            except UnicodeDecodeError as error:
+                raise InputError(path, f"is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    return found
 
 
 def read_tokenizer_table(folder: Path) -> BPETable | None:

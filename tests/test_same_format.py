@@ -187,3 +187,33 @@ def test_a_tower_alone_stays_that_tower_with_its_keys_as_they_were(tmp_path, nam
     assert_identical(written, {key: tensor.half() if tensor.is_floating_point() else tensor
                                for key, tensor in source.items()})
     assert read_json(tmp_path / "out" / "config.json")["architectures"] == [name]
+
+
+def test_an_hf_folders_own_tokenizer_and_image_processor_files_are_kept_as_they_are(tmp_path, hf_model):
+    """Re-typing a folder loses nothing beside the weights: its tokenizer (here not OpenAI's) and its
+    preprocessor_config.json come through byte for byte, not replaced by the ones made for a CLIP."""
+    hf_model.save_pretrained(tmp_path / "hf")
+    vocab = {f"token{index}": index for index in range(49408)}
+    own = {"vocab.json": json.dumps(vocab), "merges.txt": "#version: 0.2\r\nt o\r\n",
+           "tokenizer_config.json": '{"model_max_length": 77, "custom": true}\n',
+           "preprocessor_config.json": json.dumps({
+               "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 64},
+               "resample": 3, "do_center_crop": True, "crop_size": {"height": 64, "width": 64},
+               "do_normalize": True, "image_mean": [0.1, 0.2, 0.3], "image_std": [0.5, 0.5, 0.5]}, indent=4)}
+    for name, text in own.items():
+        (tmp_path / "hf" / name).write_bytes(text.encode())
+    result = run_cli("to-hf", tmp_path / "hf", tmp_path / "out", "--dtype", "float16", "--no-verify")
+    assert result.exit_code == 0, result.output
+    for name, text in own.items():
+        assert (tmp_path / "out" / name).read_bytes() == text.encode(), name
+    assert not (tmp_path / "out" / "tokenizer.json").exists()  # not half OpenAI's tokenizer beside its own
+
+
+def test_an_hf_folders_tokenizer_file_that_is_not_text_is_refused_by_name_and_nothing_is_written(tmp_path, hf_model):
+    hf_model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "vocab.json").write_bytes(b'{"\xff": 0}')
+    result = run_cli("to-hf", tmp_path / "hf", tmp_path / "out", "--dtype", "float16", "--no-verify")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"clipconv: error: {tmp_path / 'hf' / 'vocab.json'}: "
+                                                             "is not UTF-8 text")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]
