@@ -285,3 +285,5 @@ def test_compare_of_a_single_file_and_its_components_reports_each_encoder(tmp_pa
     report = json.loads(result.stdout)
     assert report["verdict"] == "different" and report["encoders"]["clip_l"]["same"]
     assert any("transposed (each the other's transpose" in cause for cause in report["encoders"]["clip_g"]["causes"])
+    text = run_cli("compare", sdxl, tmp_path / "kohya").stdout
+    assert "tensors       17: 16 identical, 1 transposed\n  transposed    text_projection (" in text

@@ -25,7 +25,7 @@ CLIPCONV = Path(sys.executable).parent / "clipconv"
 
 def contents(path: Path) -> dict[str, str]:
     """Every file under `path` (or `path` itself) by its SHA-256."""
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    files = sorted(file for file in path.rglob("*") if file.is_file()) if path.is_dir() else [path]
     return {str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest() for file in files}
 
 
@@ -150,6 +150,28 @@ def test_overwrite_keeps_a_folder_of_its_output_that_holds_another_models_files(
     assert_refused(run_cli("to-open-clip", demo_state_dict_file, tmp_path / "repo", "--overwrite"),
                    "holds config.json, which is not part of a clipconv model folder (2 such entries in all)")
     assert contents(tmp_path / "repo") == before
+
+
+def test_overwrite_replaces_a_folder_of_components_it_wrote_and_keeps_one_holding_the_users_files(tmp_path):
+    """A folder of diffusers components holds folders: those to-diffusers writes (a component, a tokenizer, with
+    only its files) are replaced; a user's unet/ or a note in a component's folder makes it the user's."""
+    from roundtrip.testing import write_single_file
+
+    source = write_single_file(tmp_path / "sdxl.safetensors", "Stable Diffusion XL", layers=1, vocab_size=1000)
+    assert run_cli("to-diffusers", source, tmp_path / "enc", "--no-verify").exit_code == 0
+    result = run_cli("to-diffusers", source, tmp_path / "enc", "--overwrite", "--no-verify")
+    assert result.exit_code == 0, result.output
+    for entry, says in (("unet/config.json", "holds unet, which is not part of a clipconv model folder"),
+                        ("text_encoder_2/notes.txt", "holds text_encoder_2, which is not part of a clipconv model")):
+        (tmp_path / "enc" / entry).parent.mkdir(exist_ok=True)
+        (tmp_path / "enc" / entry).write_text("mine")
+        before = contents(tmp_path / "enc")
+        assert_refused(run_cli("to-diffusers", source, tmp_path / "enc", "--overwrite", "--no-verify"), says)
+        assert contents(tmp_path / "enc") == before
+        (tmp_path / "enc" / entry).unlink()
+        if entry.startswith("unet/"):
+            (tmp_path / "enc" / "unet").rmdir()
+    assert run_cli("to-diffusers", source, tmp_path / "enc", "--overwrite", "--no-verify").exit_code == 0
 
 
 def test_a_foreign_entry_is_counted_in_words_that_fit_the_count(tmp_path, demo_state_dict_file):
