@@ -12,7 +12,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -181,7 +181,8 @@ def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[
     # What to restore of the target's format: the source itself, where it is in that format already (its
     # dtypes, key order, config, attributes); else what an earlier conversion recorded of it.
     same_format = source_format is target
-    restored = read.record() if same_format else read.provenance.records.get(target.name) if read.provenance else None
+    restored = _own_record(read, towers, target.layout) if same_format else \
+        read.provenance.records.get(target.name) if read.provenance else None
     config, config_notes = target.make_config(architecture, read, restored, shapes)
     openai_weights = mapping.convert(tensors, source_format.layout, "openai", towers)
     weights = mapping.convert(openai_weights, "openai", target.layout, towers)
@@ -213,6 +214,15 @@ def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[
         verify.first_blocks_agreement, whole.tensors, tensors, source_format.layout,
         (source_format.side(read.config, whole.architecture), sides[0]), whole.architecture, architecture)
     return _Plan(target, job, checked, checked_layout, sides, summary, verify_logits, first_blocks)
+
+
+def _own_record(read: formats.Source, towers: tuple[str, ...], layout: str) -> Record:
+    """A source already in the target's format, as the record to restore: its dtypes, key order, attributes and
+    config; not its config where a tower is taken out of it (the tower alone gets a config made for it)."""
+    record = read.record()
+    if mapping.towers_of(record.dtypes, layout) != towers:
+        return replace(record, config=None)
+    return record
 
 
 def _verified(plan: _Plan) -> verify.Agreement:

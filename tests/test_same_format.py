@@ -5,6 +5,7 @@ pickles), bit for bit and verified; one that would change nothing says so and wr
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -217,3 +218,14 @@ def test_an_hf_folders_tokenizer_file_that_is_not_text_is_refused_by_name_and_no
     assert result.stderr.strip().splitlines()[-1].startswith(f"clipconv: error: {tmp_path / 'hf' / 'vocab.json'}: "
                                                              "is not UTF-8 text")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]
+
+
+def test_a_tower_taken_out_of_an_hf_folder_gets_its_own_config_and_keeps_its_dtypes(tmp_path, hf_model):
+    copy.deepcopy(hf_model).half().save_pretrained(tmp_path / "hf")
+    result = run_cli("to-hf", tmp_path / "hf", tmp_path / "text", "--tower", "text", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "no longer fits" not in result.stdout  # the whole model's config is not this tower's, as expected
+    config = read_json(tmp_path / "text" / "config.json")
+    assert (config["architectures"], config["model_type"]) == (["CLIPTextModelWithProjection"], "clip_text_model")
+    written = load_file(tmp_path / "text" / "model.safetensors")
+    assert {tensor.dtype for tensor in written.values()} == {torch.float16}  # the folder's, restored from itself
