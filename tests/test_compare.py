@@ -12,11 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from roundtrip import open_clip_config
+from roundtrip.compare import compare_encoders
 from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
 from roundtrip.pipeline import convert_to_diffusers
 from roundtrip.testing import assert_equivalent, write_single_file
 
-from conftest import run_cli
+from conftest import assert_refused, run_cli
 
 HF_WEIGHTS = "model.safetensors"
 
@@ -274,6 +275,15 @@ def test_compare_of_a_single_file_and_its_components_reports_each_encoder(tmp_pa
     convert_to_diffusers(sd2, tmp_path / "sd2-components", verify_logits=False)
     same = run_cli("compare", sd2, tmp_path / "sd2-components")
     assert same.exit_code == 0 and "encoder       clip_h" in same.output and "verdict       same model" in same.output
+    found = json.loads(run_cli("compare", sd2, tmp_path / "sd2-components", "--json").stdout)["encoders"]["clip_h"]
+    assert found["a"]["path"] == str(sd2) and found["b"]["path"] == str(tmp_path / "sd2-components" / "text_encoder")
+    assert found["a"]["format"].startswith("open_clip's ViT-H-14 text encoder (clip_h) of a Stable Diffusion 2.x")
+    assert found["a"]["architecture"]["text.layers"] == 1  # side A as diffusers keeps it: cut after block 0
+    assert any("left out: block 1, logit_scale, text_projection" in note for note in found["a"]["notes"])
+    assert found["outputs"]["text.layers.0"] == 0.0
+    # Python's defaults: weights bit for bit, and the models run
+    (from_python,) = compare_encoders(sd2, tmp_path / "sd2-components").values()
+    assert from_python.weights_tolerance == 0.0 and from_python.outputs is not None
     sdxl = write_single_file(tmp_path / "sdxl.safetensors", "Stable Diffusion XL", layers=1, vocab_size=1000)
     convert_to_diffusers(sdxl, tmp_path / "kohya", verify_logits=False)
     weights_file = tmp_path / "kohya" / "text_encoder_2" / "model.safetensors"
@@ -287,3 +297,5 @@ def test_compare_of_a_single_file_and_its_components_reports_each_encoder(tmp_pa
     assert any("transposed (each the other's transpose" in cause for cause in report["encoders"]["clip_g"]["causes"])
     text = run_cli("compare", sdxl, tmp_path / "kohya").stdout
     assert "tensors       17: 16 identical, 1 transposed\n  transposed    text_projection (" in text
+    assert_refused(run_cli("compare", sd2, tmp_path / "kohya"),
+                   f"holds text_encoder_2/, and {sd2} (a Stable Diffusion 2.x checkpoint")
