@@ -368,3 +368,19 @@ def test_metaclip_2_worldwide_goes_to_metaclip2model_with_open_clips_logits_and_
     assert_identical(load_file(tmp_path / "back" / "open_clip_model.safetensors"), model.state_dict())
     assert json.loads((tmp_path / "back" / "open_clip_config.json").read_text())["model_cfg"] == model_cfg
     assert run_cli("compare", tmp_path / "worldwide", tmp_path / "back").exit_code == 0
+
+
+def test_metaclip_2_worldwides_text_tower_alone_goes_to_metaclip2textmodelwithprojection(tmp_path):
+    from transformers import MetaClip2TextModelWithProjection
+
+    model_cfg = shallow("ViT-H-14-worldwide", layers=1)
+    model_cfg["text_cfg"]["vocab_size"] = 1000
+    model = random_open_clip_model(model_cfg, seed=9).eval()
+    save_open_clip_folder(model.state_dict(), model_cfg, tmp_path / "worldwide")
+    result = run_cli("to-hf", tmp_path / "worldwide", tmp_path / "text", "--tower", "text")
+    assert result.exit_code == 0, result.output
+    converted = MetaClip2TextModelWithProjection.from_pretrained(tmp_path / "text", dtype=torch.float32).eval()
+    tokens = _worldwide_tokens(1000, model_cfg["text_cfg"]["context_length"])
+    with torch.no_grad():
+        found = converted(input_ids=tokens).text_embeds
+        assert (found - model.encode_text(tokens)).abs().max() <= TOLERANCE
