@@ -4,6 +4,7 @@ formats, and each kind of damage a port suffers is caught and named."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy
@@ -254,6 +255,21 @@ def test_a_float64_weight_and_its_float32_rounding_are_not_the_same_value(tmp_pa
     assert tensor["max_abs_difference"] == pytest.approx(abs(0.1 - float(numpy.float32(0.1))), rel=1e-6)
 
 
+def test_a_transposed_square_tensor_within_the_weights_tolerance_is_equal_within_it(tmp_path):
+    """A tensor that is the other's transpose is named so only where the difference is beyond what the weights
+    tolerance accepts; at exactly the tolerance it is within it, like any other tensor."""
+    fp32 = random_openai_state_dict(DEMO, openai_dtypes=False)
+    projection = torch.zeros_like(fp32["text_projection"])  # square in DEMO (128 x 128)
+    projection[0, 1] = 0.5  # its transpose differs from it by exactly 0.5
+    torch.save({**fp32, "text_projection": projection}, tmp_path / "a.pt")
+    torch.save({**fp32, "text_projection": projection.t().contiguous()}, tmp_path / "b.pt")
+    for tolerance, status in (("0.5", "equal within tolerance"), ("0.25", "transposed")):
+        result = run_cli("compare", tmp_path / "a.pt", tmp_path / "b.pt", "--no-logits", "--json",
+                         "--weights-tolerance", tolerance)
+        tensor = next(t for t in json.loads(result.stdout)["tensors"] if t["name"] == "text_projection")
+        assert (tensor["status"], tensor["max_abs_difference"]) == (status, 0.5), tensor
+
+
 def test_a_zero_of_the_other_sign_is_an_equal_value_but_not_the_same_bits(tmp_path):
     """Kills floats compared by value where "identical" promises the same bits: -0.0 and 0.0 are equal values."""
     fp32 = random_openai_state_dict(DEMO, openai_dtypes=False)
@@ -297,5 +313,6 @@ def test_compare_of_a_single_file_and_its_components_reports_each_encoder(tmp_pa
     assert any("transposed (each the other's transpose" in cause for cause in report["encoders"]["clip_g"]["causes"])
     text = run_cli("compare", sdxl, tmp_path / "kohya").stdout
     assert "tensors       17: 16 identical, 1 transposed\n  transposed    text_projection (" in text
+    assert re.search(r"  transposed    text_projection \(.*, max \|difference\| [0-9.]+\)\n", text)
     assert_refused(run_cli("compare", sd2, tmp_path / "kohya"),
                    f"holds text_encoder_2/, and {sd2} (a Stable Diffusion 2.x checkpoint")
