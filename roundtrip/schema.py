@@ -142,7 +142,8 @@ ASIDE_KEYS = {"openai": (LOGIT_SCALE,), "hf": HF_IGNORED_KEYS}
 # What each variant is, and why no format of clipconv's takes it (CLIPModel lacks it; OpenAI's code too, and
 # clipconv maps only what all its formats share, so to-open-clip and compare refuse it as well).
 _NOT_CONVERTED = "which clipconv does not convert"
-_RESNET = f"a ResNet CLIP checkpoint (RN50 family), whose ModifiedResNet vision tower {_NOT_CONVERTED}: only ViT CLIPs"
+_RESNET = ("a ResNet CLIP checkpoint (RN50 family), whose ModifiedResNet vision tower clipconv does not convert "
+           "(only ViT CLIPs)")
 _LAYER_SCALE = f"an open_clip model with layer scale (ViT-M-16-alt and the like), {_NOT_CONVERTED} (CLIPModel has none)"
 # CLIP variants that no rule converts, each given away by a key of OpenAI's layout (which open_clip shares):
 # pattern -> what the checkpoint is.

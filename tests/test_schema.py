@@ -157,7 +157,7 @@ def test_a_key_matching_two_rules_is_an_error():
 
 
 def test_resnet_checkpoints_are_refused_with_the_reason():
-    with pytest.raises(UnsupportedArchitecture, match="ResNet CLIP checkpoint.*which clipconv does not convert"):
+    with pytest.raises(UnsupportedArchitecture, match=r"ResNet CLIP checkpoint.*clipconv does not convert \(only ViT"):
         mapping.to_hf(resnet_clip_state_dict())
 
 

@@ -247,7 +247,7 @@ def test_a_resnet_clip_is_refused_without_blaming_transformers(tmp_path, demo_st
     arguments = (tmp_path / "RN50.pt", demo_state_dict_file) if command == "compare" else (tmp_path / "RN50.pt",
                                                                                            tmp_path / "out")
     result = run_cli(command, *arguments)
-    assert_refused(result, "RN50.pt", "ResNet CLIP checkpoint", "which clipconv does not convert")
+    assert_refused(result, "RN50.pt", "ResNet CLIP checkpoint", "clipconv does not convert (only ViT CLIPs)")
     assert "transformers" not in result.stderr
 
 
