@@ -316,3 +316,18 @@ def test_compare_of_a_single_file_and_its_components_reports_each_encoder(tmp_pa
     assert re.search(r"  transposed    text_projection \(.*, max \|difference\| [0-9.]+\)\n", text)
     assert_refused(run_cli("compare", sd2, tmp_path / "kohya"),
                    f"holds text_encoder_2/, and {sd2} (a Stable Diffusion 2.x checkpoint")
+
+
+def test_compare_names_a_projection_copied_without_its_transpose(tmp_path):
+    """A kohya-converted SDXL folder: text_encoder_2's projection is the single file's matrix as it is."""
+    source = write_single_file(tmp_path / "sdxl.safetensors", "Stable Diffusion XL")
+    convert_to_diffusers(source, tmp_path / "ours", verify_logits=False)
+    assert_equivalent(source, tmp_path / "ours" / "text_encoder_2", encoder_a="clip_g")
+    weights_file = tmp_path / "ours" / "text_encoder_2" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights["text_projection.weight"] = weights["text_projection.weight"].t().contiguous()
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    with pytest.raises(AssertionError) as refused:
+        assert_equivalent(source, tmp_path / "ours" / "text_encoder_2", encoder_a="clip_g")
+    assert "1 tensor(s) transposed (each the other's transpose" in str(refused.value)
+    assert "text_projection" in str(refused.value)
