@@ -358,3 +358,16 @@ def test_a_wrong_cut_of_sd2s_encoder_fails_verification(tmp_path, monkeypatch):
     with pytest.raises(VerificationError, match="text.layers.0 of the whole model differs"):
         convert_to_diffusers(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ---- the reference models run in float32, whatever a config says ---------------------------------------------
+
+
+def test_an_hf_folder_saved_in_float16_is_checked_in_float32(tmp_path):
+    """transformers writes `"dtype": "float16"` into the config of a float16 model; built with that dtype, the
+    reference would compute in float16 and the check would fail a correct conversion (0.0016 apart here)."""
+    random_hf_model(hf_clip_config(), seed=3).half().save_pretrained(tmp_path / "hf16")
+    assert read_json(tmp_path / "hf16" / "config.json")["dtype"] == "float16"
+    result = run_cli("to-openai", tmp_path / "hf16", tmp_path / "out.pt")
+    assert result.exit_code == 0, result.output
+    assert "verification  max |difference| = " in result.stdout
