@@ -118,7 +118,7 @@ def convert(
                                            OUTPUT_KINDS)
     report(f"Reading {source_path}")
     loaded = formats.load(source_format, source_path, options, target.towers)
-    if tower is None and (source_format.towers != TOWERS or source_format is target and loaded.towers != TOWERS):
+    if tower is None and (source_format.towers != TOWERS or (source_format is target and loaded.towers != TOWERS)):
         # a format of one tower (a text encoder), or a tower alone in the target's format: that tower, as if chosen
         tower = loaded.towers[0]
     if tower is not None:
