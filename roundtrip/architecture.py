@@ -1,4 +1,4 @@
-"""What a ViT CLIP is, whatever its format: the numbers that build one, per tower.
+"""What a CLIP is, whatever its format: the numbers that build one, per tower (a vision transformer or a ResNet).
 
 Tensor shapes say most of it (`Shapes.of`, read as clip.model.build_model reads them). What shapes cannot
 say (heads, activation, LayerNorm eps, text pooling) each format says its own way: OpenAI's code fixes it,
@@ -13,11 +13,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from roundtrip.mapping import check_keys, towers_of
-from roundtrip.schema import PROJECTIONS, SHAPE_SOURCES, TOWERS
+from roundtrip.mapping import check_keys, towers_of, vision_kind
+from roundtrip.schema import PLACEHOLDER_VALUES, PROJECTIONS, RESNET_SHAPE_SOURCES, SHAPE_SOURCES, STAGE_FIELD, TOWERS
 
-# The numbers of the model that belong to one tower (the rest of a tower's are in its `Tower`).
+# The numbers of the model that belong to one tower (the rest of a tower's are in its `Tower`); a ResNet has no
+# patches.
 TOWER_NUMBERS = {"vision": ("image_resolution", "patch_size"), "text": ("context_length", "vocab_size")}
+RESNET_NUMBERS = ("image_resolution",)
+# clip/model.py's and open_clip's ModifiedResNet: its last stage is 32 x its width wide (4 x the first stage's
+# 8 x), and its input 32 x its attention pool's grid.
+RESNET_WIDENING = RESNET_DOWNSAMPLING = 32
+RESNET_STAGES = len(PLACEHOLDER_VALUES[STAGE_FIELD])  # its layer1 to layer4
 ACTIVATIONS = ("quick_gelu", "gelu")  # as transformers names them; open_clip's quick_gelu flag picks one
 IMAGE_CHANNELS = 3
 
@@ -44,15 +50,36 @@ class Tower:
 
 
 @dataclass(frozen=True)
+class ResNet:
+    """A ResNet vision tower (clip/model.py's ModifiedResNet, which open_clip's is): a stem of three convolutions,
+    four stages of bottleneck blocks, and an attention pool whose last layer projects to the shared embedding.
+    Its activations (ReLU) and BatchNorms are fixed by that code."""
+
+    layers: tuple[int, ...]  # bottleneck blocks per stage, as both codes take them (RN50: 3, 4, 6, 3)
+    width: int  # the first stage's width (64 in RN50), which doubles per stage
+    heads: int  # its attention pool's
+    projected: bool = True  # its attention pool always ends in its projection
+
+    @property
+    def pool_width(self) -> int:
+        """The width its attention pool attends over: the last stage's output."""
+        return self.width * RESNET_WIDENING
+
+    @property
+    def head_width(self) -> float:
+        return self.pool_width / self.heads
+
+
+@dataclass(frozen=True)
 class Architecture:
-    """Everything that builds a ViT CLIP of any of the formats, or one of its towers alone, and compares two."""
+    """Everything that builds a CLIP of any of the formats, or one of its towers alone, and compares two."""
 
     embed_dim: int | None  # the width the towers project to; None where no tower present has a projection
     image_resolution: int | None  # with a vision tower; else None
     patch_size: int | None
     context_length: int | None  # with a text tower; else None
     vocab_size: int | None
-    vision: Tower | None  # None: a text tower alone
+    vision: Tower | ResNet | None  # None: a text tower alone
     text: Tower | None  # None: a vision tower alone
     # Where the text tower pools: None at the largest token id (argmax: end-of-text, in CLIP's tokenizer), or
     # an id, at its first occurrence (transformers' rule for configs with another eos_token_id). No default:
@@ -65,8 +92,9 @@ class Architecture:
             raise ArchitectureError("an architecture needs a text tower, a vision tower or both")
         for tower, numbers in TOWER_NUMBERS.items():
             present = getattr(self, tower) is not None
-            if any((getattr(self, number) is not None) != present for number in numbers):
-                raise ArchitectureError(f"{', '.join(numbers)} belong with a {tower} tower, and only with one")
+            kept = RESNET_NUMBERS if isinstance(getattr(self, tower), ResNet) else numbers
+            if any((getattr(self, number) is not None) != (present and number in kept) for number in numbers):
+                raise ArchitectureError(f"{', '.join(kept)} belong with a {tower} tower, and only with one")
         if self.text is None and self.text_pool_token is not None:
             raise ArchitectureError("text_pool_token belongs with a text tower")
         projected = any(getattr(self, tower).projected for tower in self.towers)
@@ -83,6 +111,9 @@ class Architecture:
         part = getattr(self, tower)
         if part is None:
             raise ArchitectureError(f"this model has no {tower} tower")
+        if isinstance(part, ResNet) and not projected:
+            raise ArchitectureError("a ResNet vision tower cannot be without its projection: it is the last layer "
+                                    "of its attention pool, which its code always runs")
         keep = part.projected and projected
         (other,) = (name for name in TOWERS if name != tower)
         return dataclasses.replace(
@@ -92,7 +123,10 @@ class Architecture:
 
     def describe(self) -> str:
         parts = []
-        if self.vision is not None:
+        if isinstance(self.vision, ResNet):
+            parts.append(f"ResNet {'-'.join(map(str, self.vision.layers))} blocks, width {self.vision.width}, "
+                         f"attention pool of {self.vision.heads} heads, {self.image_resolution}px")
+        elif self.vision is not None:
             vision = self.vision
             parts.append(f"ViT {vision.width} wide x {vision.layers} layers, {vision.heads} heads, patch "
                          f"{self.patch_size}, {self.image_resolution}px, {vision.activation}"
@@ -109,7 +143,7 @@ class Architecture:
         flat: dict[str, object] = {}
         for field in fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, Tower):
+            if isinstance(value, (Tower, ResNet)):
                 flat.update({f"{field.name}.{part.name}": getattr(value, part.name) for part in fields(value)})
             else:
                 flat[field.name] = value
@@ -125,12 +159,13 @@ class Shapes:
     projections: tuple[str, ...]  # the towers with a projection
     embed_dim: int | None
     image_resolution: int | None
-    patch_size: int | None
+    patch_size: int | None  # None for a ResNet
     context_length: int | None
     vocab_size: int | None
+    vision_kind: str | None  # "vit" or "resnet" (schema.VISION_KINDS)
     vision_width: int | None
-    vision_layers: int | None
-    vision_mlp_width: int | None
+    vision_layers: int | tuple[int, ...] | None  # a ResNet's per stage
+    vision_mlp_width: int | None  # None for a ResNet
     text_width: int | None
     text_layers: int | None
     text_mlp_width: int | None
@@ -139,37 +174,57 @@ class Shapes:
     def of(cls, state_dict: Mapping) -> Shapes:
         towers = towers_of(state_dict.keys(), "openai")
         layers = check_keys(state_dict.keys(), "openai", towers)
+        kind = vision_kind(state_dict.keys()) if "vision" in towers else None
+        transformers = tuple(tower for tower in towers if (tower, kind) != ("vision", "resnet"))
         dims = {name: None for sources in SHAPE_SOURCES.values() for name in sources}
-        dims.update({name: _dim(state_dict, key, axis) for tower in towers
+        dims.update({name: _dim(state_dict, key, axis) for tower in transformers
                      for name, (key, axis) in SHAPE_SOURCES[tower].items()})
         positions = dims.pop("vision_positions")
         image_resolution = None if positions is None else _grid(positions) * dims["patch_size"]
-        projections = tuple(tower for tower in towers if PROJECTIONS[tower][0] in state_dict)
-        widths = {tower: _dim(state_dict, *PROJECTIONS[tower]) for tower in projections}
+        projections = tuple(tower for tower in transformers if PROJECTIONS[tower][0] in state_dict)
+        widths = {PROJECTIONS[tower][0]: _dim(state_dict, *PROJECTIONS[tower]) for tower in projections}
         for tower in projections:  # x @ P: P's rows are the tower's width
             key, axis = PROJECTIONS[tower]
             rows, width = _dim(state_dict, key, 1 - axis), dims[f"{tower}_width"]
             if rows != width:
                 raise ArchitectureError(f"{key} has shape {tuple(state_dict[key].shape)} (OpenAI's layout): its "
                                         f"{rows} rows should be the {tower} tower's width, {width}")
+        if kind == "resnet":
+            dims["vision_width"], image_resolution, key, embed_dim = _resnet_dims(state_dict)
+            widths[key] = embed_dim
+            projections = tuple(tower for tower in towers if tower in projections or tower == "vision")
         if len(set(widths.values())) > 1:
             raise ArchitectureError("the projections disagree on the embedding width: " + ", ".join(
-                f"{PROJECTIONS[tower][0]} gives {width}" for tower, width in widths.items()))
+                f"{key} gives {width}" for key, width in widths.items()))
         return cls(towers=towers, projections=projections, embed_dim=next(iter(widths.values()), None),
-                   image_resolution=image_resolution, vision_layers=layers.get("vision"),
+                   image_resolution=image_resolution, vision_kind=kind, vision_layers=layers.get("vision"),
                    text_layers=layers.get("text"), **dims)
 
     def tower(self, name: str, heads: int, activation: str, layer_norm_eps: float) -> Tower:
-        """The tower `name` ("vision" or "text") of these shapes, with what shapes cannot say."""
+        """The transformer tower `name` ("vision" or "text") of these shapes, with what shapes cannot say."""
         return Tower(width=getattr(self, f"{name}_width"), layers=getattr(self, f"{name}_layers"), heads=heads,
                      mlp_width=getattr(self, f"{name}_mlp_width"), activation=activation,
                      layer_norm_eps=layer_norm_eps, projected=name in self.projections)
 
-    def architecture(self, vision: Tower | None, text: Tower | None) -> Architecture:
+    def resnet(self, heads: int) -> ResNet:
+        """The ResNet vision tower of these shapes, with its attention pool's heads (which shapes cannot say)."""
+        return ResNet(layers=self.vision_layers, width=self.vision_width, heads=heads)
+
+    def architecture(self, vision: Tower | ResNet | None, text: Tower | None) -> Architecture:
         """The architecture of these shapes with these towers, pooling its text at the largest token id."""
         return Architecture(embed_dim=self.embed_dim, image_resolution=self.image_resolution,
                             patch_size=self.patch_size, context_length=self.context_length,
                             vocab_size=self.vocab_size, vision=vision, text=text, text_pool_token=None)
+
+
+def _resnet_dims(state_dict: Mapping) -> tuple[int, int, str, int]:
+    """A ResNet vision tower's width, image resolution and projection (its key, and the width it projects to)."""
+    dims = {name: _dim(state_dict, key, axis) for name, (key, axis) in RESNET_SHAPE_SOURCES.items()}
+    key = RESNET_SHAPE_SOURCES["pool_width"][0]
+    if dims["pool_width"] != RESNET_WIDENING * dims["vision_width"]:
+        raise ArchitectureError(f"{key} has shape {tuple(state_dict[key].shape)}: it should take the last stage's "
+                                f"output, {RESNET_WIDENING} x the width {dims['vision_width']}")
+    return dims["vision_width"], _grid(dims["vision_positions"]) * RESNET_DOWNSAMPLING, key, dims["embed_dim"]
 
 
 def _grid(positions: int) -> int:
@@ -192,11 +247,19 @@ def disagreements(claimed: Architecture, shapes: Shapes) -> list[str]:
         "context_length": (claimed.context_length, shapes.context_length),
         "vocab_size": (claimed.vocab_size, shapes.vocab_size),
     }
+    kinds = []
     for name in claimed.towers:
         tower = getattr(claimed, name)
-        for part in ("width", "layers", "mlp_width"):
+        kind = kind_of(tower)
+        if name == "vision" and kind != shapes.vision_kind:
+            kinds.append(f"the vision tower is a {_KIND_NAMES[kind]} in the config, a "
+                         f"{_KIND_NAMES[shapes.vision_kind]} in the tensors")
+            del found["patch_size"]  # a ResNet has none
+            continue
+        for part in ("width", "layers") if kind == "resnet" else ("width", "layers", "mlp_width"):
             found[f"{name}.{part}"] = (getattr(tower, part), getattr(shapes, f"{name}_{part}"))
-    problems = [f"{name} is {said}, the tensors say {real}" for name, (said, real) in found.items() if said != real]
+    problems = kinds + [f"{name} is {said}, the tensors say {real}" for name, (said, real) in found.items()
+                        if said != real]
     return problems + [f"the {name} tower has {'a' if getattr(claimed, name).projected else 'no'} projection in "
                        f"the config, {'one' if name in shapes.projections else 'none'} in the tensors"
                        for name in claimed.towers if getattr(claimed, name).projected != (name in shapes.projections)]
@@ -211,10 +274,23 @@ def argmax_pooling_problems(architecture: Architecture, code: str) -> list[str]:
 
 
 def head_problems(architecture: Architecture) -> list[str]:
-    """Heads that do not divide their tower's width: no attention implementation can split it."""
-    return [f"{name} width {tower.width} does not split into {tower.heads} heads"
-            for name in architecture.towers for tower in [getattr(architecture, name)]
-            if tower.heads < 1 or tower.width % tower.heads]
+    """Heads that do not divide the width they attend over: no attention implementation can split it."""
+    problems = []
+    for name in architecture.towers:
+        tower = getattr(architecture, name)
+        width = tower.pool_width if isinstance(tower, ResNet) else tower.width
+        if tower.heads < 1 or width % tower.heads:
+            pool = " attention pool" if isinstance(tower, ResNet) else ""
+            problems.append(f"{name}{pool} width {width} does not split into {tower.heads} heads")
+    return problems
+
+
+def kind_of(vision: Tower | ResNet) -> str:
+    """What a vision tower is (schema.VISION_KINDS)."""
+    return "resnet" if isinstance(vision, ResNet) else "vit"
+
+
+_KIND_NAMES = {"vit": "vision transformer", "resnet": "ResNet"}
 
 
 def _dim(state_dict: Mapping, key: str, axis: int) -> int:

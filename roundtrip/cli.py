@@ -43,6 +43,7 @@ COMMANDS = {
   clipconv to-open-clip clip-vit-base-patch32 ViT-B-32-open-clip
   clipconv to-open-clip ViT-B-32.pt ViT-B-32-open-clip
   clipconv to-open-clip epoch_3.pt run-3 --open-clip-config model_cfg.json
+  clipconv to-open-clip RN50.pt RN50-open-clip   # ResNet CLIPs too (to-hf refuses them)
   python -c 'import open_clip; open_clip.create_model_and_transforms("local-dir:ViT-B-32-open-clip")'"""),
 }
 SOURCES = """

@@ -227,8 +227,13 @@ def _load(path: Path, options: SourceOptions, side: str, tower: str | None) -> t
 
 
 def _architecture_differences(a: Loaded, b: Loaded) -> list[str]:
-    first, second = a.architecture.semantics(), b.architecture.semantics()
-    return [f"{name} is {first[name]!r} in A, {second[name]!r} in B" for name in first if first[name] != second[name]]
+    first, second = a.architecture.semantics(), b.architecture.semantics()  # a ResNet has fewer numbers than a ViT
+    return [f"{name} is {_value(first, name)} in A, {_value(second, name)} in B"
+            for name in dict.fromkeys([*first, *second]) if _value(first, name) != _value(second, name)]
+
+
+def _value(semantics: dict[str, object], name: str) -> str:
+    return repr(semantics[name]) if name in semantics else "absent"
 
 
 def _compare_tensors(a: dict, b: dict, weights_tolerance: float, releases) -> list[TensorComparison]:

@@ -36,6 +36,26 @@ RELEASED = {
                                        vision_patch_size=14, **_TEXT_L),
 }
 
+_TEXT_RN50X4 = dict(context_length=77, vocab_size=49408, transformer_width=640, transformer_heads=10,
+                    transformer_layers=12)
+_TEXT_RN50X16 = dict(_TEXT_L)
+_TEXT_RN50X64 = dict(context_length=77, vocab_size=49408, transformer_width=1024, transformer_heads=16,
+                     transformer_layers=12)
+
+# The ResNets OpenAI released (clip.available_models()), as clip.model.build_model reads them off the archives.
+RELEASED_RESNETS = {
+    "RN50": from_clip_kwargs(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
+                             vision_patch_size=None, **_TEXT_B),
+    "RN101": from_clip_kwargs(embed_dim=512, image_resolution=224, vision_layers=(3, 4, 23, 3), vision_width=64,
+                              vision_patch_size=None, **_TEXT_B),
+    "RN50x4": from_clip_kwargs(embed_dim=640, image_resolution=288, vision_layers=(4, 6, 10, 6), vision_width=80,
+                               vision_patch_size=None, **_TEXT_RN50X4),
+    "RN50x16": from_clip_kwargs(embed_dim=768, image_resolution=384, vision_layers=(6, 8, 18, 8), vision_width=96,
+                                vision_patch_size=None, **_TEXT_RN50X16),
+    "RN50x64": from_clip_kwargs(embed_dim=1024, image_resolution=448, vision_layers=(3, 15, 36, 10), vision_width=128,
+                                vision_patch_size=None, **_TEXT_RN50X64),
+}
+
 # Small enough to build, convert and verify in seconds; real vocabulary and context.
 DEMO = from_clip_kwargs(embed_dim=128, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16,
                         context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=2,
@@ -51,6 +71,7 @@ def random_openai_model(architecture: Architecture, seed: int = 0, openai_dtypes
     model = code.CLIP(**openai_config.clip_kwargs(architecture)).eval()
     with torch.no_grad():
         model.logit_scale.fill_(TRAINED_LOGIT_SCALE)
+    _trained_batch_norms(model)
     if openai_dtypes:
         code.convert_weights(model)  # fp16 linear/conv/attention weights and projections, fp32 elsewhere
     return model
@@ -124,7 +145,22 @@ def random_open_clip_model(model_cfg: dict, seed: int = 0):
     model = CLIP(**config).eval()
     with torch.no_grad():
         model.logit_scale.fill_(TRAINED_LOGIT_SCALE)
+    _trained_batch_norms(model)
     return model
+
+
+def _trained_batch_norms(model) -> None:
+    """Give a ResNet's BatchNorms random scales, shifts and running statistics, as training leaves them: as
+    initialised (1, 0, 0, 1; OpenAI's zeroes each block's last scale), every block's convolutions would be
+    invisible in its output, and so would be any mistake made with them."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.num_batches_tracked.fill_(1000)
 
 
 def save_open_clip_folder(state_dict: dict, model_cfg: dict, folder: Path, preprocess_cfg: dict | None = None,

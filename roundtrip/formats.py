@@ -545,7 +545,9 @@ def tower_alone(loaded: Loaded, tower: str, projected: bool = True) -> tuple[Loa
         raise InputError(path, f"has no {tower} tower (it holds the {loaded.towers[0]} tower alone)")
     if not projected and not getattr(loaded.architecture, tower).projected:
         raise InputError(path, f"its {tower} tower has no projection to leave out (--without-projection)")
-    architecture, layout = loaded.architecture.alone(tower, projected), loaded.source.format.layout
+    with _as_input_error(path):
+        architecture = loaded.architecture.alone(tower, projected)
+    layout = loaded.source.format.layout
     kept = mapping.of_towers(loaded.tensors, layout, (tower,), (tower,) if projected else ())
     dropped = [key for key in mapping.of_towers(loaded.tensors, layout, (tower,), (tower,)) if key not in kept]
     shapes = Shapes.of(mapping.convert(kept, layout, "openai", (tower,)))

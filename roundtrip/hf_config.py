@@ -13,6 +13,7 @@ from roundtrip.architecture import (
     IMAGE_CHANNELS,
     Architecture,
     ArchitectureError,
+    ResNet,
     Shapes,
     Tower,
     disagreements,
@@ -218,5 +219,9 @@ def config(architecture: Architecture) -> dict:
 
 
 def incompatibilities(architecture: Architecture) -> list[str]:
-    """What transformers' classes cannot hold: heads that do not split their tower's width."""
+    """What transformers' classes cannot hold: a ResNet vision tower, heads that do not split their tower's
+    width."""
+    if isinstance(architecture.vision, ResNet):
+        return ["its vision tower is a ResNet (the RN50 family's ModifiedResNet), and CLIPModel has no ResNet vision "
+                "tower"]
     return head_problems(architecture)

@@ -26,8 +26,10 @@ from roundtrip.schema import (
     PLACEHOLDER_VALUES,
     PLACEHOLDERS,
     RULES,
+    STAGE_FIELD,
     TOWERS,
     UNSUPPORTED_VARIANTS,
+    VISION_KINDS,
     Rule,
 )
 
@@ -105,10 +107,11 @@ class Conversion:
 
     sources: tuple[Pattern, ...]
     targets: tuple[Pattern, ...]
-    op: Operation
+    op: Operation | None  # None: read and checked, never mapped (OPENAI_ONLY)
     tower: str | None  # None: shared by the two towers
     block: bool = False  # one per residual block ({i})
     projection: bool = False  # a tower's projection, which a tower alone may lack
+    kind: str | None = None  # the kind of vision tower it belongs to alone (schema.VISION_KINDS); None: any
 
     def optional(self, towers: tuple[str, ...]) -> bool:
         """Whether a complete checkpoint of a model with `towers` may lack it: a tower alone may lack its
@@ -118,12 +121,12 @@ class Conversion:
 
 def _forward(rule: Rule) -> Conversion:
     return Conversion(tuple(map(Pattern, rule.openai)), tuple(map(Pattern, rule.hf)), rule.op, rule.tower,
-                      rule.block, rule.projection)
+                      rule.block, rule.projection, rule.kind)
 
 
 def _backward(rule: Rule) -> Conversion:
     return Conversion(tuple(map(Pattern, rule.hf)), tuple(map(Pattern, rule.openai)), rule.op.inverse, rule.tower,
-                      rule.block, rule.projection)
+                      rule.block, rule.projection, rule.kind)
 
 
 def _of_towers(conversions: tuple[Conversion, ...], towers: tuple[str, ...]) -> tuple[Conversion, ...]:
@@ -132,8 +135,10 @@ def _of_towers(conversions: tuple[Conversion, ...], towers: tuple[str, ...]) -> 
     return tuple(c for c in conversions if c.tower in towers or c.tower is None)
 
 
-TO_HF = tuple(_forward(rule) for rule in RULES)
-TO_OPENAI = tuple(_backward(rule) for rule in RULES)
+TO_HF = tuple(_forward(rule) for rule in RULES if rule.hf)
+TO_OPENAI = tuple(_backward(rule) for rule in RULES if rule.hf)
+# What OpenAI's layout holds and HF's has no place for (a ResNet vision tower): read and checked, never mapped.
+OPENAI_ONLY = tuple(_forward(rule) for rule in RULES if not rule.hf)
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,9 @@ def apply(state_dict: Mapping, conversions: tuple[Conversion, ...], ignored: Ite
 def to_hf(openai_state_dict: Mapping, towers: tuple[str, ...] = TOWERS) -> dict:
     """OpenAI `clip.model.CLIP` state dict -> HF `CLIPModel` state dict (same tensors, same dtypes)."""
     _reject_unsupported(openai_state_dict.keys())
+    if "vision" in towers and vision_kind(openai_state_dict.keys()) == "resnet":
+        raise UnsupportedArchitecture("this is a ResNet CLIP (RN50 family): transformers' CLIPModel has no ResNet "
+                                      "vision tower")
     return apply(openai_state_dict, _of_towers(TO_HF, towers), ignored=OPTIONAL_KEYS["openai"])
 
 
@@ -220,7 +228,16 @@ def to_openai(hf_state_dict: Mapping, towers: tuple[str, ...] = TOWERS) -> dict:
     return apply(hf_state_dict, _of_towers(TO_OPENAI, towers), ignored=OPTIONAL_KEYS["hf"])
 
 
-READING = {"openai": TO_HF, "hf": TO_OPENAI}  # layout -> the conversions that read its keys
+MAPPING = {"openai": TO_HF, "hf": TO_OPENAI}  # layout -> the conversions that map its keys to the other layout
+READING = {"openai": TO_HF + OPENAI_ONLY, "hf": TO_OPENAI}  # layout -> the conversions that read its keys
+
+
+def vision_kind(openai_keys: Iterable[str]) -> str:
+    """What the vision tower of `openai_keys` (OpenAI's layout, which open_clip shares) is: "resnet" where it has
+    keys only a ResNet has, else "vit" (as clip.model.build_model tells them apart, by their keys)."""
+    only = {kind: tuple(c for c in READING["openai"] if c.kind == kind) for kind in VISION_KINDS}
+    return "resnet" if any(_matches(key, only["resnet"]) and not _matches(key, only["vit"])
+                           for key in openai_keys) else "vit"
 
 
 def convert(state_dict: Mapping, source: str, target: str, towers: tuple[str, ...] = TOWERS) -> dict:
@@ -237,7 +254,7 @@ def carried_back(table: Mapping[str, object], keys: Iterable[str], layout: str, 
     if layout == table_layout:
         return dict(table)
     carried = {}
-    for step in plan(keys, READING[layout], ignored=OPTIONAL_KEYS[layout]):
+    for step in plan(keys, MAPPING[layout], ignored=OPTIONAL_KEYS[layout]):
         values = {table[target] for target in step.targets if target in table}
         if len(values) > 1:
             raise MappingError(f"{describe_keys(step.targets)} have different values: {sorted(map(str, values))}")
@@ -263,13 +280,19 @@ def keys_in(layout: str, openai_keys: Iterable[str]) -> list[str]:
 
 
 def describe_blocks(keys: Iterable[str], layout: str) -> list[str]:
-    """`keys` (of `layout`) for people: the keys of residual blocks as "text block N", the others as they are."""
+    """`keys` (of `layout`) for people: the keys of residual blocks as "text block N" (a ResNet's as "vision
+    block STAGE.N"), the others as they are."""
     blocks = tuple(c for c in READING[layout] if c.block)
     named: dict[str, None] = {}
     for key in keys:
         fields = next(((c.tower, found) for c in blocks for pattern in c.sources
                        if (found := pattern.parse(key)) is not None), None)
-        named[key if fields is None else f"{fields[0]} block {fields[1][BLOCK_FIELD]}"] = None
+        if fields is None:
+            named[key] = None
+            continue
+        tower, found = fields
+        stage = f"{found[STAGE_FIELD]}." if STAGE_FIELD in found else ""
+        named[f"{tower} block {stage}{found[BLOCK_FIELD]}"] = None
     return list(named)
 
 
@@ -300,17 +323,20 @@ def of_towers(state_dict: Mapping, layout: str, towers: tuple[str, ...], project
     return {key: tensor for key, tensor in state_dict.items() if _matches(key, tuple(kept))}
 
 
-def check_keys(keys: Iterable[str], layout: str, towers: tuple[str, ...] = TOWERS) -> dict[str, int]:
-    """The number of residual blocks per tower of a complete checkpoint in `layout` (of a model with `towers`);
-    else a MappingError that says what the keys are: a variant no rule converts, another layout or no CLIP at
-    all, keys no rule covers, or which tensors its architecture needs that are missing."""
+def check_keys(keys: Iterable[str], layout: str, towers: tuple[str, ...] = TOWERS) -> dict[str, int | tuple[int, ...]]:
+    """The number of residual blocks per tower of a complete checkpoint in `layout` (of a model with `towers`;
+    of a ResNet vision tower, per stage); else a MappingError that says what the keys are: a variant no rule
+    converts, another layout or no CLIP at all, keys no rule covers, or which tensors its architecture needs that
+    are missing."""
     keys = [key for key in keys if key not in OPTIONAL_KEYS[layout]]
-    conversions = _of_towers(READING[layout], towers)
+    kind = vision_kind(keys) if layout == "openai" else "vit"
+    conversions = tuple(c for c in _of_towers(READING[layout], towers) if c.kind in (None, kind))
     unmatched = [key for key in keys if not _matches(key, conversions)]
     _check_layout(keys, len(keys) - len(unmatched), layout)
     if layout == "openai":  # the variants' keys are open_clip's and OpenAI's
         _reject_unsupported(keys)
     if unmatched:
+        _check_one_vision_kind(unmatched, kind, layout)
         raise MappingError(f"{len(unmatched)} key(s) match no rule: {describe_keys(unmatched)}")
     blocks = _block_indices(keys, conversions)
     required = tuple(c for c in conversions if not c.optional(towers))
@@ -318,7 +344,10 @@ def check_keys(keys: Iterable[str], layout: str, towers: tuple[str, ...] = TOWER
     if total:
         raise IncompleteCheckpoint(f"missing {total} tensor(s) that a CLIP of this architecture needs: "
                                    f"{describe_keys(missing, limit=5, total=total)}")
-    return {tower: len(indices) for tower, indices in blocks.items()}
+    counts: dict[str, int | tuple[int, ...]] = {}
+    for (tower, stage), indices in sorted(blocks.items(), key=lambda group: (group[0][0], group[0][1] or "")):
+        counts[tower] = len(indices) if stage is None else (*counts.get(tower, ()), len(indices))
+    return counts
 
 
 UNSUPPORTED = tuple((Pattern(template), what) for template, what in UNSUPPORTED_VARIANTS.items())
@@ -329,6 +358,15 @@ def _reject_unsupported(keys: Iterable[str]) -> None:
         for pattern, what in UNSUPPORTED:
             if pattern.parse(key) is not None:
                 raise UnsupportedArchitecture(f"this is {what} (it has {key})")
+
+
+def _check_one_vision_kind(unmatched: list[str], kind: str, layout: str) -> None:
+    """Refuse keys of another kind of vision tower than `kind`, beside those of `kind`."""
+    others = tuple(c for c in READING[layout] if c.kind not in (None, kind))
+    mixed = [key for key in unmatched if _matches(key, others)]
+    if mixed:
+        raise MappingError(f"its vision tower has keys of a ResNet and of a vision transformer (such as "
+                           f"{describe_keys(mixed, limit=2)}): no CLIP has both")
 
 
 def _matches(key: str, conversions: tuple[Conversion, ...]) -> bool:
@@ -349,9 +387,14 @@ def _check_layout(keys: list[str], matched: int, layout: str) -> None:
                           None)
 
 
-def _block_indices(keys: Iterable[str], conversions: tuple[Conversion, ...]) -> dict[str, set[int]]:
-    """The residual-block indices present per tower, e.g. {"text": {0, 1}, "vision": {0, 1, 2}}."""
-    found: dict[str, set[int]] = {conversion.tower: set() for conversion in conversions if conversion.block}
+Blocks = dict[tuple[str, str | None], set[int]]  # (tower, stage or None) -> the block indices present
+
+
+def _block_indices(keys: Iterable[str], conversions: tuple[Conversion, ...]) -> Blocks:
+    """The residual-block indices present per tower, and per stage in a ResNet, e.g. {("text", None): {0, 1},
+    ("vision", "1"): {0, 1, 2}, ("vision", "2"): {0}, ...}."""
+    found: Blocks = {(conversion.tower, stage): set() for conversion in conversions if conversion.block
+                     for stage in _stages(conversion)}
     for key in keys:
         for conversion in conversions:
             if not conversion.block:
@@ -359,11 +402,16 @@ def _block_indices(keys: Iterable[str], conversions: tuple[Conversion, ...]) -> 
             for pattern in conversion.sources:
                 fields = pattern.parse(key)
                 if fields is not None:
-                    found[conversion.tower].add(int(fields[BLOCK_FIELD]))
+                    found[(conversion.tower, fields.get(STAGE_FIELD))].add(int(fields[BLOCK_FIELD]))
     return found
 
 
-def _missing_keys(keys: set[str], blocks: dict[str, set[int]], conversions) -> tuple[list[str], int]:
+def _stages(conversion: Conversion) -> tuple[str | None, ...]:
+    """The stages a block conversion's blocks are counted in: a ResNet's four, or one (None) for a transformer."""
+    return PLACEHOLDER_VALUES[STAGE_FIELD] if STAGE_FIELD in conversion.sources[0].fields else (None,)
+
+
+def _missing_keys(keys: set[str], blocks: Blocks, conversions) -> tuple[list[str], int]:
     """Some of the keys that a checkpoint with blocks 0..max of each tower (at least one) needs and `keys`
     lacks, and how many it lacks in all."""
     examples, total = [], 0
@@ -375,16 +423,19 @@ def _missing_keys(keys: set[str], blocks: dict[str, set[int]], conversions) -> t
     return examples, total
 
 
-def _instances(conversion: Conversion, blocks: dict[str, set[int]]) -> list[tuple[dict, int]]:
+def _instances(conversion: Conversion, blocks: Blocks) -> list[tuple[dict, int]]:
     """The field values a complete checkpoint instantiates the conversion with, each with how many times it
     stands for. Blocks missing whole are stood for by the first of them: a hostile index (block 10**9) must
     not make this enumerate them."""
     if not conversion.block:
         return [(PLACEHOLDER_VALUES, 1)]
-    present = blocks[conversion.tower]
-    instances = [({**PLACEHOLDER_VALUES, BLOCK_FIELD: (str(index),)}, 1) for index in sorted(present)]
-    whole_blocks_missing = max(present, default=0) + 1 - len(present)
-    if whole_blocks_missing:
-        first = next(index for index in itertools.count() if index not in present)
-        instances.append(({**PLACEHOLDER_VALUES, BLOCK_FIELD: (str(first),)}, whole_blocks_missing))
+    instances = []
+    for stage in _stages(conversion):
+        present = blocks[(conversion.tower, stage)]
+        values = {**PLACEHOLDER_VALUES, **({} if stage is None else {STAGE_FIELD: (stage,)})}
+        instances += [({**values, BLOCK_FIELD: (str(index),)}, 1) for index in sorted(present)]
+        whole_blocks_missing = max(present, default=0) + 1 - len(present)
+        if whole_blocks_missing:
+            first = next(index for index in itertools.count() if index not in present)
+            instances.append(({**values, BLOCK_FIELD: (str(first),)}, whole_blocks_missing))
     return instances

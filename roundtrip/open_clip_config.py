@@ -16,9 +16,12 @@ from numbers import Real
 from pathlib import Path
 
 from roundtrip.architecture import (
+    RESNET_STAGES,
+    RESNET_WIDENING,
     TOWER_NUMBERS,
     Architecture,
     ArchitectureError,
+    ResNet,
     Shapes,
     Tower,
     disagreements,
@@ -131,9 +134,6 @@ def unsupported(model_cfg: Mapping) -> list[str]:
             problems.append(f"{name} is not a JSON object")
             continue
         problems += _against(tower, fixed, free | core, f"{name}.")
-    vision = model_cfg.get("vision_cfg")
-    if isinstance(vision, Mapping) and isinstance(vision.get("layers"), (list, tuple)):
-        problems.append("vision_cfg.layers is a list: a ResNet vision tower, which CLIPModel does not have")
     text = model_cfg.get("text_cfg")
     if isinstance(text, Mapping) and text.get("pool_type", "argmax") not in _TEXT_POOL_TYPES:
         problems.append(f"text_cfg.pool_type is {text['pool_type']!r}: text pooling (CLIPA) other than at the "
@@ -182,6 +182,8 @@ def claimed_architecture(model_cfg: Mapping) -> Architecture:
     vision, text = model_cfg.get("vision_cfg"), model_cfg.get("text_cfg")
     # open_clip always projects; clipconv writes the config of a tower alone without one with no embed_dim
     unprojected = (vision is None or text is None) and "embed_dim" not in model_cfg
+    if unprojected and vision is not None and isinstance(vision.get("layers"), (list, tuple)):
+        raise ArchitectureError("model_cfg has no embed_dim, which a ResNet vision tower's attention pool projects to")
     embed_dim = None if unprojected else _number(model_cfg, "embed_dim", None, "model_cfg")
     claimed = Architecture(
         embed_dim=embed_dim,
@@ -202,12 +204,29 @@ def _absent(tower: str) -> dict:
 def _vision_part(vision: Mapping, activation: str, projected: bool) -> dict:
     width = _number(vision, "width", VISION_WIDTH, "vision_cfg")
     head_width = _number(vision, "head_width", HEAD_WIDTH, "vision_cfg")
+    if isinstance(vision.get("layers"), (list, tuple)):
+        return _resnet_part(vision, width, head_width)
     if head_width < 1 or width % head_width:
         raise ArchitectureError(f"vision_cfg.width {width} is not a multiple of its head_width {head_width}")
     return {"vision": _tower(vision, "vision_cfg", width // head_width, VISION_LAYERS, VISION_WIDTH, activation,
                              projected),
             "image_resolution": _square(vision, "image_size", IMAGE_SIZE),
             "patch_size": _square(vision, "patch_size", PATCH_SIZE)}
+
+
+def _resnet_part(vision: Mapping, width: int, head_width: int) -> dict:
+    """open_clip's ModifiedResNet: four stages of `layers`, and heads = width * 32 // head_width."""
+    layers = vision["layers"]
+    if len(layers) != RESNET_STAGES or not all(
+            isinstance(count, int) and not isinstance(count, bool) and count >= 1 for count in layers):
+        raise ArchitectureError(f"vision_cfg.layers is {layers!r}: a ResNet's are {RESNET_STAGES} positive "
+                                "integers, its blocks per stage")
+    pool_width = width * RESNET_WIDENING
+    if pool_width % head_width:
+        raise ArchitectureError(f"vision_cfg.head_width {head_width} does not divide the ResNet's attention pool "
+                                f"width, {pool_width} (32 x width)")
+    return {"vision": ResNet(tuple(layers), width, pool_width // head_width),
+            "image_resolution": _square(vision, "image_size", IMAGE_SIZE), "patch_size": None}
 
 
 def _text_part(text: Mapping, activation: str, projected: bool) -> dict:
@@ -249,12 +268,18 @@ def _square(settings: Mapping, key: str, default: int) -> int:
 def incompatibilities(architecture: Architecture) -> list[str]:
     """What open_clip's CLIP cannot build: one activation for both towers, vision heads of a whole width."""
     problems = head_problems(architecture)
-    activations = {getattr(architecture, tower).activation for tower in architecture.towers}
+    towers = _transformers(architecture)
+    activations = {getattr(architecture, tower).activation for tower in towers}
     if len(activations) > 1 or not activations <= {"gelu", "quick_gelu"}:
         problems.append("activations are " + " and ".join(f"{getattr(architecture, tower).activation} ({tower})"
-                                                          for tower in reversed(architecture.towers))
+                                                          for tower in reversed(towers))
                         + "; open_clip uses gelu or quick_gelu for both")
     return problems
+
+
+def _transformers(architecture: Architecture) -> tuple[str, ...]:
+    """The towers that are transformers: a ResNet's activation is its code's own (ReLU), whatever quick_gelu."""
+    return tuple(tower for tower in architecture.towers if isinstance(getattr(architecture, tower), Tower))
 
 
 def model_config(architecture: Architecture) -> dict:
@@ -262,9 +287,15 @@ def model_config(architecture: Architecture) -> dict:
     alone, that tower's settings (open_clip itself builds both towers, so only clipconv reads such a config)."""
     vision, text = architecture.vision, architecture.text
     config = {"embed_dim": architecture.embed_dim} if architecture.embed_dim is not None else {}
-    if (vision or text).activation == "quick_gelu":
+    if any(getattr(architecture, tower).activation == "quick_gelu" for tower in _transformers(architecture)):
         config["quick_gelu"] = True
-    if vision is not None:
+    if isinstance(vision, ResNet):
+        config["vision_cfg"] = {
+            "image_size": architecture.image_resolution, "layers": list(vision.layers), "width": vision.width,
+            **({"head_width": vision.pool_width // vision.heads} if vision.pool_width != HEAD_WIDTH * vision.heads
+               else {}),
+            "patch_size": None}
+    elif vision is not None:
         config["vision_cfg"] = {
             "image_size": architecture.image_resolution, "layers": vision.layers, "width": vision.width,
             **({"head_width": vision.width // vision.heads} if vision.width != HEAD_WIDTH * vision.heads else {}),

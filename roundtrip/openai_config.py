@@ -5,16 +5,23 @@ An OpenAI checkpoint carries no config: its architecture is its shapes plus thes
 
 from __future__ import annotations
 
-from roundtrip.architecture import Architecture, Shapes, Tower, argmax_pooling_problems
+from roundtrip.architecture import RESNET_WIDENING, Architecture, ResNet, Shapes, Tower, argmax_pooling_problems
 
-HEAD_WIDTH = 64  # clip.model.build_model: heads = width // 64, for both towers
+HEAD_WIDTH = 64  # clip.model.build_model: heads = width // 64, for both towers (a ResNet's attention pool's too)
 MLP_RATIO = 4  # clip.model.ResidualAttentionBlock: c_fc is width -> 4 * width
 ACTIVATION = "quick_gelu"  # clip.model.QuickGELU
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which clip.model.LayerNorm keeps
 
 
-def _tower(shapes: Shapes, name: str) -> Tower:
+def _tower(shapes: Shapes, name: str) -> Tower | ResNet:
+    if name == "vision" and shapes.vision_kind == "resnet":
+        return shapes.resnet(_resnet_heads(shapes.vision_width))
     return shapes.tower(name, getattr(shapes, f"{name}_width") // HEAD_WIDTH, ACTIVATION, LAYER_NORM_EPS)
+
+
+def _resnet_heads(width: int) -> int:
+    """clip.model.CLIP: vision_heads = vision_width * 32 // 64 for a ResNet, over its attention pool's width."""
+    return width * RESNET_WIDENING // HEAD_WIDTH
 
 
 def architecture(shapes: Shapes) -> Architecture:
@@ -27,7 +34,12 @@ def incompatibilities(architecture: Architecture) -> list[str]:
     """Every way `architecture` departs from what OpenAI's model code can build; empty when it can."""
     problems = []
     for name in architecture.towers:
-        tower: Tower = getattr(architecture, name)
+        tower: Tower | ResNet = getattr(architecture, name)
+        if isinstance(tower, ResNet):
+            if tower.heads != _resnet_heads(tower.width):
+                problems.append(f"vision attention pool has {tower.heads} heads of {tower.head_width:g}, OpenAI's "
+                                f"code uses heads of {HEAD_WIDTH}")
+            continue
         if tower.width % HEAD_WIDTH or tower.heads != tower.width // HEAD_WIDTH:
             problems.append(f"{name} has {tower.heads} heads of {tower.head_width:g}, OpenAI's code uses "
                             f"heads of {HEAD_WIDTH}")
@@ -56,15 +68,18 @@ def clip_kwargs(architecture: Architecture) -> dict[str, int]:
     }
 
 
-def from_clip_kwargs(embed_dim: int, image_resolution: int, vision_layers: int, vision_width: int,
-                     vision_patch_size: int, context_length: int, vocab_size: int, transformer_width: int,
+def from_clip_kwargs(embed_dim: int, image_resolution: int, vision_layers: int | tuple[int, ...], vision_width: int,
+                     vision_patch_size: int | None, context_length: int, vocab_size: int, transformer_width: int,
                      transformer_heads: int, transformer_layers: int) -> Architecture:
     """The architecture `clip.model.CLIP(...)` builds from these arguments (its heads for the text tower,
-    width // 64 for the vision tower)."""
+    width // 64 for a vision transformer; a ResNet where `vision_layers` is a tuple, its stages)."""
     def tower(width: int, layers: int, heads: int) -> Tower:
         return Tower(width, layers, heads, MLP_RATIO * width, ACTIVATION, LAYER_NORM_EPS, projected=True)
 
-    return Architecture(embed_dim=embed_dim, image_resolution=image_resolution, patch_size=vision_patch_size,
-                        context_length=context_length, vocab_size=vocab_size,
-                        vision=tower(vision_width, vision_layers, vision_width // HEAD_WIDTH),
+    resnet = isinstance(vision_layers, tuple)
+    vision = ResNet(vision_layers, vision_width, _resnet_heads(vision_width)) if resnet else \
+        tower(vision_width, vision_layers, vision_width // HEAD_WIDTH)
+    return Architecture(embed_dim=embed_dim, image_resolution=image_resolution,
+                        patch_size=None if resnet else vision_patch_size, context_length=context_length,
+                        vocab_size=vocab_size, vision=vision,
                         text=tower(transformer_width, transformer_layers, transformer_heads), text_pool_token=None)

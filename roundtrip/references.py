@@ -24,10 +24,19 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING
 
-from roundtrip.architecture import Architecture, Tower
+from roundtrip.architecture import Architecture, ResNet, Tower
 from roundtrip.mapping import towers_of
 from roundtrip.openai_config import clip_kwargs
-from roundtrip.schema import HF_TOWER_PREFIXES, PROJECTIONS, TOWER_MODULES, TOWERS, TowerModules
+from roundtrip.schema import (
+    HF_TOWER_PREFIXES,
+    PLACEHOLDER_VALUES,
+    PROJECTIONS,
+    RESNET_MODULES,
+    STAGE_FIELD,
+    TOWER_MODULES,
+    TOWERS,
+    TowerModules,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -139,10 +148,10 @@ def openai_outputs(openai_weights: Mapping, architecture: Architecture, images, 
 def _openai_run(model, images, tokens, architecture: Architecture) -> Outputs:
     import torch
 
-    with _recording(model, TOWER_MODULES["openai"], architecture, sequence_first=True) as seen, \
+    with _recording(model, _openai_modules(architecture), architecture, sequence_first=True) as seen, \
             _returned(model, _projecting_methods(architecture)) as returned, torch.no_grad():
         found = _run_towers(model, images, tokens, architecture, lambda: model(images, tokens)[0])
-    if architecture.vision is not None:
+    if isinstance(architecture.vision, Tower):
         found["vision.pooled"] = seen.pop("vision.final_layer_norm")  # its ln_post is over the class token alone
     if architecture.text is not None:
         text = seen["text.final_layer_norm"]
@@ -196,16 +205,22 @@ def _open_clip_run(model, images, tokens, architecture: Architecture) -> Outputs
     import torch
     from open_clip.transformer import text_global_pool
 
-    with _recording(model, TOWER_MODULES["openai"], architecture, sequence_first=False) as seen, \
+    with _recording(model, _openai_modules(architecture), architecture, sequence_first=False) as seen, \
             _returned(model, _projecting_methods(architecture)) as returned, torch.no_grad():
         found = _run_towers(model, images, tokens, architecture, lambda: model.get_logits(images, tokens)[0])
         # Pooled by open_clip's own functions, as its encode_text and VisionTransformer pool.
         if architecture.text is not None:
             found["text.pooled"] = text_global_pool(seen["text.final_layer_norm"], tokens, model.text_pool_type,
                                                     eos_token_id=model.text_eos_id)
-        if architecture.vision is not None:
+        if isinstance(architecture.vision, Tower):
             found["vision.pooled"], _ = model.visual._global_pool(seen.pop("vision.final_layer_norm"))
     return _in_order(architecture, {**seen, **returned, **found})
+
+
+def _openai_modules(architecture: Architecture) -> dict[str, TowerModules]:
+    """Where the towers sit in OpenAI's and open_clip's CLIP (the same module paths), by the vision tower's kind."""
+    resnet = isinstance(architecture.vision, ResNet)
+    return {**TOWER_MODULES["openai"], **({"vision": RESNET_MODULES} if resnet else {})}
 
 
 def _projecting_methods(architecture: Architecture) -> dict[str, str]:
@@ -289,15 +304,18 @@ Outputs = dict  # output name -> tensor (batch first), in the order of `output_n
 
 def output_names(architecture: Architecture) -> list[str]:
     """What the check compares, in the order the models compute it: per tower, the input to its first block
-    (the vision tower's after its first LayerNorm), each block's output, the text tower's final LayerNorm over
-    every token, the pooled output (the vision tower's after its final LayerNorm) and, where it has a
-    projection, the projected embedding; then, with both towers, the logits."""
+    (the vision tower's after its first LayerNorm, or a ResNet's stem), each block's output (a ResNet's counted
+    across its stages), the text tower's final LayerNorm over every token, the pooled output (the vision
+    tower's after its final LayerNorm; a ResNet pools and projects in one) and, where it has a projection, the
+    projected embedding; then, with both towers, the logits."""
     names = []
     for tower in architecture.towers:
         parts = getattr(architecture, tower)
-        names += [f"{tower}.embeddings", *(f"{tower}.layers.{index}" for index in range(parts.layers))]
+        blocks = sum(parts.layers) if isinstance(parts, ResNet) else parts.layers
+        names += [f"{tower}.embeddings", *(f"{tower}.layers.{index}" for index in range(blocks))]
         names += ["text.final_layer_norm"] if tower == "text" else []
-        names += [f"{tower}.pooled", *([f"{tower}.projected"] if parts.projected else [])]
+        names += [] if isinstance(parts, ResNet) else [f"{tower}.pooled"]
+        names += [f"{tower}.projected"] if parts.projected else []
     return [*names, *(["logits"] if architecture.towers == TOWERS else [])]
 
 
@@ -331,13 +349,15 @@ def _recording(model, modules: Mapping[str, TowerModules], architecture: Archite
     hooks = []
     for tower in architecture.towers:
         parts = modules[tower]
-        blocks = [named[parts.block.format(i=index)] for index in range(getattr(architecture, tower).layers)]
-        hooks.append(blocks[0].register_forward_pre_hook(functools.partial(before, f"{tower}.embeddings", True),
-                                                         with_kwargs=True))
-        hooks += [block.register_forward_hook(functools.partial(after, f"{tower}.layers.{index}", True))
+        blocks = [named[path] for path in _block_paths(parts, getattr(architecture, tower))]
+        transformer = not isinstance(getattr(architecture, tower), ResNet)  # a ResNet's are images, batch first
+        hooks.append(blocks[0].register_forward_pre_hook(
+            functools.partial(before, f"{tower}.embeddings", transformer), with_kwargs=True))
+        hooks += [block.register_forward_hook(functools.partial(after, f"{tower}.layers.{index}", transformer))
                   for index, block in enumerate(blocks)]
-        hooks.append(named[parts.final_norm].register_forward_hook(
-            functools.partial(after, f"{tower}.final_layer_norm", False)))
+        if parts.final_norm is not None:
+            hooks.append(named[parts.final_norm].register_forward_hook(
+                functools.partial(after, f"{tower}.final_layer_norm", False)))
         if parts.projection is not None and getattr(architecture, tower).projected:
             projection = named[parts.projection]
             hooks.append(projection.register_forward_pre_hook(functools.partial(before, f"{tower}.pooled", False),
@@ -348,6 +368,15 @@ def _recording(model, modules: Mapping[str, TowerModules], architecture: Archite
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def _block_paths(parts: TowerModules, tower: Tower | ResNet) -> list[str]:
+    """The module paths of a tower's blocks, in the order they run (a ResNet's stage by stage)."""
+    if isinstance(tower, ResNet):
+        return [parts.block.format(**{STAGE_FIELD: stage, "i": index})
+                for stage, count in zip(PLACEHOLDER_VALUES[STAGE_FIELD], tower.layers, strict=True)
+                for index in range(count)]
+    return [parts.block.format(i=index) for index in range(tower.layers)]
 
 
 @contextlib.contextmanager

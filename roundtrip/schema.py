@@ -6,9 +6,16 @@ sides and using the operation's declared inverse (see `roundtrip.mapping`).
 
 Pattern fields, filled in when a key is parsed and reused when the other side
 is formatted:
-    {i}   a block index (one residual block of a tower)
-    {wb}  "weight" or "bias"
+    {i}      a block index (one residual block of a tower; of a stage, in a ResNet)
+    {wb}     "weight" or "bias"
+    {stage}  a ResNet stage, 1 to 4
+    {n}      one of a ResNet block's (or stem's) three convolutions and their BatchNorms, 1 to 3
+    {bn}     a BatchNorm's parameters and running statistics
+    {qkvc}   a ResNet attention pool's q, k, v or output (c) projection
 Patterns are anchored: a key matches a pattern whole or not at all.
+
+A rule with no HF side holds what CLIPModel has no place for (a ResNet vision tower): its keys are read and
+checked in OpenAI's layout (which open_clip shares), never mapped.
 
 Provenance: OpenAI names from `clip/model.py` (github.com/openai/CLIP);
 HF names from `transformers/models/clip/modeling_clip.py`.
@@ -20,29 +27,37 @@ from dataclasses import dataclass
 
 from roundtrip.ops import Chunk, Identity, Operation, Transpose
 
-PLACEHOLDERS = {"i": r"\d+", "wb": r"weight|bias", "rest": r".+"}  # {rest}: any key part (unsupported variants)
+_BATCH_NORM = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")  # torch.nn.BatchNorm2d's
+PLACEHOLDERS = {"i": r"\d+", "wb": r"weight|bias", "stage": r"[1-4]", "n": r"[1-3]", "qkvc": r"[qkvc]",
+                "bn": "|".join(_BATCH_NORM), "rest": r".+"}  # {rest}: any key part (unsupported variants)
 BLOCK_FIELD = "i"
-# The values every other placeholder takes in a complete checkpoint (a layer's weight and its bias);
-# {i} takes 0..n-1, n read off the blocks present.
-PLACEHOLDER_VALUES = {"wb": ("weight", "bias")}
+STAGE_FIELD = "stage"  # a ResNet's blocks are counted per stage
+# The values every other placeholder takes in a complete checkpoint (a layer's weight and its bias, a ResNet's
+# four stages, ...); {i} takes 0..n-1, n read off the blocks present.
+PLACEHOLDER_VALUES = {"wb": ("weight", "bias"), "stage": ("1", "2", "3", "4"), "n": ("1", "2", "3"),
+                      "qkvc": ("q", "k", "v", "c"), "bn": _BATCH_NORM}
 
 # The two key layouts, named as the fields of `Rule`, and what their checkpoints are called.
 LAYOUTS = {"openai": "an OpenAI CLIP", "hf": "a Hugging Face CLIPModel"}
 
 
 TOWERS = ("text", "vision")
+# What a vision tower is: CLIP's vision transformer, or OpenAI's ModifiedResNet (the RN50 family, which open_clip
+# shares); CLIPModel has only the first.
+VISION_KINDS = ("vit", "resnet")
 
 
 @dataclass(frozen=True)
 class Rule:
     openai: tuple[str, ...]
     hf: tuple[str, ...]
-    op: Operation  # openai tensors -> hf tensors; op.inverse goes back
+    op: Operation | None  # openai tensors -> hf tensors; op.inverse goes back. None: no HF side (hf is empty)
     tower: str | None  # "text" or "vision"; None for what the two towers share (a model with both)
     block: bool = False  # one per residual block of its tower ({i}): these count the tower's layers
     # The tower's projection to the shared embedding: a model of both towers has both, a tower alone may lack its
     # own (CLIPTextModel, Stable Diffusion 1.x's text encoder).
     projection: bool = False
+    kind: str | None = None  # of a vision tower of one kind only (VISION_KINDS); None: any
 
 
 # Per-block rules, written once relative to a block and prefixed per tower below.
@@ -63,11 +78,11 @@ class TowerModules:
     the layer-by-layer check reads the outputs of."""
 
     block: str  # one residual block ({i})
-    final_norm: str  # the last LayerNorm: text, over every token; vision, over the class token
+    final_norm: str | None  # the last LayerNorm: text, over every token; vision, over the class token
     projection: str | None  # the projection layer, where it is a module (OpenAI's is a bare matrix)
 
 
-# layout -> tower -> its modules
+# layout -> tower -> its modules (of a ViT vision tower)
 TOWER_MODULES = {
     "openai": {"text": TowerModules("transformer.resblocks.{i}", "ln_final", None),
                "vision": TowerModules("visual.transformer.resblocks.{i}", "visual.ln_post", None)},
@@ -75,6 +90,10 @@ TOWER_MODULES = {
            "vision": TowerModules("vision_model.encoder.layers.{i}", "vision_model.post_layernorm",
                                   "visual_projection")},
 }
+
+# A ResNet vision tower's blocks, in OpenAI's and open_clip's CLIP alike; it has no final LayerNorm, and its
+# projection is its attention pool's last layer, whose output its encode_image returns.
+RESNET_MODULES = TowerModules("visual.layer{stage}.{i}", None, None)
 
 # What CLIPModel puts before each tower's keys and modules in the HF layout. CLIPTextModel and CLIPVisionModel,
 # as transformers >= 5.6 builds and saves them, hold their tower without it ("flat"; older ones and the hub's
@@ -95,15 +114,31 @@ RULES: tuple[Rule, ...] = (
     Rule(("ln_final.{wb}",), ("text_model.final_layer_norm.{wb}",), Identity(), "text"),
     # OpenAI computes x @ P (P is width x embed); HF's nn.Linear stores P transposed.
     Rule(("text_projection",), ("text_projection.weight",), Transpose(), "text", projection=True),
-    # Vision tower.
-    Rule(("visual.conv1.weight",), ("vision_model.embeddings.patch_embedding.weight",), Identity(), "vision"),
-    Rule(("visual.class_embedding",), ("vision_model.embeddings.class_embedding",), Identity(), "vision"),
+    # Vision tower: a vision transformer.
+    Rule(("visual.conv1.weight",), ("vision_model.embeddings.patch_embedding.weight",), Identity(), "vision",
+         kind="vit"),
+    Rule(("visual.class_embedding",), ("vision_model.embeddings.class_embedding",), Identity(), "vision",
+         kind="vit"),
     Rule(("visual.positional_embedding",), ("vision_model.embeddings.position_embedding.weight",), Identity(),
-         "vision"),
+         "vision", kind="vit"),
     # "pre_layrnorm" is HF's own spelling.
-    Rule(("visual.ln_pre.{wb}",), ("vision_model.pre_layrnorm.{wb}",), Identity(), "vision"),
-    Rule(("visual.ln_post.{wb}",), ("vision_model.post_layernorm.{wb}",), Identity(), "vision"),
-    Rule(("visual.proj",), ("visual_projection.weight",), Transpose(), "vision", projection=True),
+    Rule(("visual.ln_pre.{wb}",), ("vision_model.pre_layrnorm.{wb}",), Identity(), "vision", kind="vit"),
+    Rule(("visual.ln_post.{wb}",), ("vision_model.post_layernorm.{wb}",), Identity(), "vision", kind="vit"),
+    Rule(("visual.proj",), ("visual_projection.weight",), Transpose(), "vision", projection=True, kind="vit"),
+    # Vision tower: a ResNet (clip/model.py's ModifiedResNet, open_clip's modified_resnet.py), which CLIPModel has
+    # no place for. Its stem: three convolutions, each with a BatchNorm.
+    Rule(("visual.conv{n}.weight",), (), None, "vision", kind="resnet"),
+    Rule(("visual.bn{n}.{bn}",), (), None, "vision", kind="resnet"),
+    # Each stage's first block alone downsamples its input for the residual (Bottleneck.downsample: "-1" is an
+    # AvgPool2d without weights).
+    Rule(("visual.layer{stage}.0.downsample.0.weight",), (), None, "vision", kind="resnet"),
+    Rule(("visual.layer{stage}.0.downsample.1.{bn}",), (), None, "vision", kind="resnet"),
+    # The attention pool, whose c_proj projects to the shared embedding.
+    Rule(("visual.attnpool.positional_embedding",), (), None, "vision", kind="resnet"),
+    Rule(("visual.attnpool.{qkvc}_proj.{wb}",), (), None, "vision", kind="resnet"),
+    # Its bottleneck blocks, {i} counted per stage.
+    Rule(("visual.layer{stage}.{i}.conv{n}.weight",), (), None, "vision", block=True, kind="resnet"),
+    Rule(("visual.layer{stage}.{i}.bn{n}.{bn}",), (), None, "vision", block=True, kind="resnet"),
     # Shared: a model of both towers has it; a tower alone may keep it (Stable Diffusion 2.x's text encoder does).
     Rule((LOGIT_SCALE,), (LOGIT_SCALE,), Identity(), None),
 ) + tuple(
@@ -113,6 +148,7 @@ RULES: tuple[Rule, ...] = (
         op,
         tower=tower,
         block=True,
+        kind="vit" if tower == "vision" else None,
     )
     for tower, (openai_prefix, hf_prefix) in _TOWER_BLOCKS.items()
     for openai, hf, op in _BLOCK_RULES
@@ -142,18 +178,13 @@ ASIDE_KEYS = {"openai": (LOGIT_SCALE,), "hf": HF_IGNORED_KEYS}
 # What each variant is, and why no format of clipconv's takes it (CLIPModel lacks it; OpenAI's code too, and
 # clipconv maps only what all its formats share, so to-open-clip and compare refuse it as well).
 _NOT_CONVERTED = "which clipconv does not convert"
-_RESNET = ("a ResNet CLIP checkpoint (RN50 family), whose ModifiedResNet vision tower clipconv does not convert "
-           "(only ViT CLIPs)")
 _LAYER_SCALE = f"an open_clip model with layer scale (ViT-M-16-alt and the like), {_NOT_CONVERTED} (CLIPModel has none)"
 # CLIP variants that no rule converts, each given away by a key of OpenAI's layout (which open_clip shares):
 # pattern -> what the checkpoint is.
-# Provenance: clip/model.py (ModifiedResNet: layer1..4, attnpool); open_clip 3.3's timm_model.py (TimmModel
-# as `visual.trunk`), model.py (CustomTextCLIP keeps its text tower under `text.`; logit_bias), transformer.py
-# (LayerScale as ls_1/ls_2, AttentionalPooler as attn_pool, a Linear text projection with proj_bias) and
-# coca_model.py (text_decoder).
+# Provenance: open_clip 3.3's timm_model.py (TimmModel as `visual.trunk`), model.py (CustomTextCLIP keeps its text
+# tower under `text.`; logit_bias), transformer.py (LayerScale as ls_1/ls_2, AttentionalPooler as attn_pool, a
+# Linear text projection with proj_bias) and coca_model.py (text_decoder).
 UNSUPPORTED_VARIANTS = {
-    "visual.layer1.{rest}": _RESNET,
-    "visual.attnpool.{rest}": _RESNET,
     "visual.trunk.{rest}": f"an open_clip model with a timm vision tower (SigLIP, EVA, ConvNeXt, ...), "
                            f"{_NOT_CONVERTED}: only CLIP's own vision transformer",
     "text.{rest}": f"an open_clip model with a custom text tower (text.* keys), {_NOT_CONVERTED}: only CLIP's own text "
@@ -186,6 +217,14 @@ SHAPE_SOURCES = {
 }
 # Each tower's projection, where it has one: (OpenAI key, the axis that is the shared embedding's width).
 PROJECTIONS = {"text": ("text_projection", 1), "vision": ("visual.proj", 1)}
+# A ResNet vision tower's numbers, as build_model reads them (name -> (OpenAI key, axis)); its stages are counted
+# by its block rules. Its projection is its attention pool's output layer, which it never lacks.
+RESNET_SHAPE_SOURCES = {
+    "vision_width": ("visual.layer1.0.conv1.weight", 0),  # the first stage's; the stem's first two are half of it
+    "vision_positions": ("visual.attnpool.positional_embedding", 0),  # (resolution / 32)**2 + 1 (the mean)
+    "embed_dim": ("visual.attnpool.c_proj.weight", 0),
+    "pool_width": ("visual.attnpool.c_proj.weight", 1),  # the last stage's output: 32 x the width
+}
 
 
 # ---- Diffusion models' CLIP text encoders ---------------------------------------------------------------------

@@ -27,14 +27,14 @@ from pathlib import Path
 from hypothesis import strategies as st
 
 from roundtrip import hf_config, mapping, open_clip_config, openai_config
-from roundtrip.architecture import Architecture
+from roundtrip.architecture import RESNET_DOWNSAMPLING, RESNET_WIDENING, Architecture
 from roundtrip.compare import TOLERANCE, Report, compare
 from roundtrip.dtypes import DTYPES
 from roundtrip.errors import ClipconvError
 from roundtrip.facts import HF_SAFETENSORS
 from roundtrip.formats import SourceOptions
 from roundtrip.openai_config import HEAD_WIDTH, from_clip_kwargs
-from roundtrip.schema import HF_TOWER_PREFIXES, TOWERS
+from roundtrip.schema import HF_TOWER_PREFIXES, TOWERS, VISION_KINDS
 
 __all__ = ["FAMILIES", "FORMATS", "DTYPE_MIXES", "architectures", "open_clip_model_configs", "checkpoints",
            "Checkpoint", "random_state_dict", "write_checkpoint", "assert_equivalent"]
@@ -45,6 +45,9 @@ FORMATS = ("openai", "hf", "open_clip")
 # attention weights and projections, fp32 elsewhere); all float16; all bfloat16.
 DTYPE_MIXES = ("float32", "openai", "float16", "bfloat16")
 PATCH_SIZES = (8, 14, 16, 32)
+# A ResNet's: its stem halves the width it starts with, its attention pool attends over 32 x it.
+_RESNET_WIDTHS = st.sampled_from([4, 8, 16, 24])
+_resnet_stages = st.tuples(*[st.integers(1, 2)] * 4)
 OPENAI_VOCAB_SIZE = 49408
 _VOCAB_SIZES = st.sampled_from([64, 100, 1000, OPENAI_VOCAB_SIZE])
 
@@ -52,19 +55,23 @@ _VOCAB_SIZES = st.sampled_from([64, 100, 1000, OPENAI_VOCAB_SIZE])
 # ---- architectures -------------------------------------------------------------------------------------------
 
 
-def architectures(family: str = "openai", vocab_sizes=_VOCAB_SIZES,
-                  towers: str = "both") -> st.SearchStrategy[Architecture]:
+def architectures(family: str = "openai", vocab_sizes=_VOCAB_SIZES, towers: str = "both",
+                  vision: str = "vit") -> st.SearchStrategy[Architecture]:
     """Random valid CLIP architectures of a family, small enough to build, convert and compare in a second:
     whole models (`towers="both"`), a text or vision tower alone with or without its projection ("one"), or
-    either ("any")."""
+    either ("any"); with a vision transformer (`vision="vit"`) or a ResNet ("resnet": OpenAI's and
+    open_clip's formats hold one, HF's does not)."""
+    if vision not in VISION_KINDS:
+        raise ValueError(f"vision must be one of {', '.join(VISION_KINDS)}, not {vision!r}")
     if family == "openai":
-        whole = _openai_architectures(vocab_sizes)
+        whole = _openai_architectures(vocab_sizes, vision)
     elif family == "open_clip":
-        whole = open_clip_model_configs(vocab_sizes).map(open_clip_config.claimed_architecture)
+        whole = open_clip_model_configs(vocab_sizes, vision).map(open_clip_config.claimed_architecture)
     else:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
+    # a ResNet's projection is its attention pool's last layer: never left out
     alone = st.builds(lambda architecture, tower, projected: architecture.alone(tower, projected), whole,
-                      st.sampled_from(TOWERS), st.booleans())
+                      st.sampled_from(TOWERS), st.booleans() if vision == "vit" else st.just(True))
     drawn = {"both": whole, "one": alone, "any": st.one_of(whole, alone)}
     if towers not in drawn:
         raise ValueError(f"towers must be one of {', '.join(drawn)}, not {towers!r}")
@@ -72,16 +79,18 @@ def architectures(family: str = "openai", vocab_sizes=_VOCAB_SIZES,
 
 
 @st.composite
-def _openai_architectures(draw, vocab_sizes) -> Architecture:
-    """OpenAI's family: widths in multiples of 64 (heads of 64), 1-3 layers per tower."""
+def _openai_architectures(draw, vocab_sizes, vision: str = "vit") -> Architecture:
+    """OpenAI's family: widths in multiples of 64 (heads of 64), 1-3 layers per tower; a ResNet of 1-2 blocks
+    per stage, its attention pool's heads of 64 too."""
     patch = draw(st.sampled_from(PATCH_SIZES))
     text_width = HEAD_WIDTH * draw(st.integers(1, 3))
+    resnet = vision == "resnet"
     return from_clip_kwargs(
         embed_dim=draw(st.sampled_from([32, 64, 96, 128])),
-        image_resolution=patch * draw(st.integers(1, 4)),
-        vision_layers=draw(st.integers(1, 3)),
-        vision_width=HEAD_WIDTH * draw(st.integers(1, 3)),
-        vision_patch_size=patch,
+        image_resolution=RESNET_DOWNSAMPLING * draw(st.integers(1, 3)) if resnet else patch * draw(st.integers(1, 4)),
+        vision_layers=draw(_resnet_stages) if resnet else draw(st.integers(1, 3)),
+        vision_width=draw(_RESNET_WIDTHS) if resnet else HEAD_WIDTH * draw(st.integers(1, 3)),
+        vision_patch_size=None if resnet else patch,
         context_length=draw(st.integers(8, 77)),
         vocab_size=draw(vocab_sizes),
         transformer_width=text_width,
@@ -91,10 +100,11 @@ def _openai_architectures(draw, vocab_sizes) -> Architecture:
 
 
 @st.composite
-def open_clip_model_configs(draw, vocab_sizes=_VOCAB_SIZES) -> dict:
+def open_clip_model_configs(draw, vocab_sizes=_VOCAB_SIZES, vision: str = "vit") -> dict:
     """Small open_clip model configs of the kinds released: gelu or QuickGELU, vision heads of widths other
     than 64, text heads chosen apart from them, MLP ratios that are not whole (bigG's 4.9231), and sometimes
-    another LayerNorm eps."""
+    another LayerNorm eps; with `vision="resnet"`, a ResNet vision tower (RN50's kind) of 1-2 blocks per stage
+    and any head width that splits its attention pool."""
     patch = draw(st.sampled_from(PATCH_SIZES))
     vision_width = draw(st.integers(1, 3)) * draw(st.sampled_from([32, 48, 64, 80]))
     heads = draw(st.integers(1, 3))
@@ -109,13 +119,19 @@ def open_clip_model_configs(draw, vocab_sizes=_VOCAB_SIZES) -> dict:
             extras["norm_kwargs"] = {"eps": draw(st.sampled_from([1e-6, 1e-5, 1e-3]))}
         return extras
 
-    vision = {"image_size": patch * draw(st.integers(1, 4)), "layers": draw(st.integers(1, 2)),
-              "width": vision_width, "head_width": vision_width // draw(st.sampled_from([1, 2])),  # widths are even
-              "patch_size": patch, **tower_extras()}
+    if vision == "resnet":
+        width = draw(_RESNET_WIDTHS)
+        vision_cfg = {"image_size": RESNET_DOWNSAMPLING * draw(st.integers(1, 3)), "layers": list(draw(_resnet_stages)),
+                      "width": width, "head_width": width * RESNET_WIDENING // draw(st.sampled_from([1, 2, 4, 8])),
+                      "patch_size": None}
+    else:
+        vision_cfg = {"image_size": patch * draw(st.integers(1, 4)), "layers": draw(st.integers(1, 2)),
+                      "width": vision_width, "head_width": vision_width // draw(st.sampled_from([1, 2])),  # even
+                      "patch_size": patch, **tower_extras()}
     text = {"context_length": draw(st.integers(8, 77)), "vocab_size": draw(vocab_sizes), "width": text_width,
             "heads": heads, "layers": draw(st.integers(1, 2)), **tower_extras()}
     quick = {"quick_gelu": True} if draw(st.booleans()) else {}
-    return {"embed_dim": draw(st.sampled_from([32, 64, 96])), **quick, "vision_cfg": vision, "text_cfg": text}
+    return {"embed_dim": draw(st.sampled_from([32, 64, 96])), **quick, "vision_cfg": vision_cfg, "text_cfg": text}
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------

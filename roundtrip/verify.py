@@ -129,7 +129,8 @@ class Agreement:
 
     def scope(self) -> str:
         """What was compared, for people: "every layer's output, the pooled output, ... and the logits"."""
-        kinds = ["every layer's output", "the pooled output"]
+        kinds = ["every layer's output"]
+        kinds += ["the pooled output"] if any(name.endswith(".pooled") for name in self.differences) else []
         kinds += ["the projected embedding"] if any(name.endswith(".projected") for name in self.differences) else []
         kinds += ["the logits"] if self.logits is not None else []
         return ", ".join(kinds[:-1]) + " and " + kinds[-1]

@@ -18,6 +18,7 @@ from roundtrip import open_clip_config, references, verify
 from roundtrip.architecture import Shapes
 from roundtrip.examples import (
     RELEASED,
+    RELEASED_RESNETS,
     random_open_clip_model,
     random_openai_model,
     save_open_clip_folder,
@@ -31,7 +32,7 @@ REFERENCE = "reference.pt"  # beside the source: the probe images and tokens and
 def make_openai(name: str, file_format: str, folder: str) -> None:
     """An OpenAI release's architecture with random weights (OpenAI's fp16 mix) as `folder`/source.pt, and the
     logits OpenAI's code computes from it in float32."""
-    architecture = RELEASED[name]
+    architecture = {**RELEASED, **RELEASED_RESNETS}[name]
     model = random_openai_model(architecture, seed=0)
     path = Path(folder) / "source.pt"
     if file_format == "torchscript":
@@ -68,6 +69,18 @@ def hf_gap(hf_folder: str, reference: str) -> None:
     model = CLIPModel.from_pretrained(hf_folder, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(input_ids=expected["tokens"], pixel_values=expected["images"]).logits_per_image
+    print((logits - expected["logits"]).abs().max().item())
+
+
+def open_clip_gap(folder: str, reference: str) -> None:
+    """Print the largest |difference| between the logits of an open_clip folder, loaded as its users load one
+    (`local-dir:`), and the reference logits."""
+    import open_clip
+
+    expected = torch.load(reference, weights_only=True)
+    model = open_clip.create_model_and_transforms(f"local-dir:{folder}")[0].float().eval()
+    with torch.no_grad():
+        logits = model.get_logits(expected["images"], expected["tokens"])[0]
     print((logits - expected["logits"]).abs().max().item())
 
 
@@ -109,7 +122,7 @@ def assert_same_bits(key: str, found: torch.Tensor, expected: torch.Tensor) -> N
     assert torch.equal(found.reshape(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8)), key
 
 
-STEPS = {"make-openai": make_openai, "make-open-clip": make_open_clip, "hf-gap": hf_gap,
+STEPS = {"make-openai": make_openai, "make-open-clip": make_open_clip, "hf-gap": hf_gap, "open-clip-gap": open_clip_gap,
          "same-openai-tensors": same_openai_tensors, "same-open-clip-tensors": same_open_clip_tensors}
 
 if __name__ == "__main__":

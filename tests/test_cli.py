@@ -239,10 +239,10 @@ def test_head_width_other_than_64_is_refused(tmp_path):
 # ---- refusals: one line, exit 1, nothing left behind ----------------------------------------------------------
 
 
-def test_resnet_checkpoint_is_refused_with_the_reason(tmp_path):
+def test_a_resnet_to_hf_is_refused_naming_clipmodels_missing_resnet_tower(tmp_path):
     torch.save(resnet_clip_state_dict(), tmp_path / "RN50.pt")
-    assert_refused(run_cli("to-hf", tmp_path / "RN50.pt", tmp_path / "out"), "RN50.pt", "ResNet CLIP checkpoint",
-                   "only ViT CLIPs")
+    assert_refused(run_cli("to-hf", tmp_path / "RN50.pt", tmp_path / "out"), "RN50.pt",
+                   "transformers' CLIPModel cannot represent this model", "CLIPModel has no ResNet vision tower")
     assert_nothing_left(tmp_path, ["RN50.pt"])
 
 

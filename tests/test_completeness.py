@@ -31,12 +31,25 @@ def _refused_naming(direction: str, source: Path, missing: str, options: tuple[s
 @DELETIONS
 @given(architecture=architectures(vocab_sizes=st.sampled_from([64, 100])), halved=openai_dtypes, data=st.data())
 def test_an_openai_checkpoint_without_any_one_tensor_is_refused_naming_it(options, architecture, halved, data):
+    _openai_checkpoint_without_one_tensor_is_refused("to-hf", options, architecture, halved, data)
+
+
+@VERIFICATION
+@DELETIONS
+@given(architecture=architectures(vocab_sizes=st.sampled_from([64, 100]), vision="resnet"), halved=openai_dtypes,
+       data=st.data())
+def test_a_resnet_checkpoint_without_any_one_tensor_is_refused_naming_it(options, architecture, halved, data):
+    """Every BatchNorm statistic, each stage's downsampling and the attention pool included."""
+    _openai_checkpoint_without_one_tensor_is_refused("to-open-clip", options, architecture, halved, data)
+
+
+def _openai_checkpoint_without_one_tensor_is_refused(direction: str, options, architecture, halved, data) -> None:
     state_dict = random_openai_state_dict(architecture, openai_dtypes=halved)
     missing = data.draw(st.sampled_from(sorted(state_dict)), label="deleted")
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "incomplete.pt"
         torch.save({key: tensor for key, tensor in state_dict.items() if key != missing}, source)
-        _refused_naming("to-hf", source, missing, options)
+        _refused_naming(direction, source, missing, options)
 
 
 @VERIFICATION

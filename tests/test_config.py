@@ -27,7 +27,7 @@ def shapes_of(architecture: Architecture) -> Shapes:
     return Shapes(towers=architecture.towers,
                   projections=tuple(name for name in architecture.towers if getattr(architecture, name).projected),
                   embed_dim=architecture.embed_dim, image_resolution=architecture.image_resolution,
-                  patch_size=architecture.patch_size, context_length=architecture.context_length,
+                  patch_size=architecture.patch_size, context_length=architecture.context_length, vision_kind="vit",
                   vocab_size=architecture.vocab_size, **{
                       f"{name}_{part}": getattr(getattr(architecture, name), part)
                       for name in ("vision", "text") for part in ("width", "layers", "mlp_width")})

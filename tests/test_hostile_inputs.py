@@ -650,7 +650,8 @@ OPEN_CLIP_SOURCES = {
     "a setting of 0 where open_clip means false": (_folder(_open_clip_config(**{"text_cfg.no_causal_mask": 0})),
                                                    "text_cfg.no_causal_mask is 0"),
     "a ResNet's vision layers": (_folder(_open_clip_config(**{"vision_cfg.layers": [3, 4, 6, 3]})),
-                                 "vision_cfg.layers is a list: a ResNet vision tower, which CLIPModel does not have"),
+                                 "the open_clip config does not fit the tensors: the vision tower is a ResNet in the "
+                                 "config, a vision transformer in the tensors"),
 }
 
 

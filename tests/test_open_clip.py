@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -9,18 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from roundtrip import hf_config, mapping, open_clip_config, references, verify
-from roundtrip.architecture import ArchitectureError, Shapes
+from roundtrip import hf_config, mapping, open_clip_config, openai_config, references, verify
+from roundtrip.architecture import Architecture, ArchitectureError, ResNet, Shapes
 from roundtrip.examples import (
     DEMO,
+    RELEASED_RESNETS,
     random_open_clip_model,
+    random_openai_model,
     random_openai_state_dict,
     save_open_clip_folder,
     training_checkpoint,
 )
-from roundtrip.testing import open_clip_model_configs, seeds
+from roundtrip.facts import OPEN_CLIP_CONFIG
+from roundtrip.testing import architectures, open_clip_model_configs, seeds
 
 from conftest import (
     architecture_of,
@@ -28,6 +33,7 @@ from conftest import (
     assert_refused,
     hf_clip_config,
     hf_folder_logits,
+    import_clip,
     listing,
     open_clip_logits,
     random_hf_model,
@@ -384,3 +390,154 @@ def test_metaclip_2_worldwides_text_tower_alone_goes_to_metaclip2textmodelwithpr
     with torch.no_grad():
         found = converted(input_ids=tokens).text_embeds
         assert (found - model.encode_text(tokens)).abs().max() <= TOLERANCE
+
+
+# ---- ResNet CLIPs (OpenAI's RN50 family, open_clip's RN50 configs), between OpenAI's format and open_clip's ----
+# Bit-exact round trips both ways, and the logits of each format's own loader within 1e-3 (HF's refusal is in
+# tests/test_cli.py).
+
+RESNET_CONVERTING = settings(max_examples=6, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def openai_logits(state_dict: dict, architecture: Architecture) -> torch.Tensor:
+    """What OpenAI's own code computes in float32: clip.model.build_model reads the architecture off the
+    tensors (and halves the weights, so they are loaded again as they are, in float32)."""
+    clip = import_clip()
+    model = clip.model.build_model(dict(state_dict)).float().eval()
+    model.load_state_dict({key: tensor.float() if tensor.is_floating_point() else tensor
+                           for key, tensor in state_dict.items()})
+    with torch.no_grad():
+        return model(verify.probe_images(architecture), verify.probe_tokens(architecture))[0]
+
+
+def open_clip_folder_logits(folder: Path, architecture: Architecture) -> torch.Tensor:
+    """What open_clip computes from a folder, loaded as its users load one (`local-dir:`)."""
+    import open_clip
+
+    model = open_clip.create_model_and_transforms(f"local-dir:{folder}")[0].float().eval()
+    with torch.no_grad():
+        return model.get_logits(verify.probe_images(architecture), verify.probe_tokens(architecture))[0]
+
+
+def converted(*arguments) -> None:
+    result = run_cli(*arguments)
+    assert result.exit_code == 0, result.output
+    assert "verification  max |difference|" in result.stdout
+
+
+@RESNET_CONVERTING
+@given(architectures(family="openai", vision="resnet"), st.booleans(), seeds)
+def test_openai_resnets_go_to_open_clip_with_openais_logits_and_come_back_bit_exact(tmp_path_factory, architecture,
+                                                                                     openai_dtypes, seed):
+    folder = tmp_path_factory.mktemp("resnet")
+    model = random_openai_model(architecture, seed, openai_dtypes)
+    torch.save(model.state_dict(), folder / "source.pt")
+    source = torch.load(folder / "source.pt", weights_only=True)
+    converted("to-open-clip", folder / "source.pt", folder / "open_clip")
+    gap = (open_clip_folder_logits(folder / "open_clip", architecture) - openai_logits(source, architecture))
+    assert gap.abs().max().item() <= TOLERANCE
+    converted("to-openai", folder / "open_clip", folder / "back.pt")
+    back = torch.load(folder / "back.pt", weights_only=True)
+    assert list(back) == list(source)
+    assert_identical(back, source)
+
+
+@RESNET_CONVERTING
+@given(open_clip_model_configs(vision="resnet"), seeds)
+def test_open_clip_resnets_go_to_openai_where_its_code_builds_them_and_come_back_bit_exact(tmp_path_factory,
+                                                                                            model_cfg, seed):
+    folder = tmp_path_factory.mktemp("resnet")
+    model = random_open_clip_model(model_cfg, seed)
+    save_open_clip_folder(model.state_dict(), model_cfg, folder / "source")
+    architecture = open_clip_config.claimed_architecture(model_cfg)
+    problems = openai_config.incompatibilities(architecture)
+    result = run_cli("to-openai", folder / "source", folder / "openai.pt")
+    if problems:  # GELU text, or attention-pool heads other than OpenAI's 64 wide
+        assert_refused(result, "OpenAI's CLIP code cannot represent this model", problems[0])
+        assert sorted(path.name for path in folder.iterdir()) == ["source"]
+        return
+    assert result.exit_code == 0, result.output
+    openai = torch.load(folder / "openai.pt", weights_only=True)
+    with torch.no_grad():
+        expected = model.get_logits(verify.probe_images(architecture), verify.probe_tokens(architecture))[0]
+    assert (openai_logits(openai, architecture) - expected).abs().max().item() <= TOLERANCE
+    converted("to-open-clip", folder / "openai.pt", folder / "back")
+    assert_identical(load_safetensors(folder / "back"), model.state_dict())
+    written = json.loads((folder / "back" / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
+    assert written == model_cfg  # restored from what the first conversion recorded of it
+
+
+def load_safetensors(folder: Path) -> dict:
+    return load_file(folder / "open_clip_model.safetensors")
+
+
+def reduced(architecture: Architecture) -> Architecture:
+    """A released ResNet with one block per stage and one text layer: its widths, heads and resolution."""
+    return dataclasses.replace(architecture, vision=dataclasses.replace(architecture.vision, layers=(1, 1, 1, 1)),
+                               text=dataclasses.replace(architecture.text, layers=1))
+
+
+@pytest.mark.parametrize("name", RELEASED_RESNETS)
+def test_every_released_resnet_shape_goes_to_open_clips_own_config_and_back_bit_exact(tmp_path, name):
+    architecture = reduced(RELEASED_RESNETS[name])
+    torch.save(random_openai_model(architecture).state_dict(), tmp_path / "source.pt")
+    converted("to-open-clip", tmp_path / "source.pt", tmp_path / "open_clip")
+    written = json.loads((tmp_path / "open_clip" / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
+    registry = open_clip_config.registry_config(f"{name}-quickgelu")  # OpenAI's text towers run QuickGELU
+    registry["vision_cfg"]["layers"], registry["text_cfg"]["layers"] = [1, 1, 1, 1], 1
+    assert written == registry
+    converted("to-openai", tmp_path / "open_clip", tmp_path / "back.pt")
+    source, back = (torch.load(tmp_path / name, weights_only=True) for name in ("source.pt", "back.pt"))
+    assert list(back) == list(source)
+    assert_identical(back, source)
+    result = run_cli("compare", tmp_path / "source.pt", tmp_path / "open_clip")
+    assert result.exit_code == 0 and "verdict       same model" in result.stdout, result.output
+
+
+def test_open_clips_gelu_rn50_is_refused_by_openai_naming_the_activation(tmp_path):
+    model_cfg = open_clip_config.registry_config("RN50")
+    model_cfg["vision_cfg"]["layers"], model_cfg["text_cfg"]["layers"] = [1, 1, 1, 1], 1
+    save_open_clip_folder(random_open_clip_model(model_cfg).state_dict(), model_cfg, tmp_path / "RN50")
+    assert_refused(run_cli("to-openai", tmp_path / "RN50", tmp_path / "out.pt"),
+                   "text activation is gelu, OpenAI's code uses quick_gelu")
+
+
+def test_a_resnet_config_reads_as_open_clip_builds_it():
+    architecture = open_clip_config.claimed_architecture(open_clip_config.registry_config("RN50x4"))
+    assert architecture.vision == ResNet(layers=(4, 6, 10, 6), width=80, heads=40)  # 80 * 32 // 64
+    assert (architecture.image_resolution, architecture.patch_size, architecture.embed_dim) == (288, None, 640)
+    assert architecture.text.activation == "gelu"  # RN50x4-quickgelu is OpenAI's
+    openai = RELEASED_RESNETS["RN50x4"]
+    assert dataclasses.replace(architecture, text=dataclasses.replace(architecture.text, activation="quick_gelu")) \
+        == openai
+
+
+@pytest.mark.parametrize(("vision_cfg", "reason"), [
+    ({"layers": [3, 4, 6]}, "vision_cfg.layers is [3, 4, 6]: a ResNet's are 4 positive integers"),
+    ({"layers": [3, 4, 0, 3]}, "vision_cfg.layers is [3, 4, 0, 3]"),
+    ({"layers": [3, 4, 6, 3], "head_width": 48}, "vision_cfg.head_width 48 does not divide the ResNet's attention "
+                                                 "pool width, 2048"),
+])
+def test_a_resnet_config_open_clip_cannot_build_is_refused_with_the_reason(vision_cfg, reason):
+    model_cfg = open_clip_config.registry_config("RN50")
+    model_cfg["vision_cfg"].update(vision_cfg)
+    with pytest.raises(ArchitectureError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        open_clip_config.claimed_architecture(model_cfg)
+
+
+def test_a_resnet_vision_tower_is_never_left_without_its_projection(tmp_path):
+    torch.save(random_openai_model(reduced(RELEASED_RESNETS["RN50"])).state_dict(), tmp_path / "RN50.pt")
+    assert_refused(run_cli("to-openai", tmp_path / "RN50.pt", tmp_path / "vision.pt", "--tower", "vision",
+                           "--without-projection"),
+                   "RN50.pt: a ResNet vision tower cannot be without its projection")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["RN50.pt"]
+
+
+def test_compare_of_a_vit_and_a_resnet_names_what_only_one_of_them_has(tmp_path, demo_state_dict):
+    torch.save(demo_state_dict, tmp_path / "vit.pt")
+    torch.save(random_openai_model(reduced(RELEASED_RESNETS["RN50"])).state_dict(), tmp_path / "rn50.pt")
+    result = run_cli("compare", tmp_path / "vit.pt", tmp_path / "rn50.pt")
+    assert result.exit_code == 1, result.output
+    assert "architecture  vision.layers is 2 in A, (1, 1, 1, 1) in B" in result.stdout
+    assert "architecture  vision.mlp_width is 512 in A, absent in B" in result.stdout

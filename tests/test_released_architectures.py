@@ -1,5 +1,5 @@
-"""Full-depth released architectures: OpenAI's ViTs (random weights, OpenAI's fp16/fp32 mix) as archive and
-state dict, and open_clip's ViT-B-32 and ViT-H-14 (random weights, float32) as hub folders.
+"""Full-depth released architectures: OpenAI's ViTs and RN50 (random weights, OpenAI's fp16/fp32 mix) as archive
+and state dict, and open_clip's ViT-B-32 and ViT-H-14 (random weights, float32) as hub folders.
 
 Slow (several minutes, a few GB of temporary disk): marked `released`; `make test` runs it, `make test-fast`
 leaves it out. Each conversion runs as a user runs it, the installed `clipconv`, and every other step in a
@@ -58,6 +58,15 @@ def test_released_architecture_converts_within_tolerance_and_returns_bit_exact(n
     assert float(step("hf-gap", workdir / "hf", workdir / "reference.pt")) <= TOLERANCE
     clipconv("to-openai", workdir / "hf", workdir / "back.pt")
     step("same-openai-tensors", workdir / "source.pt", file_format, workdir / "back.pt")
+
+
+def test_released_resnet_goes_to_open_clip_with_openais_logits_and_returns_bit_exact(file_format, workdir):
+    step("make-openai", "RN50", file_format, workdir)
+    clipconv("to-open-clip", workdir / "source.pt", workdir / "open_clip")
+    assert float(step("open-clip-gap", workdir / "open_clip", workdir / "reference.pt")) <= TOLERANCE
+    clipconv("to-openai", workdir / "open_clip", workdir / "back.pt")
+    step("same-openai-tensors", workdir / "source.pt", file_format, workdir / "back.pt")
+    assert "verdict       same model" in run(CLIPCONV, "compare", workdir / "source.pt", workdir / "open_clip")
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-H-14"])

@@ -51,15 +51,25 @@ def test_every_real_key_matches_exactly_one_rule(conversions, demo_state_dict, h
     assert len(produced) == len(set(produced))
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.openai[0])
+MAPPED_RULES = [rule for rule in RULES if rule.hf]
+
+
+@pytest.mark.parametrize("rule", MAPPED_RULES, ids=lambda rule: rule.openai[0])
 def test_inverse_of_inverse_is_itself(rule):
     assert rule.op.inverse.inverse == rule.op
 
 
+def test_only_a_resnet_has_keys_with_no_hf_side():
+    """A rule without an HF side has no operation either: its keys are read and checked, never mapped."""
+    unmapped = [rule for rule in RULES if not rule.hf]
+    assert unmapped and all(rule.op is None and rule.kind == "resnet" for rule in unmapped)
+    assert all(rule.op is not None for rule in MAPPED_RULES)
+
+
 @pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.openai[0])
 def test_rule_arity_and_fields_agree_on_both_sides(rule):
-    assert len(rule.openai) == rule.op.arity_in
-    assert len(rule.hf) == rule.op.arity_out
+    assert len(rule.openai) == (rule.op.arity_in if rule.op else 1)
+    assert len(rule.hf) == (rule.op.arity_out if rule.op else 0)
     fields = {Pattern(t).fields for t in rule.openai + rule.hf}
     assert len(fields) == 1, "every pattern of a rule must use the same placeholders"
     assert fields.pop() <= PLACEHOLDERS.keys()
@@ -156,9 +166,42 @@ def test_a_key_matching_two_rules_is_an_error():
         mapping.plan(["a.weight"], overlapping)
 
 
-def test_resnet_checkpoints_are_refused_with_the_reason():
-    with pytest.raises(UnsupportedArchitecture, match=r"ResNet CLIP checkpoint.*clipconv does not convert \(only ViT"):
+def test_resnet_checkpoints_are_refused_by_hf_naming_clipmodel_s_missing_resnet_tower():
+    with pytest.raises(UnsupportedArchitecture, match=r"ResNet CLIP \(RN50 family\): transformers' CLIPModel has no "
+                                                      r"ResNet vision tower"):
         mapping.to_hf(resnet_clip_state_dict())
+
+
+def test_check_keys_counts_a_resnet_s_blocks_per_stage():
+    assert mapping.check_keys(resnet_clip_state_dict(), "openai") == {"text": 1, "vision": (1, 1, 1, 1)}
+
+
+@pytest.mark.parametrize("missing", ["visual.layer4.0.downsample.1.running_var", "visual.bn2.num_batches_tracked",
+                                     "visual.attnpool.c_proj.bias", "visual.layer3.0.conv3.weight"])
+def test_a_resnet_without_one_of_its_tensors_is_incomplete(missing):
+    keys = [key for key in resnet_clip_state_dict() if key != missing]
+    with pytest.raises(IncompleteCheckpoint, match=re.escape(f"missing 1 tensor(s) that a CLIP of this architecture "
+                                                             f"needs: {missing}")):
+        mapping.check_keys(keys, "openai")
+
+
+def test_a_resnet_stage_without_blocks_is_incomplete():
+    keys = [key for key in resnet_clip_state_dict() if not key.startswith("visual.layer2.")]
+    with pytest.raises(IncompleteCheckpoint, match=r"missing 24 tensor\(s\).*visual\.layer2\.0\."):
+        mapping.check_keys(keys, "openai")
+
+
+@pytest.mark.parametrize("stray", ["visual.layer1.1.downsample.0.weight", "visual.layer5.0.conv1.weight",
+                                   "visual.conv4.weight", "visual.attnpool.o_proj.weight"])
+def test_a_resnet_key_no_resnet_has_matches_no_rule(stray):
+    with pytest.raises(MappingError, match=f"1 key\\(s\\) match no rule: {re.escape(stray)}"):
+        mapping.check_keys([*resnet_clip_state_dict(), stray], "openai")
+
+
+def test_a_vision_tower_of_both_kinds_is_refused(demo_state_dict):
+    with pytest.raises(MappingError, match=r"keys of a ResNet and of a vision transformer \(such as "
+                                           r"visual\.class_embedding"):
+        mapping.check_keys([*demo_state_dict, *resnet_clip_state_dict()], "openai")
 
 
 @pytest.mark.parametrize("layout", ["openai", "hf"])
@@ -192,9 +235,8 @@ def test_keys_of_the_other_layout_are_called_what_they_are(demo_state_dict, hf_s
     assert raised.value.found is None
 
 
-# A key of each variant, as open_clip 3.3 names it (and clip.model, for the ResNet).
+# A key of each variant, as open_clip 3.3 names it.
 VARIANT_KEYS = {
-    "visual.layer1.0.conv1.weight": "ResNet", "visual.attnpool.k_proj.weight": "ResNet",
     "visual.trunk.blocks.0.attn.qkv.weight": "timm vision tower",
     "text.transformer.embeddings.word_embeddings.weight": "custom text tower",
     "visual.transformer.resblocks.0.ls_1.gamma": "layer scale", "transformer.resblocks.3.ls_2.gamma": "layer scale",
@@ -233,8 +275,11 @@ def test_key_lists_name_a_few_then_count_the_rest():
 
 def test_the_modules_the_check_reads_are_those_whose_weights_the_rules_name():
     """A module path in TOWER_MODULES that no weight key starts with would make the check read nothing there."""
-    from roundtrip.schema import TOWER_MODULES
+    from roundtrip.schema import RESNET_MODULES, TOWER_MODULES
 
+    resnet_keys = [key for rule in RULES if rule.kind == "resnet" for key in rule.openai]
+    assert all(key.startswith("visual.") for key in resnet_keys)
+    assert any(key.startswith(RESNET_MODULES.block + ".") for key in resnet_keys)
     for layout, towers in TOWER_MODULES.items():
         keys = [key for rule in RULES for key in getattr(rule, layout)]
         for tower, modules in towers.items():

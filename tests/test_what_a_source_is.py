@@ -34,7 +34,6 @@ from conftest import (
     open_clip_logits,
     random_hf_model,
     read_json,
-    resnet_clip_state_dict,
     run_cli,
     save_one_tower,
     shallow,
@@ -239,16 +238,6 @@ def test_open_clip_options_are_refused_for_an_hf_folder_and_a_torchscript_archiv
     assert_refused(run_cli("to-hf", demo_archive, tmp_path / "out", "--open-clip-model", "ViT-B-32"),
                    "is an OpenAI TorchScript archive", "without --open-clip-model")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]
-
-
-@pytest.mark.parametrize("command", ["to-open-clip", "compare"])
-def test_a_resnet_clip_is_refused_without_blaming_transformers(tmp_path, demo_state_dict_file, command):
-    torch.save(resnet_clip_state_dict(), tmp_path / "RN50.pt")
-    arguments = (tmp_path / "RN50.pt", demo_state_dict_file) if command == "compare" else (tmp_path / "RN50.pt",
-                                                                                           tmp_path / "out")
-    result = run_cli(command, *arguments)
-    assert_refused(result, "RN50.pt", "ResNet CLIP checkpoint", "clipconv does not convert (only ViT CLIPs)")
-    assert "transformers" not in result.stderr
 
 
 # ---- to-openai writes what DEST's name says ------------------------------------------------------------------
