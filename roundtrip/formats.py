@@ -104,7 +104,7 @@ class Source:
     def described(self, architecture: Architecture | None = None) -> str:
         """What it is (named after `architecture`, where its format's names depend on the towers) and how it is
         stored, for people: "OpenAI CLIP checkpoint, TorchScript archive"."""
-        title = self.format.title if architecture is None else self.format.title_of(architecture)
+        title = self.format.title if architecture is None else self.format.title_of(architecture, self.config)
         return f"{title}, {KINDS[self.kind]}"
 
     def stored_alike(self, other: Source) -> bool:
@@ -174,15 +174,15 @@ class Format:
     # What to tell of an output of one tower ("{tower}": which), where the format holds one whenever the source
     # is one; None: only when asked for (--tower).
     one_tower: str | None = None
-    # What its output of an architecture is called, where that depends on the towers (HF's class).
-    title_of_towers: Callable[[Architecture], str] | None = None
+    # What its output of an architecture is called, with its config, where that depends on them (HF's class).
+    title_of_model: Callable[[Architecture, dict | None], str] | None = None
     # For formats that hold part of a model inside a larger checkpoint (Stable Diffusion's text encoders):
     towers: tuple[str, ...] = ("text", "vision")
     key_prefix: str = ""
 
-    def title_of(self, architecture: Architecture) -> str:
-        """What its output of `architecture` is called."""
-        return self.title if self.title_of_towers is None else self.title_of_towers(architecture)
+    def title_of(self, architecture: Architecture, config: dict | None) -> str:
+        """What a model of `architecture` with `config` (its own config, in this format) is called."""
+        return self.title if self.title_of_model is None else self.title_of_model(architecture, config)
 
     def side(self, config: dict | None, architecture: Architecture) -> verify.Side:
         """This format's model code as one side of the logit check, built from `config` (its own config) for a
@@ -395,7 +395,7 @@ def _write_card(job: Job, source_hash: Future, agreement: verify.Agreement | Non
         source_dtypes=Cast().summary(source.tensors),
         written_dtypes=job.cast.summary(job.weights), tool=tool(), architecture=job.architecture,
         agreement=agreement, notes=[*source.notes, *notes], reference=source.format.reference.name,
-        model_class=hf_config.model_class(job.architecture),
+        model_class=hf_config.config_class(job.config, job.architecture),
     ))
     writers.write_text_files(job.staging, card)
     return list(card)
@@ -493,7 +493,7 @@ HF = Format(
     reference=references.HF, read=_read_hf, architecture=_hf_architecture,
     incompatibilities=hf_config.incompatibilities, make_config=_hf_config, write=_write_hf,
     fallback_dtype="float32", code="transformers' CLIPModel", shards=True,
-    title_of_towers=lambda architecture: f"Hugging Face {hf_config.model_class(architecture)} folder",
+    title_of_model=lambda architecture, config: f"Hugging Face {hf_config.config_class(config, architecture)} folder",
 )
 OPEN_CLIP = Format(
     name="open_clip", title="open_clip model", layout="openai",

@@ -168,6 +168,20 @@ def model_class(architecture: Architecture) -> str:
     return _class_in(MODEL_CLASSES[family(architecture)], architecture)
 
 
+def config_class(config: Mapping | None, architecture: Architecture) -> str:
+    """The transformers class a config.json is for (its model_type's family), where that class holds
+    `architecture` (a MetaClip2Model folder whose eos id is the largest computes what a CLIPModel would, and
+    stays a MetaClip2Model); else `model_class`."""
+    model_type = config.get("model_type") if isinstance(config, Mapping) else None
+    held = _class_in(MODEL_CLASSES[_FAMILIES.get(model_type, "clip")], architecture)
+    return held if held in _holders(architecture) else model_class(architecture)
+
+
+# model_type -> its family of classes (MODEL_CLASSES)
+_FAMILIES = {model_type: model_type.removesuffix("_text_model").removesuffix("_vision_model")
+             for model_type in MODEL_TYPES}
+
+
 def _holders(architecture: Architecture) -> set[str]:
     """The classes that hold a model of `architecture`: its family's; where its text pools as CLIPModel's can,
     every family's (a MetaClip2Model whose eos id is the largest computes what a CLIPModel does)."""

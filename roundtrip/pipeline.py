@@ -193,7 +193,7 @@ def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[
     earlier = read.provenance or Provenance(formats.tool(), {})
     provenance = earlier.without(target.name, formats.tool()) if same_format else \
         earlier.adding(read.record(), formats.tool(), dropping=target.name)
-    summary = Summary(Path(dest), target.title_of(architecture), len(weights) + len(beside),
+    summary = Summary(Path(dest), target.title_of(architecture, config), len(weights) + len(beside),
                       cast.summary({**weights, **beside}), [], architecture,
                       notes=[*notes, *read.notes, *config_notes])
     sides = (source_format.side(read.config, architecture), target.side(config, architecture))

@@ -242,16 +242,16 @@ def _run_towers(model, images, tokens, architecture: Architecture, logits: Calla
 
 
 def hf_model(hf_weights: Mapping, config: dict, architecture: Architecture):
-    """The transformers class that holds `architecture` (`hf_config.model_class`: CLIPModel, or a class of one
-    tower), holding `hf_weights` (CLIPModel's key layout, which from_pretrained takes for a flat class too),
-    loaded as from_pretrained loads a folder."""
+    """The transformers class of `config` that holds `architecture` (`hf_config.config_class`: CLIPModel,
+    MetaClip2Model, or a class of one tower), holding `hf_weights` (CLIPModel's key layout, which from_pretrained
+    takes for a flat class too), loaded as from_pretrained loads a folder."""
     import torch
     import transformers
     from transformers.utils import logging
 
-    from roundtrip.hf_config import model_class
+    from roundtrip.hf_config import config_class
 
-    held = getattr(transformers, model_class(architecture))
+    held = getattr(transformers, config_class(config, architecture))
     logging.disable_progress_bar()  # one model load is not a long step
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # its load report (in terminal colours) would say what the check below says

@@ -392,6 +392,27 @@ def test_metaclip_2_worldwides_text_tower_alone_goes_to_metaclip2textmodelwithpr
         assert (found - model.encode_text(tokens)).abs().max() <= TOLERANCE
 
 
+
+def test_a_metaclip2model_folder_that_pools_as_clipmodel_would_stays_a_metaclip2model(tmp_path):
+    """Its eos id is the largest, so CLIPModel would compute the same; the folder names MetaClip2Model, and the
+    check runs that class, the summary names it, and a re-typed copy stays one."""
+    from transformers import MetaClip2Config, MetaClip2Model
+
+    config = hf_config.config(DEMO)
+    config.update(model_type="metaclip_2", architectures=["MetaClip2Model"])
+    config["text_config"].update(model_type="metaclip_2_text_model", eos_token_id=DEMO.vocab_size - 1)
+    config["vision_config"]["model_type"] = "metaclip_2_vision_model"
+    torch.manual_seed(0)
+    MetaClip2Model(MetaClip2Config.from_dict(config)).save_pretrained(tmp_path / "metaclip")
+    result = run_cli("to-hf", tmp_path / "metaclip", tmp_path / "fp16", "--dtype", "float16")
+    assert result.exit_code == 0, result.output
+    assert "(Hugging Face MetaClip2Model folder)" in result.stdout
+    written = json.loads((tmp_path / "fp16" / "config.json").read_text())
+    assert (written["model_type"], written["architectures"]) == ("metaclip_2", ["MetaClip2Model"])
+    weights = load_file(tmp_path / "metaclip" / "model.safetensors")
+    assert type(references.hf_model(weights, written, DEMO)) is MetaClip2Model
+    assert type(references.hf_model(weights, hf_config.config(DEMO), DEMO)).__name__ == "CLIPModel"
+
 # ---- ResNet CLIPs (OpenAI's RN50 family, open_clip's RN50 configs), between OpenAI's format and open_clip's ----
 # Bit-exact round trips both ways, and the logits of each format's own loader within 1e-3 (HF's refusal is in
 # tests/test_cli.py).
