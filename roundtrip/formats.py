@@ -167,6 +167,8 @@ class Format:
     write: Callable[[Job], Written] | None = None
     fallback_dtype: str = "keep"  # what `--dtype restore` writes where nothing is recorded
     code: str = ""  # whose code cannot represent what `incompatibilities` lists
+    # its config, once the dtypes it is written in are known ({"float16": 196, ...}), where the config says them
+    config_of_dtypes: Callable[[dict | None, dict[str, int]], dict | None] = lambda config, dtypes: config
     # its config as its code takes it (formats without a config of their own: made from the architecture)
     reference_config: Callable[[dict | None, Architecture], object] = lambda config, architecture: config
     keeps_attributes: bool = False  # whether it holds OpenAI's 0-dim TorchScript attributes
@@ -494,6 +496,7 @@ HF = Format(
     incompatibilities=hf_config.incompatibilities, make_config=_hf_config, write=_write_hf,
     fallback_dtype="float32", code="transformers' CLIPModel", shards=True,
     title_of_model=lambda architecture, config: f"Hugging Face {hf_config.config_class(config, architecture)} folder",
+    config_of_dtypes=hf_config.with_written_dtype,
 )
 OPEN_CLIP = Format(
     name="open_clip", title="open_clip model", layout="openai",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from numbers import Real
 
+from roundtrip import dtypes
 from roundtrip.architecture import (
     IMAGE_CHANNELS,
     Architecture,
@@ -239,3 +240,17 @@ def incompatibilities(architecture: Architecture) -> list[str]:
         return ["its vision tower is a ResNet (the RN50 family's ModifiedResNet), and CLIPModel has no ResNet vision "
                 "tower"]
     return head_problems(architecture)
+
+
+# Where a config.json records the dtype of its weights: transformers 5's name, and 4's. from_pretrained's default
+# (dtype="auto") loads the weights in it.
+DTYPE_FIELDS = ("dtype", "torch_dtype")
+
+
+def with_written_dtype(config: dict | None, written: Mapping[str, int]) -> dict | None:
+    """`config` recording the floating dtype the weights are written in (`written`: dtype -> tensors), where it
+    records one and they have one (a folder kept as it is, re-typed with --dtype)."""
+    floating = [name for name in written if dtypes.from_name(name).is_floating_point]
+    if config is None or len(floating) != 1:
+        return config
+    return {**config, **{field: floating[0] for field in DTYPE_FIELDS if field in config}}

@@ -190,12 +190,13 @@ def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[
     beside = {**(_restored_attributes(restored, architecture) if target.keeps_attributes else {}),
               **_put_back(read.path, restored, towers, target.layout, weights)}
     cast = _cast(dtype, restored, target)
+    written_dtypes = cast.summary({**weights, **beside})
+    config = target.config_of_dtypes(config, written_dtypes)  # a kept config records the dtype written
     earlier = read.provenance or Provenance(formats.tool(), {})
     provenance = earlier.without(target.name, formats.tool()) if same_format else \
         earlier.adding(read.record(), formats.tool(), dropping=target.name)
     summary = Summary(Path(dest), target.title_of(architecture, config), len(weights) + len(beside),
-                      cast.summary({**weights, **beside}), [], architecture,
-                      notes=[*notes, *read.notes, *config_notes])
+                      written_dtypes, [], architecture, notes=[*notes, *read.notes, *config_notes])
     sides = (source_format.side(read.config, architecture), target.side(config, architecture))
     checked, checked_layout = weights, target.layout
     if verify_logits:

@@ -129,7 +129,22 @@ def test_an_hf_folders_config_is_kept_as_it_is(tmp_path, hf_model):
     config.update(transformers_version="4.40.0", initializer_factor=1.0, custom_field="kept")
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     _converted("to-hf", tmp_path / "hf", tmp_path / "hf16", "--dtype", "float16", "--no-verify")
-    assert read_json(tmp_path / "hf16" / "config.json") == config
+    assert read_json(tmp_path / "hf16" / "config.json") == {**config, "dtype": "float16"}  # the weights' own
+
+
+def test_a_re_typed_hf_folder_loads_in_the_dtype_written_by_default(tmp_path, hf_model):
+    """from_pretrained's default (dtype="auto") loads the weights in the dtype config.json records: a kept
+    config records the one they are written in (transformers 4's torch_dtype too)."""
+    from transformers import CLIPModel
+
+    hf_model.save_pretrained(tmp_path / "hf")
+    config = read_json(tmp_path / "hf" / "config.json")
+    assert config["dtype"] == "float32"
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "torch_dtype": "float32"}))
+    _converted("to-hf", tmp_path / "hf", tmp_path / "bf16", "--dtype", "bfloat16", "--no-verify")
+    written = read_json(tmp_path / "bf16" / "config.json")
+    assert (written["dtype"], written["torch_dtype"]) == ("bfloat16", "bfloat16")
+    assert CLIPModel.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
 
 
 def test_an_hf_folder_is_sharded_at_the_size_asked_and_read_back_whole(tmp_path, hf_model):
