@@ -26,6 +26,7 @@ COMMANDS = {
   clipconv to-hf laion-ViT-H-14/ ViT-H-14-hf
   clipconv to-hf epoch_32.pt out --open-clip-model ViT-B-16-quickgelu
   clipconv to-hf ViT-L-14.pt big --max-shard-size 500MB --no-verify
+  clipconv to-hf ViT-B-32.pt vit-b-32-metaclip2 --metaclip-2   # as MetaClip2Model
   clipconv to-hf my-hf-finetune my-hf-finetune-fp16 --dtype float16"""),
     "openai": ("to-openai", "Convert SOURCE into an OpenAI CLIP state-dict file DEST.", """
     DEST is one .pt file that clip.load(DEST, jit=False) and
@@ -106,7 +107,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 def _command(name: str, command_name: str, summary: str, details: str, examples: str, shards: bool):
     """The `clipconv to-...` command that converts into format `name`."""
 
-    def command(ctx, source: Path, dest: str, debug: bool, max_shard_size: int | None = None, **options):
+    def command(ctx, source: Path, dest: str, debug: bool, max_shard_size: int | None = None,
+                metaclip_2: bool = False, **options):
         from roundtrip.pipeline import convert
 
         if options["without_projection"] and options["tower"] is None:
@@ -119,7 +121,7 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
                            open_clip_config=options["open_clip_config"],
                            openai_architecture=options["openai_architecture"], tower=options["tower"],
                            without_projection=options["without_projection"], encoder=options["encoder"],
-                           report=report, progress=progress,
+                           metaclip_2=metaclip_2, report=report, progress=progress,
                            **({"max_shard_bytes": max_shard_size} if max_shard_size is not None else {}))
 
         _print_summary(_run(ctx, run, debug))
@@ -133,8 +135,11 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
                           "the format's own (float32 for HF and open_clip, the source's for OpenAI); 'keep': the "
                           "source's dtypes; or one dtype for every floating tensor."),
         *([click.option("--max-shard-size", type=ByteSize(), default="5GB", show_default=True,
-                        help="Split model.safetensors into shards (with an index) above this size.")] if shards
-          else []),
+                        help="Split model.safetensors into shards (with an index) above this size."),
+           click.option("--metaclip-2", is_flag=True,
+                        help="Write transformers' MetaClip2 classes (MetaClip2Model, MetaClip2TextModel...) where "
+                             "CLIP's would do; MetaCLIP 2 worldwide models, which pool text at token 2, get them "
+                             "anyway.")] if shards else []),
         click.option("--open-clip-model", metavar="NAME",
                      help="The open_clip model SOURCE (a checkpoint file) is, by its name in open_clip's registry "
                           "(e.g. ViT-H-14, ViT-B-16-quickgelu)."),

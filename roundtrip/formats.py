@@ -163,7 +163,9 @@ class Format:
     # As a target (None for a format clipconv reads only):
     output: OutputKind | None = None
     incompatibilities: Callable[[Architecture], list[str]] | None = None  # what it cannot represent
-    make_config: Callable[[Architecture, Source, Record | None, Shapes], tuple[dict | None, list[str]]] | None = None
+    # its config for an architecture (and the family of transformers classes asked for, for HF's), and notes
+    make_config: Callable[[Architecture, Source, Record | None, Shapes, str | None],
+                          tuple[dict | None, list[str]]] | None = None
     write: Callable[[Job], Written] | None = None
     fallback_dtype: str = "keep"  # what `--dtype restore` writes where nothing is recorded
     code: str = ""  # whose code cannot represent what `incompatibilities` lists
@@ -236,7 +238,8 @@ def _openai_architecture(source: Source, shapes: Shapes) -> Architecture:
     return architecture
 
 
-def _no_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes):
+def _no_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes,
+               classes: str | None):
     return None, []
 
 
@@ -349,9 +352,15 @@ def _hf_architecture(source: Source, shapes: Shapes) -> Architecture:
     return hf_config.architecture(source.config, shapes)
 
 
-def _hf_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes):
+def _hf_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes,
+               classes: str | None):
+    """The config restored or made, of the family of classes asked for (`classes`), if one was."""
+    if classes is not None and restored is not None and restored.config is not None and \
+            hf_config.config_class(restored.config, architecture) != hf_config.config_class(
+                {"model_type": classes}, architecture):
+        restored = None  # another family's config: made anew in the family asked for
     return _restored_or_made(restored, lambda config: hf_config.architecture(config, shapes), architecture,
-                             lambda: hf_config.config(architecture), HF_CONFIG)
+                             lambda: hf_config.config(architecture, classes), HF_CONFIG)
 
 
 def _restored_or_made(restored: Record | None, read: Callable, architecture: Architecture, make: Callable,
@@ -469,7 +478,8 @@ def _open_clip_architecture(source: Source, shapes: Shapes) -> Architecture:
     return open_clip_config.architecture(source.config["model_cfg"], shapes)
 
 
-def _open_clip_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes):
+def _open_clip_config(architecture: Architecture, source: Source, restored: Record | None, shapes: Shapes,
+                      classes: str | None):
     return _restored_or_made(
         restored, lambda config: open_clip_config.architecture(open_clip_config.split_config(config)[0], shapes),
         architecture, lambda: open_clip_config.config_file(architecture, source.preprocessing), OPEN_CLIP_CONFIG)

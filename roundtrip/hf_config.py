@@ -196,8 +196,9 @@ def _class_in(classes: Mapping, architecture: Architecture) -> str:
     return held if isinstance(held, str) else held[getattr(architecture, architecture.towers[0]).projected]
 
 
-def config(architecture: Architecture) -> dict:
-    """A complete config.json for the transformers class that holds `architecture` (`model_class`): CLIPModel's
+def config(architecture: Architecture, classes: str | None = None) -> dict:
+    """A complete config.json for the transformers class that holds `architecture` (`model_class`), or its class
+    in the family `classes` (MODEL_CLASSES: "metaclip_2" for a CLIP that pools as CLIPModel does): CLIPModel's
     for both towers, a tower's own config (CLIPTextConfig, CLIPVisionConfig) for one."""
     def tower(part: Tower) -> dict:
         return {"hidden_size": part.width, "intermediate_size": part.mlp_width, "num_hidden_layers": part.layers,
@@ -205,15 +206,18 @@ def config(architecture: Architecture) -> dict:
                 "layer_norm_eps": part.layer_norm_eps,
                 **({"projection_dim": architecture.embed_dim} if part.projected else {})}
 
-    model_type = family(architecture)
+    model_type = classes or family(architecture)
+    held = _class_in(MODEL_CLASSES[model_type], architecture)
+    if held not in _holders(architecture):
+        raise ArchitectureError(f"transformers' {held} cannot hold this model: its text pools at the first token "
+                                f"{architecture.text_pool_token}, which only {model_class(architecture)} can say")
     towers = {}
     if architecture.text is not None:
-        pool_token = architecture.text_pool_token
         towers["text_config"] = {
             "model_type": f"{model_type}_text_model",
             "vocab_size": architecture.vocab_size,
             "max_position_embeddings": architecture.context_length,
-            "eos_token_id": ARGMAX_POOLING_EOS_ID if pool_token is None else pool_token,
+            "eos_token_id": _eos_token_id(architecture, model_type),
             # MetaClip2TextConfig's defaults are CLIP's tokenizer's ids; the model reads neither, and only the
             # tokenizer (MetaCLIP 2's is XLM-V's, not shipped here) knows them
             **({"bos_token_id": None, "pad_token_id": None} if model_type == "metaclip_2" else {}),
@@ -228,9 +232,17 @@ def config(architecture: Architecture) -> dict:
             **tower(architecture.vision),
         }
     if len(towers) == 1:
-        return {"architectures": [model_class(architecture)], **next(iter(towers.values()))}
-    return {"architectures": [model_class(architecture)], "model_type": model_type,
+        return {"architectures": [held], **next(iter(towers.values()))}
+    return {"architectures": [held], "model_type": model_type,
             "projection_dim": architecture.embed_dim, **towers}
+
+
+def _eos_token_id(architecture: Architecture, model_type: str) -> int:
+    """Where the text pools, as the family's config says it: CLIPConfig's legacy 2 for argmax; for MetaClip2Config
+    (first eos, always), the largest id, whose first occurrence is where argmax pools."""
+    if architecture.text_pool_token is not None:
+        return architecture.text_pool_token
+    return architecture.vocab_size - 1 if model_type == "metaclip_2" else ARGMAX_POOLING_EOS_ID
 
 
 def incompatibilities(architecture: Architecture) -> list[str]:

@@ -85,6 +85,7 @@ def convert(
     tower: str | None = None,
     without_projection: bool = False,
     encoder: str | None = None,
+    metaclip_2: bool = False,
     report: Report = _silent,
     progress: writers.Progress = lambda done, total: None,
 ) -> Summary:
@@ -96,7 +97,9 @@ def convert(
     with a unit ("500MB", "2GiB"). A checkpoint file that is not OpenAI's as released needs `open_clip_model`,
     `open_clip_config` or `openai_architecture=True`, unless an open_clip_config.json lies beside it. `tower`
     ("text" or "vision"): that tower alone, from a source of both towers or of that one; `without_projection`:
-    without its projection (as Stable Diffusion 1's text encoder, a CLIPTextModel, has none).
+    without its projection (as Stable Diffusion 1's text encoder, a CLIPTextModel, has none). `metaclip_2`
+    (to="hf"): transformers' MetaClip2 classes where CLIP's would do (a MetaCLIP 2 worldwide model gets them
+    anyway).
 
     A source already in format `to` is written in that format's own form, with its own dtypes, key order and
     config unless `dtype` says otherwise; where that would store exactly what it stores, nothing is written and
@@ -108,6 +111,8 @@ def convert(
         raise ValueError("without_projection=True needs tower='text' or 'vision': a whole model keeps both")
     if to not in FORMATS:
         raise ValueError(f"to={to!r} is not a format clipconv writes ({', '.join(map(repr, FORMATS))})")
+    if metaclip_2 and to != "hf":
+        raise ValueError("metaclip_2=True names transformers' classes: it needs to='hf'")
     target = FORMATS[to]
     max_shard_bytes = writers.byte_size(max_shard_bytes)
     source_path = Path(source)
@@ -125,7 +130,8 @@ def convert(
         loaded, left_out = formats.tower_alone(loaded, tower, projected=not without_projection)
         notes = [*notes, *left_out]
     notes = [*notes, *_one_tower_notes(loaded.source.path, loaded.towers, target, chosen=tower is not None)]
-    plan = _plan(loaded, target, dest, notes, dtype, verify_logits, max_shard_bytes)
+    plan = _plan(loaded, target, dest, notes, dtype, verify_logits, max_shard_bytes,
+                 hf_classes="metaclip_2" if metaclip_2 else None)
     try:
         # The staged output is moved into place or removed first, then the side jobs are waited for.
         with _background() as background, destination.staged(placed, is_folder=target.output.is_folder) as staging:
@@ -168,10 +174,11 @@ class _Plan:
 
 
 def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[str], dtype: str, verify_logits: bool,
-          max_shard_bytes: int, whole: formats.Loaded | None = None) -> _Plan:
+          max_shard_bytes: int, whole: formats.Loaded | None = None, hf_classes: str | None = None) -> _Plan:
     """How `loaded` becomes `target` at `dest`: its config, weights, dtypes, provenance and the logit check's
     sides; what the target cannot represent is refused here. `whole`: the model `loaded` was cut from, after
-    its first blocks, whose blocks the check compares too."""
+    its first blocks, whose blocks the check compares too. `hf_classes`: the family of transformers classes
+    asked for (hf_config.MODEL_CLASSES), if one was."""
     read, tensors, towers, architecture, shapes = (loaded.source, loaded.tensors, loaded.towers,
                                                    loaded.architecture, loaded.shapes)
     source_format = read.format
@@ -183,7 +190,7 @@ def _plan(loaded: formats.Loaded, target: Format, dest: Path | str, notes: list[
     same_format = source_format is target
     restored = _own_record(read, towers, target.layout) if same_format else \
         read.provenance.records.get(target.name) if read.provenance else None
-    config, config_notes = target.make_config(architecture, read, restored, shapes)
+    config, config_notes = target.make_config(architecture, read, restored, shapes, hf_classes)
     openai_weights = mapping.convert(tensors, source_format.layout, "openai", towers)
     weights = mapping.convert(openai_weights, "openai", target.layout, towers)
     # Beside the weights: OpenAI's TorchScript attributes, and what an earlier conversion set aside

@@ -413,6 +413,39 @@ def test_a_metaclip2model_folder_that_pools_as_clipmodel_would_stays_a_metaclip2
     assert type(references.hf_model(weights, written, DEMO)) is MetaClip2Model
     assert type(references.hf_model(weights, hf_config.config(DEMO), DEMO)).__name__ == "CLIPModel"
 
+
+def test_metaclip_2_classes_are_written_for_a_clip_when_asked_and_compute_what_clipmodel_does(tmp_path,
+                                                                                             demo_state_dict_file):
+    """--metaclip-2: MetaClip2Model, its eos id the largest (first-eos pooling, where argmax pools), with
+    CLIPModel's logits; the weights come back to OpenAI's format bit for bit; a tower alone gets its class too."""
+    from transformers import MetaClip2Model
+
+    result = run_cli("to-hf", demo_state_dict_file, tmp_path / "metaclip", "--metaclip-2")
+    assert result.exit_code == 0, result.output
+    assert "(Hugging Face MetaClip2Model folder)" in result.stdout
+    config = json.loads((tmp_path / "metaclip" / "config.json").read_text())
+    assert (config["model_type"], config["architectures"], config["text_config"]["eos_token_id"]) == (
+        "metaclip_2", ["MetaClip2Model"], DEMO.vocab_size - 1)
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "clip").exit_code == 0
+    converted = MetaClip2Model.from_pretrained(tmp_path / "metaclip", dtype=torch.float32).eval()
+    with torch.no_grad():
+        found = converted(input_ids=verify.probe_tokens(DEMO), pixel_values=verify.probe_images(DEMO))
+    assert (found.logits_per_image - hf_folder_logits(tmp_path / "clip", DEMO)).abs().max() <= TOLERANCE
+    assert run_cli("to-openai", tmp_path / "metaclip", tmp_path / "back.pt").exit_code == 0
+    assert_identical(torch.load(tmp_path / "back.pt", weights_only=True),
+                     torch.load(demo_state_dict_file, weights_only=True))
+    text = run_cli("to-hf", demo_state_dict_file, tmp_path / "text", "--metaclip-2", "--tower", "text")
+    assert text.exit_code == 0 and "(Hugging Face MetaClip2TextModelWithProjection folder)" in text.stdout
+
+
+def test_metaclip_2_classes_are_asked_for_of_hf_alone(tmp_path, demo_state_dict_file):
+    from roundtrip import convert
+
+    assert run_cli("to-openai", demo_state_dict_file, tmp_path / "out.pt", "--metaclip-2").exit_code == 2
+    with pytest.raises(ValueError, match="metaclip_2=True names transformers' classes: it needs to='hf'"):
+        convert(demo_state_dict_file, tmp_path / "out", to="open_clip", metaclip_2=True)
+    assert list(tmp_path.iterdir()) == []
+
 # ---- ResNet CLIPs (OpenAI's RN50 family, open_clip's RN50 configs), between OpenAI's format and open_clip's ----
 # Bit-exact round trips both ways, and the logits of each format's own loader within 1e-3 (HF's refusal is in
 # tests/test_cli.py).
