@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import unicodedata
 
 import pytest
 from hypothesis import assume, given, settings
@@ -154,8 +155,12 @@ YPOGEGRAMMENI = "\u0345"
 @given(text=texts)
 def test_any_text_tokenizes_like_clip_tokenize_once_cleaned_as_openai_does(auto_tokenizer, text):
     # U+0345 is the one character OpenAI's word pattern drops (below); ftfy makes it out of others ("Í\x85").
-    assume(YPOGEGRAMMENI not in openai_cleaned(text))
-    assert hf_tokens(auto_tokenizer, [openai_cleaned(text)]) == clip_reference([text])
+    cleaned = openai_cleaned(text)
+    assume(YPOGEGRAMMENI not in cleaned)
+    # ftfy can also make an unassigned character out of assigned ones (":Ö\x8b" -> ":\u058b"), which the
+    # strategy leaves out of the raw text for the reason roundtrip.testing gives (newer Unicode tables in `regex`)
+    assume(not any(unicodedata.category(character) == "Cn" for character in cleaned))
+    assert hf_tokens(auto_tokenizer, [cleaned]) == clip_reference([text])
 
 
 # Where transformers' CLIPTokenizer cannot agree with OpenAI whatever the files say: it has no
