@@ -47,6 +47,8 @@ COMMANDS = {
   clipconv to-open-clip RN50.pt RN50-open-clip   # ResNet CLIPs too (to-hf refuses them)
   python -c 'import open_clip; open_clip.create_model_and_transforms("local-dir:ViT-B-32-open-clip")'"""),
 }
+OFFLINE_HELP = ("Read a SOURCE given by its Hugging Face repository name (ORG/NAME, ORG/NAME@REVISION, "
+                "hf-hub:ORG/NAME) from the local cache only, never downloading (as HF_HUB_OFFLINE=1 does).")
 SOURCES = """
     SOURCE is any checkpoint clipconv reads: an OpenAI TorchScript archive or
     torch.save state dict, a Hugging Face CLIPModel folder, an open_clip folder
@@ -60,7 +62,10 @@ SOURCES = """
     "module." prefixes) is read as OpenAI's only with --openai-architecture.
     A source already in DEST's format is written in that format's own form,
     with its dtypes, key order and config unless asked otherwise; where that
-    would store exactly what SOURCE stores, nothing is written.
+    would store exactly what SOURCE stores, nothing is written. SOURCE may be
+    a Hugging Face repository name (openai/clip-vit-base-patch32, ORG/NAME@REV,
+    hf-hub:ORG/NAME): read from the local cache, downloaded if missing unless
+    --offline or HF_HUB_OFFLINE=1; a path that exists always wins.
 
     DEST must not exist, or with --overwrite be this command's own earlier
     output; it is never SOURCE, inside it, or a folder holding it. Unless
@@ -121,7 +126,8 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
                            open_clip_config=options["open_clip_config"],
                            openai_architecture=options["openai_architecture"], tower=options["tower"],
                            without_projection=options["without_projection"], encoder=options["encoder"],
-                           metaclip_2=metaclip_2, report=report, progress=progress,
+                           metaclip_2=metaclip_2, offline=options["offline"], subfolder=options["subfolder"],
+                           report=report, progress=progress,
                            **({"max_shard_bytes": max_shard_size} if max_shard_size is not None else {}))
 
         _print_summary(_run(ctx, run, debug))
@@ -165,6 +171,9 @@ def _command(name: str, command_name: str, summary: str, details: str, examples:
         click.option("--no-verify", is_flag=True, help="Skip the check of every layer's output and the logits, "
                      "and the read-back of the written bytes (faster: no model is built, torch is not even "
                      "imported)."),
+        click.option("--subfolder", metavar="PATH", help="The model folder inside SOURCE (a repository name or a "
+                     "folder) to read, such as text_encoder_2 of a diffusers repository."),
+        click.option("--offline", is_flag=True, help=OFFLINE_HELP),
         click.option("--debug", is_flag=True, help="Show a traceback when something fails."),
         click.pass_context,
     ]
@@ -196,9 +205,11 @@ DIFFUSERS_EXAMPLES = """
 @click.option("--overwrite", is_flag=True, help="Replace DEST if clipconv wrote it with this command (only once the "
                                                 "new one is complete).")
 @click.option("--no-verify", is_flag=True, help="Skip the check of every layer's output (no model is built).")
+@click.option("--offline", is_flag=True, help=OFFLINE_HELP)
 @click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
 @click.pass_context
-def diffusers_command(ctx, source: Path, dest: str, dtype: str, overwrite: bool, no_verify: bool, debug: bool):
+def diffusers_command(ctx, source: Path, dest: str, dtype: str, overwrite: bool, no_verify: bool, offline: bool,
+                      debug: bool):
     """Write the CLIP text encoders of a diffusion model's single file SOURCE as diffusers components in DEST.
 
     \b
@@ -230,7 +241,7 @@ def diffusers_command(ctx, source: Path, dest: str, dtype: str, overwrite: bool,
 
     def run(report, progress):
         return convert_to_diffusers(source, dest, dtype=dtype, verify_logits=not no_verify, overwrite=overwrite,
-                                    report=report, progress=progress)
+                                    offline=offline, report=report, progress=progress)
 
     for summary in _run(ctx, run, debug):
         _print_summary(summary)
@@ -255,9 +266,11 @@ SINGLE_FILE_EXAMPLES = """
                                                 "new one is complete).")
 @click.option("--no-verify", is_flag=True, help="Skip the check of every layer's output and the read-back of the "
                                                 "written bytes.")
+@click.option("--offline", is_flag=True, help=OFFLINE_HELP)
 @click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
 @click.pass_context
-def single_file_command(ctx, source: Path, dest: str, base: Path, overwrite: bool, no_verify: bool, debug: bool):
+def single_file_command(ctx, source: Path, dest: str, base: Path, overwrite: bool, no_verify: bool, offline: bool,
+                        debug: bool):
     """Put the text encoders of a folder of diffusers components SOURCE back into a copy of the single file BASE,
     written as DEST (safetensors), or write SOURCE's one encoder as a standalone encoder file.
 
@@ -288,7 +301,7 @@ def single_file_command(ctx, source: Path, dest: str, base: Path, overwrite: boo
 
     def run(report, progress):
         return convert_to_single_file(source, dest, base, verify_logits=not no_verify, overwrite=overwrite,
-                                      report=report, progress=progress)
+                                      offline=offline, report=report, progress=progress)
 
     _print_summary(_run(ctx, run, debug))
 
@@ -333,10 +346,11 @@ def _side_options(function):
               help="Compare this tower alone (its weights and every layer's output), of models of any kinds: "
                    "a whole model's against a tower alone, say.")
 @_side_options
+@click.option("--offline", is_flag=True, help=OFFLINE_HELP)
 @click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
 @click.pass_context
 def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: float, no_logits: bool,
-                    as_json: bool, tower: str | None, debug: bool, **sides):
+                    as_json: bool, tower: str | None, offline: bool, debug: bool, **sides):
     """Are A and B the same model? Exit 0 if so, 1 if not (or one cannot be read), 2 on usage errors.
 
     A and B are any checkpoints clipconv reads, in any combination of formats. Both are mapped into A's key
@@ -352,28 +366,28 @@ def compare_command(ctx, a: Path, b: Path, tolerance: float, weights_tolerance: 
     text encoder against its component, as diffusers keeps it, one report per
     encoder (--encoder-a compares one, against a component's folder as B).
     """
-    from roundtrip import diffusers_folder
+    from roundtrip import diffusers_folder, hub
     from roundtrip.compare import compare, compare_encoders
     from roundtrip.formats import SourceOptions
 
     options = {side: SourceOptions(sides[f"open_clip_model_{side}"], sides[f"open_clip_config_{side}"],
                                    sides[f"openai_architecture_{side}"], sides[f"encoder_{side}"])
                for side in ("a", "b")}
-    per_encoder = (a.is_file() and diffusers_folder.is_components_folder(b) and tower is None
-                   and options["a"] == SourceOptions() and options["b"] == SourceOptions())
 
     def run(report, progress):
-        if per_encoder:
+        path_a, path_b = hub.resolve(a, offline).path, hub.resolve(b, offline).path
+        if tower is None and options["a"] == SourceOptions() == options["b"] and path_a.is_file() and \
+                diffusers_folder.is_components_folder(path_b):
             return compare_encoders(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance,
-                                    logits=not no_logits)
+                                    logits=not no_logits, offline=offline)
         return {None: compare(a, b, tolerance=tolerance, weights_tolerance=weights_tolerance, logits=not no_logits,
-                              options_a=options["a"], options_b=options["b"], tower=tower)}
+                              options_a=options["a"], options_b=options["b"], tower=tower, offline=offline)}
 
     def error_as_json(message: str) -> None:  # CI reads stdout: one JSON object whatever happens
         click.echo(json.dumps({"verdict": "error", "same": False, "error": message}))
 
     results = _run(ctx, run, debug, error_as_json if as_json else None)
-    if not per_encoder:
+    if None in results:  # not one report per encoder
         (result,) = results.values()
         click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.text())
     elif as_json:

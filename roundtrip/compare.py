@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roundtrip import diffusers_folder, formats, mapping, single_file, verify
+from roundtrip import diffusers_folder, formats, hub, mapping, single_file, verify
 from roundtrip.errors import ClipconvError
 from roundtrip.formats import Loaded, SourceOptions
 from roundtrip.schema import TOWERS
@@ -155,22 +155,27 @@ def _finite(value: float | None):
 
 def compare(a: Path | str, b: Path | str, *, tolerance: float = TOLERANCE, weights_tolerance: float = 0.0,
             logits: bool = True, options_a: SourceOptions = SourceOptions(),
-            options_b: SourceOptions = SourceOptions(), tower: str | None = None) -> Report:
-    """Compare the checkpoints at `a` and `b` (any formats clipconv reads, in any combination); of `tower`
-    ("text" or "vision") alone, if given."""
-    (first, side_a), (second, side_b) = (_load(Path(path), options, side, tower)
+            options_b: SourceOptions = SourceOptions(), tower: str | None = None, offline: bool = False) -> Report:
+    """Compare the checkpoints at `a` and `b` (any formats clipconv reads, in any combination; a path, or a
+    Hugging Face repository name, read from the cache, downloaded first unless `offline`); of `tower` ("text" or
+    "vision") alone, if given."""
+    (first, side_a), (second, side_b) = (_load(path, options, side, tower, offline)
                                          for path, options, side in ((a, options_a, "a"), (b, options_b, "b")))
     return _report(first, side_a, second, side_b, tolerance, weights_tolerance, logits)
 
 
 def compare_encoders(single_file_path: Path | str, folder: Path | str, *, tolerance: float = TOLERANCE,
-                     weights_tolerance: float = 0.0, logits: bool = True) -> dict[str, Report]:
+                     weights_tolerance: float = 0.0, logits: bool = True, offline: bool = False) -> dict[str, Report]:
     """Each CLIP text encoder of a diffusion model's single file against its diffusers component in `folder` (as
     `to-diffusers` writes them, or a pipeline's folder), the encoder taken as diffusers keeps it (Stable Diffusion
     2.x's without its last block, SD3's CLIP-L with the identity projection): one report per encoder found in
     both, by the encoder's name."""
-    path, folder = Path(single_file_path), Path(folder)
     try:
+        folder = hub.resolve(folder, offline).path
+    except ClipconvError as error:
+        raise error.on_side("b") from None
+    try:
+        path = hub.resolve(single_file_path, offline).path
         found = single_file.found_in(path)
         pairs = diffusers_folder.components_in(folder, found, path)
     except ClipconvError as error:
@@ -210,10 +215,13 @@ def _report(first: Loaded, side_a: SideReport, second: Loaded, side_b: SideRepor
     return report
 
 
-def _load(path: Path, options: SourceOptions, side: str, tower: str | None) -> tuple[Loaded, SideReport]:
+def _load(source: Path | str, options: SourceOptions, side: str, tower: str | None,
+          offline: bool = False) -> tuple[Loaded, SideReport]:
     """One side read and understood (of `tower` alone, if given), and what it is; its refusals name the side's
     own options."""
     try:
+        resolved = hub.resolve(source, offline)
+        path = resolved.path
         detected = single_file.detect(path, options) or formats.detect(path, options)
         loaded = formats.load(detected.format, path, detected.options)
         described = loaded.source.described(loaded.architecture)  # what it is, before a tower is taken out
@@ -222,8 +230,8 @@ def _load(path: Path, options: SourceOptions, side: str, tower: str | None) -> t
         cut, notes = (loaded, []) if tower is None else formats.tower_alone(loaded, tower)
     except ClipconvError as error:
         raise error.on_side(side) from None
-    notes = [*detected.notes, *notes, *cut.source.notes]
-    return cut, SideReport(str(path), described, cut.architecture.semantics(), notes)
+    notes = [*([resolved.note] if resolved.note else []), *detected.notes, *notes, *cut.source.notes]
+    return cut, SideReport(str(source), described, cut.architecture.semantics(), notes)
 
 
 def _architecture_differences(a: Loaded, b: Loaded) -> list[str]:

@@ -36,6 +36,7 @@ from roundtrip.facts import (
     OPEN_CLIP_SAFETENSORS,
     PREPROCESSOR_CONFIG,
 )
+from roundtrip.hub import HubSource
 from roundtrip.mapping import MappingError, OtherLayout
 from roundtrip.ops import OperationError
 from roundtrip.preprocessing import Preprocessing
@@ -100,6 +101,7 @@ class Source:
     unprefixed: str = ""  # the tower prefix its keys were stored without (a flat one-tower HF folder)
     # Beside `kind`, how its weights are stored: a folder's weight files, a file's packing (a training run's)
     stored_as: tuple[str, ...] = ()
+    found_as: HubSource | None = None  # the repository name it was found by, in the Hugging Face cache
 
     def described(self, architecture: Architecture | None = None) -> str:
         """What it is (named after `architecture`, where its format's names depend on the towers) and how it is
@@ -401,7 +403,9 @@ def _processing_files(job: Job) -> tuple[dict[str, str], list[str]]:
 def _write_card(job: Job, source_hash: Future, agreement: verify.Agreement | None, notes: list[str]) -> list[str]:
     source = job.source
     card = hf_extras.model_card(hf_extras.CardFacts(
-        source_name=source.path.name, source_sha256=source_hash.result(), source_file=source.hashed.name,
+        source_name=source.found_as.repo if source.found_as else source.path.name,
+        source_commit=source.found_as.commit if source.found_as else None,
+        source_sha256=source_hash.result(), source_file=source.hashed.name,
         source_format=source.described(),
         source_dtypes=Cast().summary(source.tensors),
         written_dtypes=job.cast.summary(job.weights), tool=tool(), architecture=job.architecture,

@@ -237,7 +237,8 @@ def tokenizer_difference(found: BPETable) -> str | None:
 class CardFacts:
     """What the model card reports: where the weights came from and what the conversion measured."""
 
-    source_name: str
+    source_name: str  # its file or folder name, or the Hugging Face repository it was found by
+    source_commit: str | None  # the repository's commit, for a source found by its name
     source_file: str  # the file of the source whose checksum is given (the source itself, or its weights)
     source_sha256: str
     source_format: str  # e.g. "OpenAI CLIP checkpoint, torchscript"
@@ -277,6 +278,7 @@ def model_card(facts: CardFacts) -> dict[str, str]:
         "| | |",
         "|---|---|",
         f"| source | `{facts.source_name}` ({facts.source_format}) |",
+        *([f"| repository commit | `{facts.source_commit}` |"] if facts.source_commit else []),
         f"| SHA-256 of `{facts.source_file}` | `{facts.source_sha256}` |",
         f"| source dtypes | {_dtype_counts(facts.source_dtypes)} |",
         f"| written dtypes | {_dtype_counts(facts.written_dtypes)} |",

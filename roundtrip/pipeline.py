@@ -24,6 +24,7 @@ from roundtrip import (
     formats,
     hf_config,
     hf_extras,
+    hub,
     mapping,
     readers,
     single_file,
@@ -86,6 +87,8 @@ def convert(
     without_projection: bool = False,
     encoder: str | None = None,
     metaclip_2: bool = False,
+    offline: bool = False,
+    subfolder: str | None = None,
     report: Report = _silent,
     progress: writers.Progress = lambda done, total: None,
 ) -> Summary:
@@ -99,7 +102,9 @@ def convert(
     ("text" or "vision"): that tower alone, from a source of both towers or of that one; `without_projection`:
     without its projection (as Stable Diffusion 1's text encoder, a CLIPTextModel, has none). `metaclip_2`
     (to="hf"): transformers' MetaClip2 classes where CLIP's would do (a MetaCLIP 2 worldwide model gets them
-    anyway).
+    anyway). A `source` that is not a path but a Hugging Face repository name (`ORG/NAME`, `ORG/NAME@REVISION`,
+    `hf-hub:ORG/NAME`, `ORG/NAME/SUBFOLDER`) is read from the local cache, downloaded first unless `offline`
+    (or HF_HUB_OFFLINE=1); `subfolder`: a folder inside it (or inside a local `source`).
 
     A source already in format `to` is written in that format's own form, with its own dtypes, key order and
     config unless `dtype` says otherwise; where that would store exactly what it stores, nothing is written and
@@ -115,7 +120,8 @@ def convert(
         raise ValueError("metaclip_2=True names transformers' classes: it needs to='hf'")
     target = FORMATS[to]
     max_shard_bytes = writers.byte_size(max_shard_bytes)
-    source_path = Path(source)
+    resolved = hub.resolve(source, offline, subfolder)
+    source_path = resolved.path
     options = SourceOptions.of(open_clip_model, open_clip_config, openai_architecture, encoder)
     detected = single_file.detect(source_path, options) or formats.detect(source_path, options, target)
     source_format, options, notes = detected.format, detected.options, detected.notes
@@ -123,6 +129,8 @@ def convert(
                                            OUTPUT_KINDS)
     report(f"Reading {source_path}")
     loaded = formats.load(source_format, source_path, options, target.towers)
+    loaded.source.found_as = resolved.found_as
+    notes = [*notes, *([resolved.note] if resolved.note else [])]
     if tower is None and (source_format.towers != TOWERS or (source_format is target and loaded.towers != TOWERS)):
         # a format of one tower (a text encoder), or a tower alone in the target's format: that tower, as if chosen
         tower = loaded.towers[0]
@@ -372,13 +380,16 @@ def _checked(verification: Future[Result], source: Path) -> Result:
 
 
 def convert_to_diffusers(source: Path | str, dest: Path | str, *, dtype: str = "keep", verify_logits: bool = True,
-                         overwrite: bool = False, report: Report = _silent,
+                         overwrite: bool = False, offline: bool = False, report: Report = _silent,
                          progress: writers.Progress = lambda done, total: None) -> list[Summary]:
     """A diffusion model's single-file checkpoint (Stable Diffusion 1.x, 2.x, XL, XL refiner, 3) or a standalone
     text encoder file -> a folder with the diffusers component of each CLIP text encoder it holds (`text_encoder/`
     and `tokenizer/`, `text_encoder_2/` and `tokenizer_2/`), each what diffusers' own single-file loading builds.
-    `dtype`: "keep" (the file's, as diffusers keeps them) or one dtype. One summary per component."""
-    source_path = Path(source)
+    `dtype`: "keep" (the file's, as diffusers keeps them) or one dtype. One summary per component. `source` may
+    name a file in a Hugging Face repository (`ORG/NAME/FILE`), read from the cache (downloaded unless
+    `offline`)."""
+    resolved = hub.resolve(source, offline)
+    source_path, found_as = resolved.path, resolved.found_as
     if not (source_path.exists() or source_path.is_symlink()):
         raise InputError(source_path, "does not exist")
     found = single_file.found_in(source_path)
@@ -403,10 +414,12 @@ def convert_to_diffusers(source: Path | str, dest: Path | str, *, dtype: str = "
             summary.extra_files = plan.finish(summary.agreement)
         # (no SHA-256 of the whole file, as to-hf's card has: hashing a 7 GB file would cost more than the
         # conversion, which reads only the encoders' bytes)
-        card = hf_extras.components_card(source_path.name, source_path.stat().st_size, found.described,
-                                         formats.tool(), [_component_facts(summary) for summary in summaries])
+        card = hf_extras.components_card(found_as.name if found_as else source_path.name,
+                                         source_path.stat().st_size, found.described, formats.tool(),
+                                         [_component_facts(summary) for summary in summaries])
         writers.write_text_files(staging, card)
         summaries[-1].extra_files.extend(card)
+    summaries[0].notes += [resolved.note] if resolved.note else []
     return summaries
 
 
@@ -416,14 +429,17 @@ def _component_facts(summary: Summary) -> hf_extras.ComponentFacts:
 
 
 def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | str | None = None, *,
-                           verify_logits: bool = True, overwrite: bool = False, report: Report = _silent,
+                           verify_logits: bool = True, overwrite: bool = False, offline: bool = False,
+                           report: Report = _silent,
                            progress: writers.Progress = lambda done, total: None) -> Summary:
     """The text encoders of a folder of diffusers components (or of one component's folder) put back into a
     copy of the single file `base`, written as safetensors at `dest`: every other tensor of `base` byte for
     byte, in its order, with its metadata; the encoders in its layout, names and dtypes. Without `base`, the
-    one encoder of `source` as a standalone encoder file (ComfyUI's layout: transformers' keys, no prefix)."""
-    source_path = Path(source)
-    for path in (source_path, *([] if base is None else [Path(base)])):
+    one encoder of `source` as a standalone encoder file (ComfyUI's layout: transformers' keys, no prefix).
+    `source` and `base` may be Hugging Face repository names, read from the cache (downloaded unless `offline`)."""
+    resolved = [hub.resolve(path, offline) for path in (source, *([] if base is None else [base]))]
+    source_path, base = resolved[0].path, None if base is None else resolved[1].path
+    for path in (source_path, *([] if base is None else [base])):
         if not (path.exists() or path.is_symlink()):
             raise InputError(path, "does not exist")
     if not source_path.is_dir():
@@ -431,8 +447,11 @@ def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | st
                                       "component's folder)")
     if Path(dest).suffix != ".safetensors":
         raise OutputError(dest, "is written as safetensors: give it a name ending in .safetensors")
+    found_notes = [each.note for each in resolved if each.note]
     if base is None:
-        return _standalone_encoder_file(source_path, dest, overwrite, report, progress, verify_logits)
+        summary = _standalone_encoder_file(source_path, dest, overwrite, report, progress, verify_logits)
+        summary.notes += found_notes
+        return summary
     base_path = Path(base)
     found = single_file.found_in(base_path)
     pairs = diffusers_folder.components_in(source_path, found, base_path)
@@ -441,7 +460,7 @@ def convert_to_single_file(source: Path | str, dest: Path | str, base: Path | st
     report(f"Reading {base_path} ({found.described}) and {source_path}")
     base = readers.read_tensor_file(base_path)
     base_keys = set(base.tensors)
-    replaced, notes, checks = {}, [], []
+    replaced, notes, checks = {}, list(found_notes), []
     for encoder, folder in pairs:
         component = formats.load(formats.HF, folder, SourceOptions())
         base_encoder = formats.load(single_file.encoder_format(found, encoder), base_path, SourceOptions())

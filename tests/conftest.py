@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -274,3 +275,22 @@ def save_one_tower(folder, name: str, prefixed: bool = False, seed: int = 0, pos
         weights[key] = torch.arange(positions, dtype=getattr(torch, position_ids))[None]
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return architecture, load_file(folder / "model.safetensors")
+
+
+def put_in_cache(cache: Path, repo: str, folder: Path, revision: str = "main") -> str:
+    """`folder`'s files as huggingface_hub's cache holds a snapshot of `repo` at `revision`: blobs named by their
+    content's hash, the snapshot's files relative symlinks to them, refs/REVISION naming the commit."""
+    commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+    root = cache / f"models--{repo.replace('/', '--')}"
+    for file in sorted(folder.rglob("*")):
+        if file.is_file():
+            data = file.read_bytes()
+            blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            link = root / "snapshots" / commit / file.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / revision).write_text(commit)
+    return commit

@@ -8,8 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from roundtrip.examples import DEMO, random_openai_model, save_torchscript_archive
+from roundtrip.examples import (
+    DEMO,
+    random_open_clip_model,
+    random_openai_model,
+    save_open_clip_folder,
+    save_torchscript_archive,
+)
+from roundtrip.open_clip_config import model_config
 from roundtrip.testing import write_single_file
+
+from conftest import hf_clip_config, put_in_cache, random_hf_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```(?P<language>\w+)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -35,8 +44,16 @@ def test_every_shell_and_python_block_of_the_readme_runs_in_order(tmp_path):
     save_torchscript_archive(random_openai_model(DEMO), tmp_path / "ViT-B-32.pt")
     # and an SDXL single file (real widths, one block per encoder, a small vocabulary)
     write_single_file(tmp_path / "sd_xl_base_1.0.safetensors", "Stable Diffusion XL", layers=1, vocab_size=1000)
+    # and the Hugging Face cache holding the repositories it names (small random models under their names)
+    random_hf_model(hf_clip_config()).save_pretrained(tmp_path / "repositories" / "hf")
+    model_cfg = model_config(DEMO)
+    save_open_clip_folder(random_open_clip_model(model_cfg).state_dict(), model_cfg,
+                          tmp_path / "repositories" / "open_clip")
+    put_in_cache(tmp_path / "hub", "openai/clip-vit-base-patch32", tmp_path / "repositories" / "hf")
+    put_in_cache(tmp_path / "hub", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", tmp_path / "repositories" / "open_clip")
     bin_folder = Path(sys.executable).parent  # where `make install` puts clipconv
-    environment = {**os.environ, "PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    environment = {**os.environ, "PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+                   "HF_HUB_CACHE": str(tmp_path / "hub")}
     ran = 0
     for language, code in code_blocks(README.read_text(encoding="utf-8")):
         if language == "sh" and SETUP in code:
