@@ -144,3 +144,11 @@ def test_the_diffusion_commands_take_names_of_a_single_file_and_of_components(tm
     assert back.exit_code == 0, back.output
     assert "read me/sdxl-encoders at main" in back.stdout
     assert_identical(load_file("back.safetensors"), load_file(tmp_path / "repo" / "sd_xl_base_1.0.safetensors"))
+
+
+def test_offline_is_asked_for_by_the_option_alone_too(cache, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    result = run_cli("to-openai", "org/missing", "out.pt", "--offline")
+    assert_refused(result, "org/missing: is neither a file or folder here nor a model in the Hugging Face cache "
+                           f"(cache: {cache})")
+    assert "downloaded" not in result.stderr
