@@ -185,8 +185,8 @@ def test_the_hidden_states_recorded_are_transformers_own(demo_state_dict):
 def _wrong_config(change):
     real = hf_config.config
 
-    def config(architecture):
-        written = real(architecture)
+    def config(architecture, classes=None):
+        written = real(architecture, classes)
         change(written)
         return written
     return config
