@@ -38,7 +38,6 @@ RELEASED = {
 
 _TEXT_RN50X4 = dict(context_length=77, vocab_size=49408, transformer_width=640, transformer_heads=10,
                     transformer_layers=12)
-_TEXT_RN50X16 = dict(_TEXT_L)
 _TEXT_RN50X64 = dict(context_length=77, vocab_size=49408, transformer_width=1024, transformer_heads=16,
                      transformer_layers=12)
 
@@ -51,7 +50,7 @@ RELEASED_RESNETS = {
     "RN50x4": from_clip_kwargs(embed_dim=640, image_resolution=288, vision_layers=(4, 6, 10, 6), vision_width=80,
                                vision_patch_size=None, **_TEXT_RN50X4),
     "RN50x16": from_clip_kwargs(embed_dim=768, image_resolution=384, vision_layers=(6, 8, 18, 8), vision_width=96,
-                                vision_patch_size=None, **_TEXT_RN50X16),
+                                vision_patch_size=None, **_TEXT_L),
     "RN50x64": from_clip_kwargs(embed_dim=1024, image_resolution=448, vision_layers=(3, 15, 36, 10), vision_width=128,
                                 vision_patch_size=None, **_TEXT_RN50X64),
 }

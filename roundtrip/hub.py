@@ -15,6 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roundtrip.errors import InputError
+from roundtrip.facts import (
+    HF_CONFIG,
+    HF_PICKLE,
+    HF_PICKLE_INDEX,
+    HF_SAFETENSORS,
+    HF_SAFETENSORS_INDEX,
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_PICKLE,
+    OPEN_CLIP_SAFETENSORS,
+    PREPROCESSOR_CONFIG,
+    TOKENIZER_FILES,
+)
 
 OPEN_CLIP_PREFIX = "hf-hub:"  # open_clip.create_model("hf-hub:ORG/NAME")
 # ORG/NAME, then any subfolders, then @REVISION (a branch, a tag or a commit)
@@ -23,11 +35,11 @@ DEFAULT_REVISION = "main"
 # What a download fetches: the files of a model folder of HF's or open_clip's, at the repository's top (a
 # pattern without a leading * matches the top alone: huggingface_hub matches it against the whole path), and of
 # a diffusers repository only its text encoders and tokenizers (not the UNet, VAE or T5).
-TOP_LEVEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
-                   "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin",
-                   "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
-                   "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "model_index.json")
+TOP_LEVEL_FILES = (HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, "model-*-of-*.safetensors",  # facts.HF_SHARD
+                   HF_PICKLE, HF_PICKLE_INDEX, "pytorch_model-*-of-*.bin",  # the shards HF_PICKLE_INDEX names
+                   OPEN_CLIP_CONFIG, OPEN_CLIP_SAFETENSORS, OPEN_CLIP_PICKLE, PREPROCESSOR_CONFIG,
+                   *sorted(TOKENIZER_FILES),
+                   "model_index.json")  # what a diffusers pipeline's repository is known by (a few bytes)
 DIFFUSERS_TEXT_FOLDERS = ("text_encoder*/*", "tokenizer*/*")
 _OFFLINE_VALUES = ("1", "ON", "YES", "TRUE")  # huggingface_hub's reading of HF_HUB_OFFLINE
 

@@ -224,7 +224,7 @@ def _resnet_part(vision: Mapping, width: int, head_width: int) -> dict:
     pool_width = width * RESNET_WIDENING
     if pool_width % head_width:
         raise ArchitectureError(f"vision_cfg.head_width {head_width} does not divide the ResNet's attention pool "
-                                f"width, {pool_width} (32 x width)")
+                                f"width, {pool_width} ({RESNET_WIDENING} x width)")
     return {"vision": ResNet(tuple(layers), width, pool_width // head_width),
             "image_resolution": _square(vision, "image_size", IMAGE_SIZE), "patch_size": None}
 
