@@ -1,6 +1,7 @@
 """What a conversion records about its source, so that converting back to the source's format restores it.
 
-Stored as JSON under one key of each written safetensors file's metadata, so it travels with the weights.
+Stored as JSON under one key of each written safetensors file's metadata, and in a record of its own in each
+torch.save zip written (ZIP_RECORD), so it travels with the weights.
 One record per format the weights have been in: its dtypes (OpenAI's releases mix fp16 and fp32, which a
 float32 folder would otherwise forget), key order, TorchScript attributes and its own config file (an
 open_clip_config.json or config.json holds more than the other formats can say).
@@ -15,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from roundtrip import dtypes
 
 METADATA_KEY = "clipconv"
+ZIP_RECORD = f"{METADATA_KEY}.json"  # its record's name in a .pt zip, under the archive's top folder
+MAX_ZIP_RECORD_BYTES = 16 * 2**20  # a record this large is no clipconv record: refused before it is read
 FLOAT_DTYPES = ("float16", "float32", "bfloat16", "float64")
 INTEGER_DTYPES = ("int64", "int32", "int16", "int8", "uint8")
 MAX_ASIDE_BYTES = 1 << 16  # position_ids of a context of 8192, in int64: more is no bookkeeping tensor
@@ -58,7 +61,7 @@ class Provenance:
         return Provenance(tool, {name: old for name, old in self.records.items() if name != dropping})
 
     @classmethod
-    def from_json(cls, text: str) -> Provenance:
+    def from_json(cls, text: str | bytes) -> Provenance:
         """Parse and check metadata read from a file (which may come from anyone)."""
         data = json.loads(text)
         if not isinstance(data, dict):

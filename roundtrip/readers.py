@@ -38,7 +38,7 @@ from roundtrip.facts import (
     VOCAB_FILE,
     BPETable,
 )
-from roundtrip.provenance import METADATA_KEY, Provenance
+from roundtrip.provenance import MAX_ZIP_RECORD_BYTES, METADATA_KEY, ZIP_RECORD, Provenance
 from roundtrip.strided import Strided
 from roundtrip.torch_zip import ArchiveError, DamagedArchive
 
@@ -62,7 +62,7 @@ class TensorFile:
     tensors: dict[str, Strided]
     kind: str  # "torchscript", "state_dict" (torch.save, zip or legacy pickle) or "safetensors"
     release: Callable[[], None] = lambda: None  # give memory-mapped pages back; they reload on use
-    provenance: Provenance | None = None  # what clipconv recorded in a safetensors file it wrote
+    provenance: Provenance | None = None  # what clipconv recorded in a file it wrote
     # Every checksum the format carries, checked (a zip's CRC-32 per record; safetensors and legacy pickles
     # carry none): InputError naming the file and the damaged record. Seconds for GBs: the caller runs it
     # beside its other work, and before it keeps any output.
@@ -98,7 +98,23 @@ def read_tensor_file(path: Path) -> TensorFile:
     contents = _read_torch_file(path, head)
     kind = "torchscript" if contents.torchscript else "state_dict"
     tensors, packing = _unwrap_state_dict(path, contents.content)
-    return TensorFile(tensors, kind, contents.release, check=lambda: _checked(path, contents.check), packing=packing)
+    return TensorFile(tensors, kind, contents.release, _zip_provenance(path),
+                      check=lambda: _checked(path, contents.check), packing=packing)
+
+
+def _zip_provenance(path: Path) -> Provenance | None:
+    """The record clipconv keeps in a torch.save zip it wrote (a legacy pickle holds none)."""
+    if not _checked(path, lambda: zipfile.is_zipfile(path)):
+        return None
+    with zipfile.ZipFile(path) as archive:  # whose entries torch_zip.read has checked
+        record = next((info for info in archive.infolist() if info.filename.split("/", 1)[-1] == ZIP_RECORD), None)
+        if record is None:
+            return None
+        if record.file_size > MAX_ZIP_RECORD_BYTES:
+            raise InputError(path, f"has a {ZIP_RECORD} record of {record.file_size:,} bytes, more than clipconv's "
+                                   f"records hold ({MAX_ZIP_RECORD_BYTES:,})")
+        text = _checked(path, lambda: archive.read(record))
+    return _provenance(path, text)
 
 
 def _looks_like_safetensors(head: bytes, path: Path) -> bool:
@@ -337,7 +353,7 @@ def _read_safetensors(file: Path) -> tuple[dict[str, Strided], str | None, Calla
     return tensors, metadata.get(METADATA_KEY), release
 
 
-def _provenance(file: Path, text: str | None) -> Provenance | None:
+def _provenance(file: Path, text: str | bytes | None) -> Provenance | None:
     if text is None:
         return None
     try:

@@ -27,17 +27,13 @@ from roundtrip.facts import (
     hf_folder_may_hold,
     open_clip_folder_may_hold,
 )
-from roundtrip.provenance import METADATA_KEY
+from roundtrip.provenance import METADATA_KEY, ZIP_RECORD
 from roundtrip.safetensors_file import Written
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # the hub's long-standing default shard size, "5GB"
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 Progress = Callable[[int, int], None]  # called with (bytes written so far, bytes to write)
-
-# A torch zip file clipconv writes holds its provenance record under this name (safetensors files, in their
-# metadata under provenance.METADATA_KEY).
-PROVENANCE_RECORD = f"{METADATA_KEY}.json"
 
 
 def _safetensors_written_here(path: Path) -> bool:
@@ -54,7 +50,7 @@ def _weights_written_here(folder: Path, weights: Callable[[str], bool]) -> bool:
 
 
 def _openai_file_written_here(path: Path) -> bool:
-    return path.is_file() and (PROVENANCE_RECORD in torch_zip.record_names(path) or _safetensors_written_here(path))
+    return path.is_file() and (ZIP_RECORD in torch_zip.record_names(path) or _safetensors_written_here(path))
 
 
 HF_FOLDER = OutputKind(is_folder=True, title="Hugging Face CLIPModel folder", may_hold=hf_folder_may_hold,
@@ -208,7 +204,7 @@ def write_openai_file(
     if as_safetensors:
         return safetensors_file.write(path, state_dict, metadata, cast, advance, read_back)
     records = torch_zip.write_state_dict(path, state_dict, cast, advance, read_back,
-                                         records={PROVENANCE_RECORD: metadata[METADATA_KEY].encode("utf-8")})
+                                         records={ZIP_RECORD: metadata[METADATA_KEY].encode("utf-8")})
     return {key: Written(*record) for key, record in records.items()}
 
 

@@ -13,7 +13,8 @@ import torch
 
 from roundtrip import mapping, references, verify
 from roundtrip.architecture import Architecture
-from roundtrip.examples import DEMO
+from roundtrip.examples import DEMO, random_open_clip_model, save_open_clip_folder
+from roundtrip.facts import OPEN_CLIP_CONFIG
 from roundtrip.readers import read_hf_folder
 from roundtrip.strided import as_torch
 
@@ -138,6 +139,29 @@ def test_dtype_option_sets_the_written_dtype_and_to_openai_restores_the_source(t
     assert {k: v.dtype for k, v in back.items()} == {k: v.dtype for k, v in demo_state_dict.items()}
     if dtype == "keep":  # bf16 rounds fp32 tensors; keep and fp16 of an fp16 mix do not lose bits
         assert_identical(back, demo_state_dict)
+
+
+def test_a_pt_file_clipconv_wrote_restores_the_formats_the_weights_were_in_as_a_safetensors_file_does(
+        tmp_path, demo_state_dict_file):
+    """Kills: the provenance record clipconv writes into a .pt zip not read back (HF float16 came back float32, an
+    open_clip config's preprocess_cfg and spelt-out defaults came back as OpenAI's and left out)."""
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf16", "--dtype", "float16").exit_code == 0
+    assert run_cli("to-openai", tmp_path / "hf16", tmp_path / "from_hf.pt").exit_code == 0
+    assert run_cli("to-hf", tmp_path / "from_hf.pt", tmp_path / "hf_back").exit_code == 0
+    assert {as_torch(tensor).dtype for tensor in read_hf_folder(tmp_path / "hf_back").tensors.values()} == \
+        {torch.float16}
+    assert read_json(tmp_path / "hf_back" / "config.json") == read_json(tmp_path / "hf16" / "config.json")
+
+    model_cfg = {"embed_dim": 32, "quick_gelu": True,
+                 "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 64,  # its default
+                                "patch_size": 16},
+                 "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 64, "heads": 1, "layers": 1}}
+    save_open_clip_folder(random_open_clip_model(model_cfg).state_dict(), model_cfg, tmp_path / "open_clip",
+                          preprocess_cfg={"mean": [0.5] * 3, "std": [0.5] * 3})
+    assert run_cli("to-openai", tmp_path / "open_clip", tmp_path / "from_open_clip.pt").exit_code == 0
+    assert run_cli("to-open-clip", tmp_path / "from_open_clip.pt", tmp_path / "open_clip_back").exit_code == 0
+    assert read_json(tmp_path / "open_clip_back" / OPEN_CLIP_CONFIG) == read_json(tmp_path / "open_clip" /
+                                                                                   OPEN_CLIP_CONFIG)
 
 
 def test_large_models_are_sharded_with_an_index_that_transformers_loads(tmp_path, demo_state_dict_file):

@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import torch
 
 from roundtrip import destination, open_clip_config, output_file, safetensors_file, verify
 from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
+from roundtrip.provenance import MAX_ZIP_RECORD_BYTES, ZIP_RECORD
 from roundtrip.strided import as_torch
 from roundtrip.torch_zip import read_torchscript_state_dict
 
@@ -99,6 +101,16 @@ def _reshaped(key: str, change):
     return build
 
 
+def _with_clipconv_record(content: bytes):
+    """A torch.save file of OpenAI's layout beside a clipconv provenance record holding `content`."""
+    def build(path, marker, archive):
+        torch.save(random_openai_state_dict(DEMO), path)
+        with zipfile.ZipFile(path, "a") as archive_file:
+            top = archive_file.namelist()[0].split("/", 1)[0]
+            archive_file.writestr(f"{top}/{ZIP_RECORD}", content)
+    return build
+
+
 OPENAI_FILES = {
     "os.system in a zip .pt": (lambda p, m, a: torch.save({"visual.proj": SystemCall(m)}, p),
                                "refused: data.pkl uses the global posix.system"),
@@ -131,6 +143,9 @@ OPENAI_FILES = {
     "truncated archive": (_truncate, "not a readable PyTorch checkpoint"),
     "Git LFS pointer": (lambda p, m, a: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n"),
                         "Git LFS pointer"),
+    "a clipconv record that is no JSON": (_with_clipconv_record(b"{not json"), "has malformed clipconv metadata"),
+    "a clipconv record too large to be one": (_with_clipconv_record(b" " * (MAX_ZIP_RECORD_BYTES + 1)),
+                                              "clipconv.json record of 16,777,217 bytes, more than clipconv's"),
     "a list, not a state dict": (lambda p, m, a: torch.save([torch.zeros(1)], p), "expected a state dict"),
     # Tensors with fewer dimensions than the numbers read off them (architecture._dim).
     "a 1-D text projection": (_reshaped("text_projection", lambda t: t[:, 0]),
