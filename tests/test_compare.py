@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from roundtrip import open_clip_config
-from roundtrip.compare import compare_encoders
+from roundtrip.compare import compare, compare_encoders
+from roundtrip.errors import ClipconvError
 from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
 from roundtrip.pipeline import convert_to_diffusers
 from roundtrip.testing import assert_equivalent, write_single_file
@@ -331,3 +332,29 @@ def test_compare_names_a_projection_copied_without_its_transpose(tmp_path):
         assert_equivalent(source, tmp_path / "ours" / "text_encoder_2", encoder_a="clip_g")
     assert "1 tensor(s) transposed (each the other's transpose" in str(refused.value)
     assert "text_projection" in str(refused.value)
+
+
+@pytest.mark.parametrize("compared", [compare, compare_encoders])
+def test_compare_looks_a_name_up_online_unless_asked_to_stay_offline(tmp_path, monkeypatch, demo_state_dict_file,
+                                                                    compared):
+    """Kills: `offline` not passed on to the lookup of either side's repository name (compare's A and B, the single
+    file and the folder of compare_encoders), or defaulting to True."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    asked = []
+
+    def no_network(repo, *, local_files_only, **settings):  # what the lookup asks for, answered as no network would
+        asked.append(local_files_only)
+        raise LocalEntryNotFoundError(f"{repo}: no network here")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    present = demo_state_dict_file if compared is compare else tmp_path  # what each side's reader gets past
+    for offline in ({}, {"offline": False}, {"offline": True}):
+        for a, b in (("org/missing", present), (present, "org/missing")):
+            asked.clear()
+            with pytest.raises(ClipconvError, match="org/missing: is neither a file or folder here"):
+                compared(a, b, **offline)
+            assert asked == [offline.get("offline", False)], (a, b, offline)
