@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy
@@ -358,3 +359,16 @@ def test_compare_looks_a_name_up_online_unless_asked_to_stay_offline(tmp_path, m
             with pytest.raises(ClipconvError, match="org/missing: is neither a file or folder here"):
                 compared(a, b, **offline)
             assert asked == [offline.get("offline", False)], (a, b, offline)
+
+
+def test_compare_says_a_local_file_was_read_where_the_cache_holds_a_repository_of_its_name(tmp_path, monkeypatch,
+                                                                                           demo_state_dict_file):
+    """Kills: the note that a side's name was read as the local path, not the cached repository, left out."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "hub" / "models--org--model").mkdir(parents=True)  # a repository of that name in the cache
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()
+    shutil.copy(demo_state_dict_file, tmp_path / "org" / "model")
+    report = compare("org/model", demo_state_dict_file, logits=False)
+    assert report.a.notes[0] == "org/model is the local file, not the Hugging Face repository of that name in the cache"
+    assert report.b.notes == [] and report.same
