@@ -161,6 +161,19 @@ def test_a_config_that_leaves_every_setting_out_reads_as_what_open_clip_builds_f
     assert architecture.text_pool_token is None
 
 
+def test_a_resnet_config_that_leaves_its_settings_out_reads_as_what_open_clip_builds_from_it():
+    """A ResNet's vision_cfg without image_size or head_width: open_clip's defaults (224 px, heads of 64), read
+    off the model its CLIP builds. Kills a ResNet's image size read with no default."""
+    from open_clip.model import CLIP
+
+    model_cfg = {"embed_dim": 64, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 8}, "text_cfg": {}}
+    with torch.device("meta"):
+        built = CLIP(**model_cfg)
+    architecture = open_clip_config.architecture(model_cfg, Shapes.of(built.state_dict()))
+    assert architecture.image_resolution == built.visual.image_size == 224
+    assert architecture.vision == ResNet((1, 1, 1, 1), 8, built.visual.attnpool.num_heads)
+
+
 def test_an_mlp_ratio_of_one_or_less_is_a_model_open_clip_builds():
     """open_clip takes any positive mlp_ratio; one of 1 or less is no refusal (kills `ratio <= 1` for `<= 0`)."""
     for ratio in (1, 0.5):
