@@ -14,7 +14,13 @@ from safetensors.torch import load_file, save_file
 
 from roundtrip import references, verify
 from roundtrip.errors import VerificationError
-from roundtrip.examples import DEMO, random_open_clip_model, random_openai_state_dict, save_open_clip_folder
+from roundtrip.examples import (
+    DEMO,
+    RELEASED_RESNETS,
+    random_open_clip_model,
+    random_openai_state_dict,
+    save_open_clip_folder,
+)
 from roundtrip.pipeline import convert_to_diffusers
 from roundtrip.testing import assert_equivalent, write_single_file
 
@@ -49,6 +55,13 @@ def test_the_verification_line_names_exactly_the_outputs_compared(towers, projec
     architecture = dataclasses.replace(DEMO, text=tower, embed_dim=DEMO.embed_dim if projected else None, **vision)
     names = references.output_names(architecture)
     assert verify.Agreement(dict.fromkeys(names, 0.0)).scope() == scope
+
+
+def test_the_verification_line_of_a_resnet_vision_tower_alone_names_no_pooled_output():
+    """Kills `Agreement.scope` naming the pooled output where none was compared: a ResNet's attention pool is its
+    projection, so its vision tower alone has layers and a projected embedding only."""
+    names = references.output_names(RELEASED_RESNETS["RN50"].alone("vision"))
+    assert verify.Agreement(dict.fromkeys(names, 0.0)).scope() == "every layer's output and the projected embedding"
 
 
 @pytest.mark.parametrize("shift, verified", [(2e-3, False), (9e-4, True)])
