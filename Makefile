@@ -34,10 +34,12 @@ fuzz: install
 
 # Mutation testing of the modules that carry the promises ([tool.mutmut] in pyproject.toml); hours, not part
 # of make test. The score and the survivors judged harmless are in docs/mutation.md.
-# Part of them: make mutate MUTANTS='roundtrip.ops.* roundtrip.destination.*' (results are kept in mutants/).
+# Part of them: make mutate MUTANTS='roundtrip.ops.* roundtrip.destination.*' (mutants/ keeps the results).
 MUTANTS ?=
+# No torch thread pool to be broken by mutmut's fork; no shrinking of the failing examples (tests/conftest.py).
+MUTMUT = OMP_NUM_THREADS=1 CLIPCONV_HYPOTHESIS_PROFILE=mutation $(BIN)/mutmut
 mutate: install
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run $(MUTANTS); $(BIN)/mutmut results
+	$(MUTMUT) run $(MUTANTS); $(BIN)/mutmut results; $(RECORD_RESULTS)
 
 # Resume a stopped run of the modules docs/mutation.md reports: the mutants that have no result yet (mutmut's
 # own resume, a run without names, would also start every other module of only_mutate), and every mutant of a
@@ -45,9 +47,11 @@ mutate: install
 # make mutate-resume MUTATE_RESUME=--survivors runs the survivors again too.
 MUTATE_MODULES ?= verify references compare open_clip_config architecture destination
 MUTATE_RESUME ?=
+# mutants/ lasts as long as a checkout: the results go into docs/mutation-results.json, to be committed.
+RECORD_RESULTS = $(BIN)/python tools/mutation_results.py save $(MUTATE_MODULES)
 mutate-resume: install
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run $$($(BIN)/python tools/unfinished_mutants.py $(MUTATE_RESUME) \
-		$(MUTATE_MODULES)); $(BIN)/mutmut results
+	$(MUTMUT) run $$($(BIN)/python tools/unfinished_mutants.py $(MUTATE_RESUME) \
+		$(MUTATE_MODULES)); $(BIN)/mutmut results; $(RECORD_RESULTS)
 
 demo: install
 	$(BIN)/python -m roundtrip.demo

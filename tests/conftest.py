@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import Phase, settings
 
 from roundtrip import hf_config, open_clip_config, verify
 from roundtrip.architecture import Shapes
@@ -23,6 +24,12 @@ from roundtrip.strided import Strided, as_torch
 
 # Hubs are unreachable here: transformers must load everything from local folders.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+# `make mutate` asks only whether a mutant fails a test: shrinking the failing example to a smaller one (more models
+# built, often for minutes) tells it nothing. Loaded before the test modules make their settings from the default.
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+if os.environ.get("CLIPCONV_HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["CLIPCONV_HYPOTHESIS_PROFILE"])
 
 # `make test` must run on a 16 GB laptop: no process of the suite (this one, or one it ran) may peak above this.
 PEAK_RSS_LIMIT_BYTES = 6 * 2**30
