@@ -36,8 +36,9 @@ fuzz: install
 # of make test. The score and the survivors judged harmless are in docs/mutation.md.
 # Part of them: make mutate MUTANTS='roundtrip.ops.* roundtrip.destination.*' (mutants/ keeps the results).
 MUTANTS ?=
-# No torch thread pool to be broken by mutmut's fork; no shrinking of the failing examples (tests/conftest.py).
-MUTMUT = OMP_NUM_THREADS=1 CLIPCONV_HYPOTHESIS_PROFILE=mutation $(BIN)/mutmut
+# No torch thread pool to be broken by mutmut's fork; the fastest tests first and no shrinking of a failing
+# example (tests/conftest.py).
+MUTMUT = OMP_NUM_THREADS=1 CLIPCONV_MUTATION_RUN=1 $(BIN)/mutmut
 mutate: install
 	$(MUTMUT) run $(MUTANTS); $(BIN)/mutmut results; $(RECORD_RESULTS)
 
