@@ -25,7 +25,15 @@ from roundtrip.provenance import MAX_ZIP_RECORD_BYTES, ZIP_RECORD
 from roundtrip.strided import as_torch
 from roundtrip.torch_zip import read_torchscript_state_dict
 
-from conftest import assert_nothing_left, assert_refused, listing, read_json, run_cli, save_one_tower
+from conftest import (
+    assert_nothing_left,
+    assert_refused,
+    listing,
+    read_json,
+    resnet_clip_state_dict,
+    run_cli,
+    save_one_tower,
+)
 from hostile import (
     SystemCall,
     edited_archive,
@@ -92,10 +100,10 @@ def _truncate(path, marker, archive):
     path.write_bytes(data[: len(data) // 2])
 
 
-def _reshaped(key: str, change):
-    """The demo's state dict with one tensor changed, saved with torch."""
+def _reshaped(key: str, change, make_state_dict=lambda: random_openai_state_dict(DEMO)):
+    """The demo's state dict (or `make_state_dict()`) with one tensor changed, saved with torch."""
     def build(path, marker, archive):
-        state_dict = random_openai_state_dict(DEMO)
+        state_dict = make_state_dict()
         state_dict[key] = change(state_dict[key]).clone()
         torch.save(state_dict, path)
     return build
@@ -154,6 +162,10 @@ OPENAI_FILES = {
                               "ln_final.weight has shape (), expected at least 1 dimension(s)"),
     "vision positions that are no square grid": (_reshaped("visual.positional_embedding", lambda t: t[:-1]),
                                                  "vision position embedding has 16 rows, not a square grid plus"),
+    "a ResNet attention pool narrower than its last stage": (
+        _reshaped("visual.attnpool.c_proj.weight", lambda t: t[:, :1024], resnet_clip_state_dict),
+        "visual.attnpool.c_proj.weight has shape (64, 1024): it should take the last stage's output, 32 x the "
+        "width 64"),
     # Read only off text_projection before: a model CLIPModel cannot load, written under --no-verify.
     "projections of two widths": (_reshaped("visual.proj", lambda t: t[:, :64]),
                                   "the projections disagree on the embedding width: text_projection gives 128, "
