@@ -133,3 +133,17 @@ def test_probe_tokens_are_clip_tokenize(context_length):
     architecture = dataclasses.replace(DEMO, vocab_size=verify.OPENAI_VOCAB_SIZE, context_length=context_length)
     expected = import_clip().tokenize(list(verify.PROBE_TEXTS), context_length=context_length, truncate=True)
     assert torch.equal(verify.probe_tokens(architecture), expected)
+
+
+@pytest.mark.parametrize("vocab_size", [1000, verify.OPENAI_VOCAB_SIZE + 100])
+def test_the_probe_texts_of_another_vocabulary_are_spread_over_its_ids(vocab_size):
+    """The check of a model with a vocabulary of another size reads many rows of its token embedding: each text is
+    start, random ids that are neither padding nor start/end, end. Kills `probe_tokens` drawing every id of a
+    text as one value."""
+    start, end = vocab_size - 2, vocab_size - 1
+    rows = verify.probe_tokens(dataclasses.replace(DEMO, vocab_size=vocab_size)).tolist()
+    bodies = [row[1:row.index(end)] for row in rows]
+    ids = [token for body in bodies for token in body]
+    assert [row[0] for row in rows] == [start] * len(rows)
+    assert all(0 < token < start for token in ids)
+    assert len(set(ids)) > len(ids) // 2
