@@ -138,16 +138,18 @@ def test_probe_tokens_are_clip_tokenize(context_length):
 
 def test_the_probe_images_are_random_pixels_normalised_as_clips_transform_does():
     """The check feeds the models images clip's own preprocessing could make: pixels spread over [0, 1], normalised
-    with the mean and std of clip's transform. Kills `probe_images` normalising otherwise (another operation, or
-    none)."""
+    with the mean and std of clip's transform, in colour. Kills `probe_images` normalising otherwise
+    (another operation, or none) or making grey images (one random plane in every channel)."""
     from torchvision.transforms import Normalize
 
     normalise = next(step for step in import_clip().clip._transform(DEMO.image_resolution).transforms
                      if isinstance(step, Normalize))
     images = verify.probe_images(DEMO)
     pixels = images * torch.tensor(normalise.std).view(1, 3, 1, 1) + torch.tensor(normalise.mean).view(1, 3, 1, 1)
-    assert images.shape[1:] == (3, DEMO.image_resolution, DEMO.image_resolution)
+    assert images.shape == (verify.PROBE_IMAGES, 3, DEMO.image_resolution, DEMO.image_resolution)
     assert 0 <= pixels.min() < 0.01 and 0.99 < pixels.max() <= 1
+    # Colour, not grey: a conversion that swapped the first layer's colour channels must not go unseen.
+    assert all((pixels[:, a] - pixels[:, b]).abs().max() > 0.5 for a, b in ((0, 1), (1, 2), (0, 2)))
 
 @pytest.mark.parametrize("vocab_size", [1000, verify.OPENAI_VOCAB_SIZE + 100])
 def test_the_probe_texts_of_another_vocabulary_are_spread_over_its_ids(vocab_size):
