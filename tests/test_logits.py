@@ -135,7 +135,6 @@ def test_probe_tokens_are_clip_tokenize(context_length):
     assert torch.equal(verify.probe_tokens(architecture), expected)
 
 
-
 def test_the_probe_images_are_random_pixels_normalised_as_clips_transform_does():
     """The check feeds the models images clip's own preprocessing could make: pixels spread over [0, 1], normalised
     with the mean and std of clip's transform, in colour. Kills `probe_images` normalising otherwise
@@ -150,6 +149,7 @@ def test_the_probe_images_are_random_pixels_normalised_as_clips_transform_does()
     assert 0 <= pixels.min() < 0.01 and 0.99 < pixels.max() <= 1
     # Colour, not grey: a conversion that swapped the first layer's colour channels must not go unseen.
     assert all((pixels[:, a] - pixels[:, b]).abs().max() > 0.5 for a, b in ((0, 1), (1, 2), (0, 2)))
+
 
 @pytest.mark.parametrize("vocab_size", [1000, verify.OPENAI_VOCAB_SIZE + 100])
 def test_the_probe_texts_of_another_vocabulary_are_spread_over_its_ids(vocab_size):
