@@ -648,6 +648,10 @@ OPEN_CLIP_SOURCES = {
     "a text tower without the projection its config has": (
         _tower_file(_open_clip_config(), lambda key: _text_alone(key) and key != "text_projection", "--tower",
                     "text"), "the text tower has a projection in the config, none in the tensors"),
+    # survivors of architecture.disagreements (65, 72-74): the other direction's words
+    "a text tower with a projection its config has not": (
+        _tower_file(_without(_without(_open_clip_config(), "vision_cfg"), "embed_dim"), _text_alone, "--tower",
+                    "text"), "the text tower has no projection in the config, one in the tensors"),
     "a text tower whose config says another width": (
         _tower_file(_open_clip_config(**{"text_cfg.width": 768}), _text_alone, "--tower", "text"),
         "the open_clip config does not fit the tensors: text.width is 768, the tensors say 512"),
