@@ -18,6 +18,7 @@ from roundtrip import hf_config, mapping, open_clip_config, openai_config, refer
 from roundtrip.architecture import Architecture, ArchitectureError, Shapes
 from roundtrip.examples import (
     DEMO,
+    RELEASED_RESNETS,
     random_open_clip_model,
     random_openai_state_dict,
     save_open_clip_folder,
@@ -298,6 +299,19 @@ def test_a_text_tower_alone_reads_as_its_numbers_and_no_vision(whole, projection
     architecture = openai_config.architecture(shapes)
     assert architecture.towers == ("text",) and architecture.text.projected is projection
     assert architecture.describe().startswith("text 128 wide x 2 layers")
+
+
+def test_the_description_names_a_resnets_stages_and_each_tower_left_without_its_projection():
+    # the line `to-hf` prints and the model card shows; written out by hand from RN50's and DEMO's numbers
+    assert RELEASED_RESNETS["RN50"].describe() == (
+        "ResNet 3-4-6-3 blocks, width 64, attention pool of 32 heads, 224px; "
+        "text 512 wide x 12 layers, 8 heads, context 77, vocab 49408, quick_gelu; embed 1024")
+    assert DEMO.describe() == ("ViT 128 wide x 2 layers, 2 heads, patch 16, 64px, quick_gelu; "
+                               "text 128 wide x 2 layers, 2 heads, context 77, vocab 49408, quick_gelu; embed 128")
+    assert DEMO.alone("vision", projected=False).describe() == (
+        "ViT 128 wide x 2 layers, 2 heads, patch 16, 64px, quick_gelu, no projection")
+    assert DEMO.alone("text", projected=False).describe() == (
+        "text 128 wide x 2 layers, 2 heads, context 77, vocab 49408, quick_gelu, no projection")
 
 
 @pytest.mark.parametrize("projection", [True, False], ids=["with its projection", "without"])
