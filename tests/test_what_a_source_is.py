@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from roundtrip import hf_config, mapping, open_clip_config, openai_config, references, verify
-from roundtrip.architecture import Architecture, ArchitectureError, Shapes
+from roundtrip.architecture import Architecture, ArchitectureError, Shapes, _grid, head_problems
 from roundtrip.examples import (
     DEMO,
     RELEASED_RESNETS,
@@ -353,18 +353,45 @@ def test_a_text_tower_alone_maps_to_hf_and_back_with_its_logit_scale(whole):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(vision=None), "image_resolution, patch_size belong with a vision tower"),
-    (dict(text=None), "context_length, vocab_size belong with a text tower"),
+    (dict(vision=None), "image_resolution, patch_size belong with a vision tower, and only with one"),
+    (dict(text=None), "context_length, vocab_size belong with a text tower, and only with one"),
     (dict(vision=None, image_resolution=None, patch_size=None, text=None, context_length=None, vocab_size=None,
-          embed_dim=None), "needs a text tower, a vision tower or both"),
-    (dict(embed_dim=None), "embed_dim is the width of a projection"),
+          embed_dim=None), "an architecture needs a text tower, a vision tower or both"),
+    (dict(embed_dim=None), "embed_dim is the width of a projection, and only with one"),
     (dict(vision=None, image_resolution=None, patch_size=None,
-          text=dataclasses.replace(DEMO.text, projected=False)), "embed_dim is the width of a projection"),
-    (dict(text=None, context_length=None, vocab_size=None, text_pool_token=7), "text_pool_token belongs with"),
+          text=dataclasses.replace(DEMO.text, projected=False)),
+     "embed_dim is the width of a projection, and only with one"),
+    (dict(text=None, context_length=None, vocab_size=None, text_pool_token=7),
+     "text_pool_token belongs with a text tower"),
 ])
 def test_an_architecture_that_no_model_is_cannot_be_made(change, message):
-    with pytest.raises(ArchitectureError, match=message):
+    with pytest.raises(ArchitectureError) as refusal:
         Architecture(**{**dataclasses.asdict(DEMO) | {"vision": DEMO.vision, "text": DEMO.text}, **change})
+    assert str(refusal.value) == message  # the whole line: it is what a user reads
+
+
+def test_heads_that_do_not_split_a_width_are_named_with_the_width_they_attend_over():
+    rn50 = RELEASED_RESNETS["RN50"]  # its attention pool attends over the last stage: 32 x 64 = 2048 wide
+
+    def with_heads(vision: int, text: int) -> Architecture:
+        return dataclasses.replace(rn50, vision=dataclasses.replace(rn50.vision, heads=vision),
+                                   text=dataclasses.replace(rn50.text, heads=text))
+
+    assert head_problems(rn50) == head_problems(with_heads(128, 512)) == head_problems(with_heads(1, 1)) == []
+    assert head_problems(with_heads(3, 0)) == ["text width 512 does not split into 0 heads",
+                                               "vision attention pool width 2048 does not split into 3 heads"]
+
+
+@pytest.mark.parametrize("positions, side", [(2, 1), (5, 2), (50, 7), (577, 24)])
+def test_vision_positions_are_a_square_grid_of_patches_and_a_class_token(positions, side):
+    assert _grid(positions) == side
+
+
+@pytest.mark.parametrize("positions", [-3, 0, 1, 3, 49, 51])
+def test_vision_positions_of_no_square_grid_and_class_token_are_refused(positions):
+    with pytest.raises(ArchitectureError) as refusal:
+        _grid(positions)
+    assert str(refusal.value) == f"vision position embedding has {positions} rows, not a square grid plus a class token"
 
 
 
