@@ -5,6 +5,7 @@ wrote, and a stopped run (Ctrl-C, SIGTERM, SIGHUP) leaves nothing behind."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,25 @@ def test_overwrite_replaces_only_the_dest_it_approved(tmp_path, demo_state_dict_
     roundtrip.convert(second_source, tmp_path / "expected", to="hf", verify_logits=False)
     assert contents(dest) == contents(tmp_path / "expected")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["expected", "hf"]
+
+
+@pytest.mark.parametrize("to, dest_name", [("hf", "hf"), ("openai", "model.pt")])
+def test_overwrite_of_a_dest_removed_meanwhile_writes_the_output_there(tmp_path, demo_state_dict_file,
+                                                                       second_source, hf_sources, to, dest_name):
+    dest = tmp_path / dest_name
+    source, other = (demo_state_dict_file, second_source) if to == "hf" else hf_sources
+    roundtrip.convert(other, dest, to=to, verify_logits=False)
+
+    def the_user_removes_it(message: str) -> None:
+        if message.startswith("Writing") and dest.is_dir():
+            shutil.rmtree(dest)
+        elif message.startswith("Writing"):
+            dest.unlink()
+
+    roundtrip.convert(source, dest, to=to, verify_logits=False, overwrite=True, report=the_user_removes_it)
+    roundtrip.convert(source, tmp_path / f"expected-{dest_name}", to=to, verify_logits=False)
+    assert contents(dest) == contents(tmp_path / f"expected-{dest_name}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([dest_name, f"expected-{dest_name}"])
 
 
 def test_two_conversions_started_together_to_one_dest_one_wins_and_the_other_says_so(tmp_path, demo_state_dict_file,
