@@ -50,10 +50,17 @@ def hf_sources(tmp_path_factory, demo_state_dict_file, second_source) -> tuple[P
     return folder / "first", folder / "second"
 
 
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "without renameat2"])
 @pytest.mark.parametrize("to, dest_name", [("hf", "same"), ("openai", "same.pt")])
 def test_a_dest_that_appears_meanwhile_is_left_as_it_is_and_this_output_removed(tmp_path, demo_state_dict_file,
                                                                                 second_source, hf_sources, to,
-                                                                                dest_name):
+                                                                                dest_name, renameat2, monkeypatch):
+    """Without renameat2 (another OS, an old kernel), a file is linked into place and a folder renamed after a
+    last look: either refuses a DEST that is there."""
+    from roundtrip import destination
+
+    if not renameat2:
+        monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
     dest = tmp_path / dest_name
     first, second = (demo_state_dict_file, second_source) if to == "hf" else hf_sources
 
