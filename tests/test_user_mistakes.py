@@ -80,15 +80,18 @@ MISTAKES = {
                                         cwd="cwdtest"),
     "DEST is .. holding SOURCE": Mistake(("to-hf", "small.pt", "..", "--overwrite"), ("holds the source",),
                                          cwd="cwdtest"),
-    "DEST is the working folder": Mistake(("to-hf", "../small.pt", ".", "--overwrite"), ("working folder",),
-                                          cwd="userdir"),
+    "DEST is the working folder": Mistake(
+        ("to-hf", "../small.pt", ".", "--overwrite"),
+        ("is the working folder or holds it; name a new file or folder inside it instead",), cwd="userdir"),
     "DEST holds the SOURCE folder": Mistake(("to-openai", "hf", ".", "--overwrite"), ("holds the source hf",)),
     "DEST inside the SOURCE folder": Mistake(("to-openai", "hf", "hf/model.pt"), ("is the source or inside it",)),
     # A file where a folder goes and the other way round.
     "to-openai onto a folder": Mistake(("to-openai", "hf", "userdir", "--overwrite"),
                                        ("userdir", "a file never replaces a folder")),
-    "to-openai DEST with a trailing separator": Mistake(("to-openai", "hf", "newdir/"),
-                                                        ("newdir/", "ends with a path separator")),
+    "to-openai DEST with a trailing separator": Mistake(
+        ("to-openai", "hf", "newdir/"),
+        ("newdir/: ends with a path separator, which names a folder; this conversion writes one file: give its name "
+         "(for example ViT-B-32.pt)",)),
     "to-hf onto a file": Mistake(("to-hf", "small.pt", "afile.txt", "--overwrite"),
                                  ("afile.txt", "a folder never replaces a file")),
     "--overwrite onto a symbolic link": Mistake(("to-hf", "small.pt", "link", "--overwrite"), ("symbolic link",)),
