@@ -82,7 +82,7 @@ MISTAKES = {
                                          cwd="cwdtest"),
     "DEST is the working folder": Mistake(
         ("to-hf", "../small.pt", ".", "--overwrite"),
-        ("is the working folder or holds it; name a new file or folder inside it instead",), cwd="userdir"),
+        (".: is the working folder or holds it; name a new file or folder inside it instead",), cwd="userdir"),
     "DEST holds the SOURCE folder": Mistake(("to-openai", "hf", ".", "--overwrite"), ("holds the source hf",)),
     "DEST inside the SOURCE folder": Mistake(("to-openai", "hf", "hf/model.pt"), ("is the source or inside it",)),
     # A file where a folder goes and the other way round.
