@@ -432,6 +432,18 @@ def test_a_dest_moved_aside_by_a_killed_run_is_given_back(tmp_path, demo_state_d
     assert listing(tmp_path) == ["hf", "hf/config.json"]
 
 
+def test_an_old_dest_left_beside_the_new_one_by_a_killed_run_is_removed_and_the_new_one_kept(
+        tmp_path, demo_state_dict_file):
+    # Killed after the new DEST was moved in, before the old one was removed: the old one must not come back.
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    converted = listing(tmp_path)
+    aside = tmp_path / f".hf.clipconv-old-{_a_pid_that_is_not_running()}-abc123"
+    aside.mkdir()
+    (aside / "config.json").write_text("{}")
+    assert_refused(run_cli("to-hf", demo_state_dict_file, tmp_path / "hf"), "already exists")
+    assert listing(tmp_path) == converted
+
+
 def _a_pid_that_is_not_running() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
