@@ -68,7 +68,7 @@ def test_a_dest_that_appears_meanwhile_is_left_as_it_is_and_this_output_removed(
         if message.startswith("Writing"):
             roundtrip.convert(second, dest, to=to, verify_logits=False)
 
-    with pytest.raises(OutputError, match="appeared or changed while this conversion ran"):
+    with pytest.raises(OutputError, match=f"^{dest}: appeared or changed while this conversion ran"):
         roundtrip.convert(first, dest, to=to, verify_logits=False, report=another_conversion_finishes_first)
     roundtrip.convert(second, tmp_path / f"expected-{dest_name}", to=to, verify_logits=False)
     assert contents(dest) == contents(tmp_path / f"expected-{dest_name}")
