@@ -73,18 +73,21 @@ class Mistake:
 
 MISTAKES = {
     # Destinations that overlap the source.
-    "DEST is SOURCE": Mistake(("to-hf", "small.pt", "small.pt", "--overwrite"), ("small.pt", "is the source")),
+    "DEST is SOURCE": Mistake(("to-hf", "small.pt", "small.pt", "--overwrite"),
+                              ("small.pt: is the source or inside it (small.pt)",)),
     "DEST is the folder holding SOURCE": Mistake(
-        ("to-hf", "cwdtest/small.pt", "cwdtest", "--overwrite", "--no-verify"), ("cwdtest", "holds the source")),
-    "DEST is . holding SOURCE": Mistake(("to-hf", "small.pt", ".", "--overwrite"), ("holds the source",),
+        ("to-hf", "cwdtest/small.pt", "cwdtest", "--overwrite", "--no-verify"),
+        ("cwdtest: holds the source cwdtest/small.pt; a conversion never writes over its own input",)),
+    "DEST is . holding SOURCE": Mistake(("to-hf", "small.pt", ".", "--overwrite"), (".: holds the source small.pt",),
                                         cwd="cwdtest"),
-    "DEST is .. holding SOURCE": Mistake(("to-hf", "small.pt", "..", "--overwrite"), ("holds the source",),
+    "DEST is .. holding SOURCE": Mistake(("to-hf", "small.pt", "..", "--overwrite"), ("..: holds the source small.pt",),
                                          cwd="cwdtest"),
     "DEST is the working folder": Mistake(
         ("to-hf", "../small.pt", ".", "--overwrite"),
         (".: is the working folder or holds it; name a new file or folder inside it instead",), cwd="userdir"),
-    "DEST holds the SOURCE folder": Mistake(("to-openai", "hf", ".", "--overwrite"), ("holds the source hf",)),
-    "DEST inside the SOURCE folder": Mistake(("to-openai", "hf", "hf/model.pt"), ("is the source or inside it",)),
+    "DEST holds the SOURCE folder": Mistake(("to-openai", "hf", ".", "--overwrite"), (".: holds the source hf",)),
+    "DEST inside the SOURCE folder": Mistake(("to-openai", "hf", "hf/model.pt"),
+                                             ("hf/model.pt: is the source or inside it (hf)",)),
     # A file where a folder goes and the other way round.
     "to-openai onto a folder": Mistake(("to-openai", "hf", "userdir", "--overwrite"),
                                        ("userdir", "a file never replaces a folder")),
@@ -102,7 +105,8 @@ MISTAKES = {
     "--overwrite onto a folder with other weights": Mistake(("to-hf", "small.pt", "old-with-bin", "--overwrite"),
                                                             ("holds pytorch_model.bin",)),
     "existing DEST without --overwrite": Mistake(("to-hf", "small.pt", "hf"), ("already exists", "--overwrite")),
-    "DEST in a folder that does not exist": Mistake(("to-hf", "small.pt", "nowhere/hf"), ("nowhere", "does not exist")),
+    "DEST in a folder that does not exist": Mistake(("to-hf", "small.pt", "nowhere/hf"),
+                                                     ("nowhere/hf: its parent folder /", "/nowhere does not exist")),
     # Incomplete checkpoints, whatever --no-verify says.
     "OpenAI checkpoint missing a weight": Mistake(("to-hf", "missing-bias.pt", "out"), ("missing 1 tensor",
                                                                                         "ln_final.bias")),
