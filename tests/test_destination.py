@@ -380,6 +380,18 @@ def test_a_rename_the_system_refuses_is_one_line_and_leaves_dest_as_it_was(tmp_p
     assert sorted(path.name for path in tmp_path.iterdir()) == (["hf"] if replacing else [])
 
 
+def test_the_working_folder_named_through_a_symbolic_link_is_refused_as_the_working_folder(
+        tmp_path, demo_state_dict_file, monkeypatch):
+    """DEST's parent is resolved before it is compared: alias/work is the working folder when alias links to it."""
+    (tmp_path / "real" / "work").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path / "real" / "work")
+    dest = tmp_path / "alias" / "work"
+    assert_refused(run_cli("to-hf", demo_state_dict_file, dest, "--overwrite", "--no-verify"),
+                   f"{dest}: is the working folder or holds it")
+    assert [path.name for path in (tmp_path / "real" / "work").iterdir()] == []
+
+
 def test_removing_what_another_cleanup_removed_first_is_not_an_error(tmp_path):
     """Two runs may clean the same leftovers beside DEST: the second finds them gone."""
     from roundtrip import destination
