@@ -799,12 +799,13 @@ def test_staging_of_a_running_clipconv_is_left_alone_and_ours_from_a_failed_call
         tmp_path, demo_state_dict_file):
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        theirs = tmp_path / f".hf.clipconv-new-{running.pid}-abc123"
-        ours = tmp_path / f".hf.clipconv-new-{os.getpid()}-def456"  # run_cli runs in this process
-        theirs.mkdir()
-        ours.mkdir()
+        # several of each, so that whatever order the folder lists them in, some of ours follow some of theirs
+        theirs = [tmp_path / f".hf.clipconv-new-{running.pid}-abc{number}" for number in range(5)]
+        ours = [tmp_path / f".hf.clipconv-new-{os.getpid()}-def{number}" for number in range(5)]  # run_cli's
+        for path in theirs + ours:
+            path.mkdir()
         assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
-        assert theirs.is_dir() and not ours.exists()
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["hf", *(path.name for path in theirs)])
         assert running.poll() is None  # asked whether it runs, not signalled
     finally:
         running.kill()
