@@ -295,7 +295,8 @@ def test_a_text_tower_alone_reads_as_its_numbers_and_no_vision(whole, projection
     assert (shapes.text_width, shapes.text_layers, shapes.context_length, shapes.vocab_size) == (
         DEMO.text.width, DEMO.text.layers, DEMO.context_length, DEMO.vocab_size)
     assert shapes.embed_dim == (DEMO.embed_dim if projection else None)
-    assert None is shapes.vision_width is shapes.image_resolution is shapes.patch_size is shapes.vision_layers
+    assert None is shapes.vision_kind is shapes.vision_width is shapes.image_resolution is shapes.patch_size \
+        is shapes.vision_layers
     architecture = openai_config.architecture(shapes)
     assert architecture.towers == ("text",) and architecture.text.projected is projection
     assert architecture.describe().startswith("text 128 wide x 2 layers")
