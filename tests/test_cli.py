@@ -180,14 +180,17 @@ def test_large_models_are_sharded_with_an_index_that_transformers_loads(tmp_path
     assert gap.abs().max() <= TOLERANCE
 
 
-def test_written_files_follow_the_umask(tmp_path, demo_state_dict_file):
-    previous = os.umask(0o027)
+@pytest.mark.parametrize("umask, folder_mode, file_mode", [(0o027, 0o750, 0o640), (0o022, 0o755, 0o644)])
+def test_written_files_follow_the_umask(tmp_path, demo_state_dict_file, umask, folder_mode, file_mode):
+    previous = os.umask(umask)
     try:
         assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+        assert run_cli("to-openai", tmp_path / "hf", tmp_path / "model.pt", "--no-verify").exit_code == 0
     finally:
         os.umask(previous)
-    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o750
-    assert (tmp_path / "hf" / "config.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "hf").stat().st_mode & 0o7777 == folder_mode
+    assert (tmp_path / "hf" / "config.json").stat().st_mode & 0o7777 == file_mode
+    assert (tmp_path / "model.pt").stat().st_mode & 0o7777 == file_mode  # a file DEST, staged private
 
 
 # ---- to-openai from folders written by transformers ---------------------------------------------------------

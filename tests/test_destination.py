@@ -224,8 +224,10 @@ def test_a_stop_while_the_staging_is_made_leaves_nothing(tmp_path, demo_state_di
     make = "mkdtemp" if is_folder else "mkstemp"
     real_make = getattr(destination.tempfile, make)
 
+    made = []
+
     def made_then_stopped(*arguments, **keywords):
-        real_make(*arguments, **keywords)
+        made.append(real_make(*arguments, **keywords))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(destination.tempfile, make, made_then_stopped)
@@ -234,6 +236,8 @@ def test_a_stop_while_the_staging_is_made_leaves_nothing(tmp_path, demo_state_di
                           tmp_path / ("hf" if is_folder else "model.pt"),
                           to="hf" if is_folder else "openai", verify_logits=False)
     assert list(tmp_path.iterdir()) == []
+    staged = Path(made[0] if is_folder else made[0][1])
+    assert staged.parent == tmp_path  # beside DEST, on its file system: the move into place is one rename
 
 
 def staging_of(dest: Path) -> list[Path]:
