@@ -812,6 +812,15 @@ def test_staging_of_a_running_clipconv_is_left_alone_and_ours_from_a_failed_call
         running.wait()
 
 
+def test_names_beside_dest_that_only_look_like_a_staging_are_left_alone(tmp_path, demo_state_dict_file):
+    # clean_leftovers removes only ".DEST.clipconv-new|old-PID-..." of a finished process: these are the user's
+    mine = [tmp_path / ".hf.clipconv-notes.txt", tmp_path / f".hf.clipconv-new-{_a_pid_that_is_not_running()}"]
+    for path in mine:
+        path.write_text("mine")
+    assert run_cli("to-hf", demo_state_dict_file, tmp_path / "hf", "--no-verify").exit_code == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["hf", *(path.name for path in mine)])
+
+
 ONE_TOWER_CONFIG_DAMAGE = {
     "another width": ("CLIPTextModel", {"hidden_size": 64}, "text.width is 64, the tensors say 128"),
     "another number of layers": ("CLIPVisionModel", {"num_hidden_layers": 3}, "vision.layers is 3, the tensors say 2"),
