@@ -99,9 +99,11 @@ def test_overwrite_of_a_dest_removed_meanwhile_writes_the_output_there(tmp_path,
     roundtrip.convert(other, dest, to=to, verify_logits=False)
 
     def the_user_removes_it(message: str) -> None:
-        if message.startswith("Writing") and dest.is_dir():
+        if not message.startswith("Writing"):
+            return
+        if dest.is_dir():
             shutil.rmtree(dest)
-        elif message.startswith("Writing"):
+        else:
             dest.unlink()
 
     roundtrip.convert(source, dest, to=to, verify_logits=False, overwrite=True, report=the_user_removes_it)
