@@ -4,6 +4,7 @@ wrote, and a stopped run (Ctrl-C, SIGTERM, SIGHUP) leaves nothing behind."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import shutil
 import signal
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import roundtrip
+from roundtrip import destination
 from roundtrip.errors import OutputError
 from roundtrip.examples import DEMO, random_openai_state_dict
 
@@ -28,6 +30,11 @@ def contents(path: Path) -> dict[str, str]:
     """Every file under `path` (or `path` itself) by its SHA-256."""
     files = sorted(file for file in path.rglob("*") if file.is_file()) if path.is_dir() else [path]
     return {str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest() for file in files}
+
+
+def _without_renameat2(monkeypatch) -> None:
+    """As on a system without renameat2 (another OS, an old kernel): clipconv falls back to its own moves."""
+    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: errno.ENOSYS)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +64,8 @@ def test_a_dest_that_appears_meanwhile_is_left_as_it_is_and_this_output_removed(
                                                                                 dest_name, renameat2, monkeypatch):
     """Without renameat2 (another OS, an old kernel), a file is linked into place and a folder renamed after a
     last look: either refuses a DEST that is there."""
-    from roundtrip import destination
-
     if not renameat2:
-        monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+        _without_renameat2(monkeypatch)
     dest = tmp_path / dest_name
     first, second = (demo_state_dict_file, second_source) if to == "hf" else hf_sources
 
@@ -221,8 +226,6 @@ def test_a_stop_while_the_staging_is_made_leaves_nothing(tmp_path, demo_state_di
                                                         is_folder):
     """Kills the staging left behind when a signal lands after the temporary exists but before its name is known
     (the cleanup then has no name to remove and must look beside DEST)."""
-    from roundtrip import destination
-
     make = "mkdtemp" if is_folder else "mkstemp"
     real_make = getattr(destination.tempfile, make)
 
@@ -280,12 +283,10 @@ def test_overwrite_without_renameat2_still_replaces_the_approved_dest(tmp_path, 
                                                                       monkeypatch):
     """Where the system has no renameat2 (another OS, an old kernel): a file is replaced in one os.replace, a
     folder by moving the old DEST aside, then the new one in, then removing the old."""
-    from roundtrip import destination
-
     first, second = (demo_state_dict_file, second_source) if to == "hf" else hf_sources
     dest = tmp_path / dest_name
     roundtrip.convert(first, dest, to=to, verify_logits=False)
-    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+    _without_renameat2(monkeypatch)
     roundtrip.convert(second, dest, to=to, verify_logits=False, overwrite=True)
     roundtrip.convert(second, tmp_path / "expected", to=to, verify_logits=False)
     assert contents(dest) == contents(tmp_path / "expected")
@@ -297,8 +298,6 @@ def test_overwrite_without_renameat2_still_replaces_the_approved_dest(tmp_path, 
 def _recording_replaces(monkeypatch, dest: Path, stop_at_the_move_in: bool = False) -> list[tuple[str, str]]:
     """The os.replace calls that move something out of or into `dest`, as (source, destination) names; with
     `stop_at_the_move_in`, the run is stopped (as by a kill) where the new DEST would be moved in."""
-    from roundtrip import destination
-
     moves, real_replace = [], destination.os.replace
 
     def replace(source, target):
@@ -316,12 +315,10 @@ def _recording_replaces(monkeypatch, dest: Path, stop_at_the_move_in: bool = Fal
 def test_without_renameat2_a_file_is_replaced_in_one_move_and_a_folder_by_moving_the_old_aside(
         tmp_path, demo_state_dict_file, hf_sources, second_source, monkeypatch, to, dest_name):
     """Kills a file DEST moved aside like a folder (DEST missing for a moment where one os.replace does it)."""
-    from roundtrip import destination
-
     first, second = (demo_state_dict_file, second_source) if to == "hf" else hf_sources
     dest = tmp_path / dest_name
     roundtrip.convert(first, dest, to=to, verify_logits=False)
-    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+    _without_renameat2(monkeypatch)
     moves = _recording_replaces(monkeypatch, dest)
     roundtrip.convert(second, dest, to=to, verify_logits=False, overwrite=True)
     staging, aside = f".{dest_name}.clipconv-new-", f".{dest_name}.clipconv-old-"
@@ -336,12 +333,10 @@ def test_a_dest_moved_aside_by_a_run_killed_before_the_new_one_arrived_is_given_
         tmp_path, demo_state_dict_file, second_source, monkeypatch):
     """Kills a name for the old DEST that the next run does not recognise when DEST's own name has dashes: the
     user's model would stay hidden beside an empty DEST."""
-    from roundtrip import destination
-
     dest = tmp_path / "clip-vit-b-32"
     roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False)
     before = contents(dest)
-    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+    _without_renameat2(monkeypatch)
     _recording_replaces(monkeypatch, dest, stop_at_the_move_in=True)
     with pytest.raises(KeyboardInterrupt):
         roundtrip.convert(second_source, dest, to="hf", verify_logits=False, overwrite=True)
@@ -354,11 +349,9 @@ def test_a_dest_moved_aside_by_a_run_killed_before_the_new_one_arrived_is_given_
 
 def test_without_renameat2_a_dest_that_changed_meanwhile_is_left_as_it_is(tmp_path, demo_state_dict_file,
                                                                           second_source, monkeypatch):
-    from roundtrip import destination
-
     dest = tmp_path / "hf"
     roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False)
-    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.ENOSYS)
+    _without_renameat2(monkeypatch)
 
     def another_conversion_replaces_it(message: str) -> None:
         if message.startswith("Writing"):
@@ -373,13 +366,11 @@ def test_without_renameat2_a_dest_that_changed_meanwhile_is_left_as_it_is(tmp_pa
 @pytest.mark.parametrize("replacing", [False, True], ids=["new DEST", "--overwrite"])
 def test_a_rename_the_system_refuses_is_one_line_and_leaves_dest_as_it_was(tmp_path, demo_state_dict_file,
                                                                           monkeypatch, replacing):
-    from roundtrip import destination
-
     dest = tmp_path / "hf"
     if replacing:
         roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False)
     before = contents(dest) if replacing else None
-    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: destination.errno.EACCES)
+    monkeypatch.setattr(destination, "_renameat2", lambda *arguments: errno.EACCES)
     with pytest.raises(OutputError, match=f"^{dest}: could not be written: Permission denied$"):
         roundtrip.convert(demo_state_dict_file, dest, to="hf", verify_logits=False, overwrite=replacing)
     assert (contents(dest) if replacing else dest.exists()) == (before if replacing else False)
@@ -400,15 +391,11 @@ def test_the_working_folder_named_through_a_symbolic_link_is_refused_as_the_work
 
 def test_removing_what_another_cleanup_removed_first_is_not_an_error(tmp_path):
     """Two runs may clean the same leftovers beside DEST: the second finds them gone."""
-    from roundtrip import destination
-
     destination._remove(tmp_path / ".hf.clipconv-new-1-gone")
 
 
 def test_a_process_of_another_user_counts_as_running(monkeypatch):
     """Its staging beside DEST is not ours to remove: os.kill(pid, 0) answers PermissionError for it."""
-    from roundtrip import destination
-
     def kill(pid, signal_number):
         assert signal_number == 0
         raise PermissionError(1, "Operation not permitted")
